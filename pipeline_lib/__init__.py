@@ -1,0 +1,1 @@
+"""causalmeta: amortized causal inference pipeline (science layer)."""
