@@ -1,0 +1,42 @@
+"""Where flows run their tasks: the one place that builds the Prefect task runner.
+
+Default (one machine): a Dask `LocalCluster` of `n_workers` single-threaded workers that
+live as *threads* of the flow process (``processes=False``). Threads, not processes,
+because with Prefect's ephemeral API every worker process would start its own temporary
+API server on the same SQLite file ("database is locked"); the numeric work (numpy, torch,
+Blosc) releases the GIL, so threads still run in parallel.
+
+Beyond one machine: set ``DASK_SCHEDULER_ADDRESS`` (e.g. ``tcp://10.0.0.5:8786``) and the
+runner connects to that scheduler instead; its workers must share the Zarr root (shared
+disk or an fsspec URL) and a Prefect API (``PREFECT_API_URL``).
+"""
+from __future__ import annotations
+
+import os
+
+from prefect_dask import DaskTaskRunner
+
+__all__ = ["DASK_ADDRESS_ENV", "make_task_runner"]
+
+DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+
+
+def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskTaskRunner:
+    """A DaskTaskRunner: remote scheduler if `address` or $DASK_SCHEDULER_ADDRESS, else local threads.
+
+    `n_workers` is ignored for a remote scheduler (its size is the cluster's business).
+    """
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": None,
+        },
+    )
