@@ -1,0 +1,113 @@
+"""Mechanism priors f_j of additive-noise SCMs  x_j = f_j(x_pa(j)) + eps_j.
+
+Parameters are drawn per task (``draw_params``, fixed shapes so tasks stack), in the
+canonical node order of ``graphs.py``; evaluation (``evaluate``) is vectorised over a batch
+of tasks and samples for one node j at a time: ``x: (T, N, d) -> f_j: (T, N)``. Entries of
+``x`` for nodes not yet generated are zero and are ignored because only parents enter f_j.
+
+Conventions for parameter arrays of one task (d = d_max; index i = input/parent,
+j = node, h = hidden unit, f = Fourier feature):
+
+- linear / bge: ``weights (d, d)`` with ``weights[i, j]`` the coefficient of x_i in x_j's
+  equation (zero off the graph), ``intercepts (d,)``.
+  linear: ``|W_ij| ~ U[w_min, w_max]``, random sign, intercept 0.
+  bge: ``(W, mu, sigma) ~`` the Normal-Wishart prior of the BGe score
+  (``pipeline_lib.baselines.bge.sample_bge_parameters``); sigma replaces the noise std.
+- nn: ``f_j(x) = sum_h v[j, h] act( sum_i A_ij x_i U[i, j, h] + c[j, h] )`` with
+  ``U ~ N(0, 1/max(1, |pa(j)|))``, ``c ~ N(0, 1)``, ``v ~ N(0, nn_output_scale^2 / H)``.
+- gp (random Fourier features for the RBF kernel, Rahimi & Recht 2007):
+  ``f_j(x) = amp sqrt(2/F) sum_f a[j, f] cos( sum_i A_ij x_i omega[i, j, f] / l_j + b[j, f] )``
+  with ``omega ~ N(0, 1)``, ``b ~ U[0, 2 pi]``, ``a ~ N(0, 1)``, ``l_j ~ U[l_min, l_max]``;
+  as F -> inf, f_j is a GP draw with ``k(x, x') = amp^2 exp(-|x_pa - x'_pa|^2 / (2 l_j^2))``.
+
+Root nodes (no parents) get ``f_j = 0`` for nn and gp (and trivially for linear): they are
+their noise (plus the intercept for bge).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def draw_params(mech_cfg, adj: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Mechanism parameters of one task with canonical adjacency ``adj: (d, d)``, ``n`` real nodes.
+
+    Returns a dict of float64 arrays with shapes fixed by the config (so tasks stack).
+    For ``bge`` the dict also holds ``noise_std (d,)`` which overrides the noise prior.
+    """
+    d = adj.shape[0]
+    a = adj.astype(np.float64)
+    kind = mech_cfg.kind
+    if kind == "linear":
+        magnitude = rng.uniform(mech_cfg.w_min, mech_cfg.w_max, (d, d))
+        sign = np.where(rng.random((d, d)) < 0.5, -1.0, 1.0)
+        return {"weights": a * magnitude * sign, "intercepts": np.zeros(d)}
+    if kind == "bge":
+        # the BGe sampler lives with the BGe score (one Normal-Wishart definition); lazy import
+        # so the prior package does not depend on the baselines at import time
+        from pipeline_lib.baselines.bge import sample_bge_parameters
+
+        w, mu, sd = sample_bge_parameters(
+            adj[None, :n, :n].astype(np.float64), rng,
+            alpha_mu=mech_cfg.alpha_mu, alpha_w=mech_cfg.alpha_w,
+        )
+        weights = np.zeros((d, d))
+        weights[:n, :n] = np.asarray(w, dtype=np.float64)[0] * a[:n, :n]
+        intercepts = np.zeros(d)
+        intercepts[:n] = np.asarray(mu, dtype=np.float64)[0]
+        noise_std = np.ones(d)
+        noise_std[:n] = np.asarray(sd, dtype=np.float64)[0]
+        return {"weights": weights, "intercepts": intercepts, "noise_std": noise_std}
+    if kind == "nn":
+        h = mech_cfg.hidden
+        n_pa = np.maximum(a.sum(axis=0), 1.0)  # (d,) parents per node
+        u = rng.standard_normal((d, d, h)) / np.sqrt(n_pa)[None, :, None]
+        c = rng.standard_normal((d, h))
+        v = rng.standard_normal((d, h)) * (mech_cfg.nn_output_scale / np.sqrt(h))
+        return {"u": u, "c": c, "v": v}
+    if kind == "gp":
+        f = mech_cfg.n_features
+        omega = rng.standard_normal((d, d, f))
+        b = rng.uniform(0.0, 2.0 * np.pi, (d, f))
+        coef = rng.standard_normal((d, f))
+        ell = rng.uniform(mech_cfg.lengthscale_min, mech_cfg.lengthscale_max, d)
+        return {"omega": omega, "b": b, "a": coef, "lengthscale": ell}
+    raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
+
+
+def _activation(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, 0.01 * z)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    raise ValueError(f"mechanism.activation={name!r}: unknown activation")
+
+
+def evaluate(
+    mech_cfg, params: dict[str, np.ndarray], adj: np.ndarray, x: np.ndarray, j: int
+) -> np.ndarray:
+    """``f_j`` of node ``j`` for a batch: ``params`` stacked over T tasks, ``adj: (T, d, d)``,
+    ``x: (T, N, d)`` -> ``(T, N)`` float64."""
+    kind = mech_cfg.kind
+    if kind in ("linear", "bge"):
+        w_j = params["weights"][:, :, j]  # (T, d)
+        return (x * w_j[:, None, :]).sum(axis=-1) + params["intercepts"][:, j, None]
+    pa_j = adj[:, :, j].astype(np.float64)  # (T, d)
+    has_parents = pa_j.any(axis=1).astype(np.float64)[:, None]  # (T, 1)
+    inp = x * pa_j[:, None, :]  # (T, N, d): non-parents zeroed
+    if kind == "nn":
+        pre = inp @ params["u"][:, :, j, :] + params["c"][:, None, j, :]  # (T, N, H)
+        hid = _activation(mech_cfg.activation, pre)
+        out = (hid * params["v"][:, None, j, :]).sum(axis=-1)
+        return out * has_parents
+    if kind == "gp":
+        f = params["omega"].shape[-1]
+        proj = inp @ params["omega"][:, :, j, :]  # (T, N, F)
+        proj = proj / params["lengthscale"][:, j, None, None] + params["b"][:, None, j, :]
+        out = (np.cos(proj) * params["a"][:, None, j, :]).sum(axis=-1)
+        return out * (mech_cfg.gp_amplitude * np.sqrt(2.0 / f)) * has_parents
+    raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
