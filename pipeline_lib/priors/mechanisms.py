@@ -45,7 +45,13 @@ def draw_params(mech_cfg, adj: np.ndarray, n: int, rng: np.random.Generator) -> 
     if kind == "bge":
         # the BGe sampler lives with the BGe score (one Normal-Wishart definition); lazy import
         # so the prior package does not depend on the baselines at import time
-        from pipeline_lib.baselines.bge import sample_bge_parameters
+        try:
+            from pipeline_lib.baselines.bge import sample_bge_parameters
+        except ImportError as err:
+            raise NotImplementedError(
+                "mechanism.kind='bge' needs pipeline_lib.baselines.bge.sample_bge_parameters, "
+                "which is not available in this checkout"
+            ) from err
 
         w, mu, sd = sample_bge_parameters(
             adj[None, :n, :n].astype(np.float64), rng,
