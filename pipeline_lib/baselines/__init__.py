@@ -1,0 +1,4 @@
+"""Per-dataset causal discovery baselines; every one returns a ``CausalPosterior``."""
+from pipeline_lib.baselines.base import CausalPosterior, DensityEstimate, GraphMixturePosterior
+from pipeline_lib.baselines.bge import BGe, BGeScorer, sample_bge_parameters
+from pipeline_lib.baselines.enumeration import enumerate_dags, markov_equivalent, parent_bitmasks
