@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/causalmeta demo
+	$(BIN)/causalmeta benchmark --preset quick
 
 test: install
 	$(BIN)/python -m pytest

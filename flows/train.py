@@ -1,0 +1,57 @@
+"""Flow: meta-train an amortized method on a prior, only when no registered model carries its hash.
+
+``prior`` is a shipped prior name, a YAML config path, or a store path (``*.zarr``). The
+``retrain-on-prior-change`` deployment runs this flow when ``generate_prior`` emits
+``causalmeta.prior.updated`` for a store with a new hash (deploy/).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.spec import load_prior
+from pipeline_lib.priors import PriorConfig
+from tasks.train import train_method_task
+
+__all__ = ["meta_train", "resolve_prior"]
+
+
+def resolve_prior(prior: str | PriorConfig) -> tuple[PriorConfig, str | None]:
+    """(config, store path or None) for a config object, a store path, a YAML path or a shipped name."""
+    if isinstance(prior, PriorConfig):
+        return prior, None
+    if str(prior).rstrip("/").endswith(".zarr"):
+        from storage.prior_store import PriorStore
+
+        store = PriorStore.open(prior)
+        return store.config, str(store.path)
+    return load_prior(str(prior)), None
+
+
+@flow(name="meta-train")
+def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = ".causalmeta",
+               steps: int = 300, batch_size: int = 16, lr: float = 5e-4, device: str = "auto",
+               preset: str | None = None, model: dict[str, Any] | None = None, force: bool = False,
+               experiment: str = "meta-train", seed: int = 0) -> dict:
+    """Meta-train ``method`` on ``prior``; reuse the registered model trained on the same prior hash.
+
+    Returns ``{"method", "version", "run_id", "prior_hash", ..., "reused"}``.
+    """
+    from storage.tracking import Tracker
+
+    logger = get_run_logger()
+    root = str(Path(root).resolve())
+    config, store_path = resolve_prior(prior)
+    prior_hash = config.content_hash()
+    if not force:
+        version = Tracker(root, experiment).registered_model_for_prior(method, prior_hash)
+        if version is not None:
+            logger.info("causalmeta-%s v%s is already trained on prior %s (%s): reused", method, version,
+                        config.name, prior_hash[:12])
+            return {"method": method, "version": str(version), "prior_hash": prior_hash, "reused": True}
+    train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                     checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
+    return train_method_task(method, config.to_json(), store_path, root, experiment, train_cfg, preset,
+                             dict(model or {}))

@@ -1,0 +1,135 @@
+"""The benchmark report: comparison tables, plots and one self-contained HTML page.
+
+Inputs are the per-task records of ``storage.results`` grouped by method label; every number
+shown comes from ``pipeline_lib.metrics`` (the table from ``comparison_table``). Plots:
+NLPID bars with standard-error bars, E-SHD / E-SID bars, calibration (empirical coverage of
+the central 50% / 90% intervals vs nominal), and runtime vs NLPID.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline_lib.metrics import comparison_table  # noqa: E402
+
+REPORT_METRICS = ("nlpid", "nlpid_per_sample", "calibration_error", "coverage_50", "coverage_90", "e_shd", "e_sid", "edge_auroc",
+                  "edge_auprc", "intv_auroc", "intv_auprc", "runtime_s")
+
+
+def metric_arrays(records_by_method: dict[str, list[dict]]) -> dict[str, dict[str, np.ndarray]]:
+    """{method: {metric: per-task values}} from ok records (failed ones are counted elsewhere)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for method, recs in records_by_method.items():
+        ok = [r["metrics"] for r in recs if r.get("status") == "ok"]
+        names = [m for m in REPORT_METRICS if any(m in r for r in ok)]
+        out[method] = {m: np.array([r[m] for r in ok if m in r], dtype=float) for m in names}
+    return out
+
+
+def failures(records_by_method: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    return [{"method": m, "task": r["task"], "error": r.get("error")}
+            for m, recs in records_by_method.items() for r in recs if r.get("status") != "ok"]
+
+
+def _mean_se(v: np.ndarray) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.nan, np.nan
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _bars(ax, arrays, metric, title):
+    methods = [m for m in arrays if metric in arrays[m] and len(arrays[m][metric])]
+    stats = [_mean_se(arrays[m][metric]) for m in methods]
+    ax.bar(range(len(methods)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_title(title)
+
+
+def make_plots(arrays: dict[str, dict[str, np.ndarray]], out_dir: Path, prefix: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(fig, name):
+        p = out_dir / f"{prefix}{name}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    if any("nlpid" in a for a in arrays.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        _bars(ax, arrays, "nlpid", "NLPID per task (sum over samples; lower is better), mean ± s.e.")
+        save(fig, "nlpid")
+    if any("e_shd" in a for a in arrays.values()):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        _bars(axes[0], arrays, "e_shd", "E-SHD (lower is better)")
+        _bars(axes[1], arrays, "e_sid", "E-SID (lower is better)")
+        save(fig, "graph")
+    if any("coverage_50" in a for a in arrays.values()):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+        for m, a in arrays.items():
+            if "coverage_50" in a:
+                ax.plot([0.5, 0.9], [_mean_se(a["coverage_50"])[0], _mean_se(a["coverage_90"])[0]], "o-", label=m)
+        ax.set_xlabel("nominal coverage"), ax.set_ylabel("empirical coverage"), ax.legend(fontsize=8)
+        ax.set_title("Calibration of interventional predictions")
+        save(fig, "calibration")
+    if any("runtime_s" in a and "nlpid" in a for a in arrays.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m, a in arrays.items():
+            if "runtime_s" in a and "nlpid" in a:
+                ax.scatter(_mean_se(a["runtime_s"])[0], _mean_se(a["nlpid"])[0], label=m)
+        ax.set_xscale("log"), ax.set_xlabel("seconds per task (fit or inference)"), ax.set_ylabel("NLPID")
+        ax.legend(fontsize=8), ax.set_title("Runtime vs quality")
+        save(fig, "runtime_quality")
+    return paths
+
+
+def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]], title: str,
+                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write tables (markdown, JSON), plots and ``report.html`` for each prior section.
+
+    ``sections``: {prior label: {method label: per-task records}}. Returns the paths and
+    the comparison tables (by prior label).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, plots, body = {}, [], []
+    for prior, recs in sections.items():
+        arrays = metric_arrays(recs)
+        # raw coverage has no "better" direction: it is plotted; the table ranks calibration_error
+        table = comparison_table({m: {k: v for k, v in a.items() if not k.startswith("coverage")}
+                                  for m, a in arrays.items() if a})
+        tables[prior] = table
+        (out / f"{prior}-table.md").write_text(table.to_markdown())
+        (out / f"{prior}-table.json").write_text(json.dumps(table.to_records(), indent=1, default=float))
+        pngs = make_plots(arrays, out, f"{prior}-")
+        plots += pngs
+        fails = failures(recs)
+        body.append(f"<h2>Prior {html.escape(prior)}</h2>")
+        body.append(table.to_html())
+        if fails:
+            rows = "".join(f"<tr><td>{html.escape(f['method'])}</td><td>{f['task']}</td>"
+                           f"<td><code>{html.escape(str(f['error']))}</code></td></tr>" for f in fails)
+            body.append(f"<h3>Failed fits ({len(fails)})</h3><table><tr><th>method</th><th>task</th>"
+                        f"<th>error</th></tr>{rows}</table>")
+        for p in pngs:
+            b64 = base64.b64encode(p.read_bytes()).decode()
+            body.append(f'<img alt="{p.stem}" src="data:image/png;base64,{b64}"/>')
+    meta_html = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in (meta or {}).items())
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:48%;margin:6px}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1><ul>{meta_html}</ul>{''.join(body)}</body></html>")
+    (out / "report.html").write_text(page)
+    return {"html": out / "report.html", "plots": plots, "tables": tables, "dir": out}

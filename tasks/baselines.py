@@ -1,0 +1,50 @@
+"""Prefect task: fit one baseline on one stored test task, score it, persist the record."""
+from __future__ import annotations
+
+import time
+import traceback
+
+from prefect import get_run_logger, task
+
+from pipeline_lib.evaluation import evaluate_baseline, task_slice
+from storage.prior_store import PriorStore
+from storage.results import ResultStore
+
+__all__ = ["fit_baseline_task"]
+
+
+@task(retries=2, retry_delay_seconds=[1, 4], persist_result=False, task_run_name="{method}-{split}-{index}")
+def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, config: dict,
+                      split: str, index: int, max_queries: int | None, seed: int) -> dict:
+    """Fit ``method`` on task ``index`` of ``split`` and write its result record.
+
+    Reading the store is retried (storage may be remote); a failure of the method itself
+    is NOT retried: it is recorded as ``status: failed`` with the error, so one failing
+    fit never aborts the others and is never silently dropped. An existing ``ok`` record
+    for the same (method key, prior) is reused.
+    """
+    results = ResultStore(root, prior_dir_name(store_path))
+    done = results.load(method_key, split, index)
+    if done is not None and done.get("status") == "ok":
+        return done
+    task_data = task_slice(PriorStore.open(store_path).read(split, index, index + 1), 0)
+    record = {"method": method, "method_key": method_key, "split": split, "task": index, "config": config}
+    t0 = time.perf_counter()
+    try:
+        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed + index)
+        record.update(status="ok", error=None, metrics=metrics)
+    except Exception as exc:  # recorded, by design: see docstring
+        arrays = None
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={},
+                      traceback=traceback.format_exc(limit=5))
+        get_run_logger().warning("%s failed on %s[%d]: %s", method, split, index, record["error"])
+    record["wall_s"] = time.perf_counter() - t0
+    results.save(method_key, split, index, record, arrays)
+    return record
+
+
+def prior_dir_name(store_path: str) -> str:
+    """Results of a store live under its directory name (``<name>-<hash12>``, no ``.zarr``)."""
+    from pathlib import Path
+
+    return Path(store_path).name.removesuffix(".zarr")
