@@ -102,18 +102,26 @@ def evaluate(
     if kind in ("linear", "bge"):
         w_j = params["weights"][:, :, j]  # (T, d)
         return (x * w_j[:, None, :]).sum(axis=-1) + params["intercepts"][:, j, None]
-    pa_j = adj[:, :, j].astype(np.float64)  # (T, d)
-    has_parents = pa_j.any(axis=1).astype(np.float64)[:, None]  # (T, 1)
-    inp = x * pa_j[:, None, :]  # (T, N, d): non-parents zeroed
+    out = np.zeros(x.shape[:2])
+    # only tasks where node j has parents need the network: roots stay exactly 0
+    idx = np.flatnonzero(adj[:, :, j].any(axis=1))
+    if idx.size == 0:
+        return out
+    pa_j = adj[idx, :, j].astype(np.float64)  # (T', d)
+    inp = x[idx] * pa_j[:, None, :]  # (T', N, d): non-parents zeroed
     if kind == "nn":
-        pre = inp @ params["u"][:, :, j, :] + params["c"][:, None, j, :]  # (T, N, H)
+        pre = inp @ params["u"][idx, :, j, :]  # (T', N, H)
+        pre += params["c"][idx, None, j, :]
         hid = _activation(mech_cfg.activation, pre)
-        out = (hid * params["v"][:, None, j, :]).sum(axis=-1)
-        return out * has_parents
+        out[idx] = (hid @ params["v"][idx, j, :, None])[..., 0]
+        return out
     if kind == "gp":
         f = params["omega"].shape[-1]
-        proj = inp @ params["omega"][:, :, j, :]  # (T, N, F)
-        proj = proj / params["lengthscale"][:, j, None, None] + params["b"][:, None, j, :]
-        out = (np.cos(proj) * params["a"][:, None, j, :]).sum(axis=-1)
-        return out * (mech_cfg.gp_amplitude * np.sqrt(2.0 / f)) * has_parents
+        proj = inp @ params["omega"][idx, :, j, :]  # (T', N, F)
+        proj /= params["lengthscale"][idx, j, None, None]
+        proj += params["b"][idx, None, j, :]
+        np.cos(proj, out=proj)
+        feats = (proj @ params["a"][idx, j, :, None])[..., 0]
+        out[idx] = feats * (mech_cfg.gp_amplitude * np.sqrt(2.0 / f))
+        return out
     raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
