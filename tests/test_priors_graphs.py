@@ -1,0 +1,97 @@
+"""Graph priors: acyclicity, ER density, scale-free hubs and degree bounds, label permutation."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from pipeline_lib.priors import PriorConfig, sample_split_range
+from pipeline_lib.priors.graphs import inverse_permutation, is_dag, relabel_adjacency
+
+
+def config(graph: dict, n_tasks: int = 300) -> PriorConfig:
+    return PriorConfig.from_dict(
+        {
+            "name": "g",
+            "graph": graph,
+            "n_obs": 2,
+            "n_int": 1,
+            "interventions": {"n_regimes": 0},
+            "splits": {"train": n_tasks, "val": 1, "test": 1},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        {"kind": "erdos_renyi", "n_nodes": 8, "expected_parents": 2.0},
+        {"kind": "scale_free", "n_nodes": 8, "attach": 2, "direction": "in"},
+        {"kind": "scale_free", "n_nodes": 8, "attach": 2, "direction": "out"},
+        {"kind": "fully_connected", "n_nodes": 6},
+    ],
+)
+def test_every_graph_is_a_dag(graph):
+    adj = sample_split_range(config(graph, 200), "train", 0, 200)["adjacency"]
+    assert adj.dtype == np.uint8 and set(np.unique(adj)) <= {0, 1}
+    for a in adj:
+        assert is_dag(a)
+        assert nx.is_directed_acyclic_graph(nx.from_numpy_array(a, create_using=nx.DiGraph))
+    if graph["kind"] == "fully_connected":
+        assert (adj.sum(axis=(1, 2)) == 15).all()
+
+
+def test_is_dag_detects_cycles():
+    a = np.zeros((4, 4), dtype=np.uint8)
+    a[0, 1] = a[1, 2] = a[2, 3] = 1
+    assert is_dag(a)
+    a[3, 0] = 1
+    assert not is_dag(a)
+    assert not is_dag(np.eye(3))
+
+
+def test_erdos_renyi_edge_density():
+    # E[#edges] = expected_parents * n = 1.5 * 10 = 15; per-graph std ~ 3.2, 400 graphs
+    adj = sample_split_range(config({"kind": "erdos_renyi", "n_nodes": 10, "expected_parents": 1.5}, 400), "train", 0, 400)["adjacency"]
+    edges = adj.sum(axis=(1, 2))
+    assert abs(edges.mean() - 15.0) < 0.6
+    # edge count is Binomial(45, 1/3): variance 10
+    assert 7.0 < edges.var() < 13.5
+
+
+def test_scale_free_hubs_and_degree_bounds():
+    n, m = 30, 2
+    for direction, hub_axis, bounded_axis in (("in", 1, 2), ("out", 2, 1)):
+        # adj: (T, parent, child); summing the parent axis gives in-degrees, the child axis out-degrees
+        adj = sample_split_range(
+            config({"kind": "scale_free", "n_nodes": n, "attach": m, "direction": direction}, 60), "train", 0, 60
+        )["adjacency"].astype(int)
+        # BA with attach m: node k adds min(m, k) edges -> 1 + m (n - 2) edges in total
+        assert (adj.sum(axis=(1, 2)) == 1 + m * (n - 2)).all()
+        hub_degree = adj.sum(axis=hub_axis)  # (T, n)
+        other_degree = adj.sum(axis=bounded_axis)
+        assert other_degree.max() <= m  # every node has at most m parents ('out') / children ('in')
+        mean_degree = hub_degree.mean()
+        assert hub_degree.max(axis=1).mean() > 3.5 * mean_degree
+
+
+def test_labels_are_permuted_uniformly():
+    # complete DAG: the unique root is uniform over the 4 labels
+    adj = sample_split_range(config({"kind": "fully_connected", "n_nodes": 4}, 800), "train", 0, 800)["adjacency"]
+    roots = np.flatnonzero((adj.sum(axis=1) == 0).ravel()) % 4
+    counts = np.bincount(roots, minlength=4)
+    assert counts.sum() == 800
+    # chi-square with 3 dof, 0.999 quantile = 16.27
+    chi2 = ((counts - 200.0) ** 2 / 200.0).sum()
+    assert chi2 < 16.27, counts
+
+
+def test_relabel_helpers():
+    perm = np.array([[2, 0, 1]])
+    inv = inverse_permutation(perm)
+    assert inv.tolist() == [[1, 2, 0]]
+    a = np.zeros((1, 3, 3), dtype=np.uint8)
+    a[0, 0, 1] = 1  # canonical 0 -> 1 becomes label 2 -> 0
+    out = relabel_adjacency(a, inv)
+    assert out[0, 2, 0] == 1 and out.sum() == 1
