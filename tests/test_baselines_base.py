@@ -1,22 +1,10 @@
 """The shared posterior machinery: graph mixtures and Rao-Blackwellised densities."""
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
-from pipeline_lib.baselines.base import AncestralGaussianPosterior, GraphMixturePosterior
-
-
-class LinearMixture(AncestralGaussianPosterior):
-    """Components p: x_v = sum_u W[p, u, v] x_u + sigma[p, v] eps_v."""
-
-    def __init__(self, W, sigma, log_weights, n_mc=256):
-        super().__init__((np.asarray(W) != 0).astype(np.uint8), log_weights, n_mc=n_mc)
-        self.W = torch.as_tensor(np.asarray(W, dtype=np.float64))
-        self.noise_std = np.asarray(sigma, dtype=np.float64)
-
-    def conditional_mean(self, x):
-        return torch.einsum("psu,puv->psv", x, self.W)
+from pipeline_lib.baselines.base import GraphMixturePosterior
+from tests.linear_scm import LinearMixture
 
 
 class GraphsOnly(GraphMixturePosterior):
