@@ -247,7 +247,7 @@ def train(
             elapsed = time.perf_counter() - t0
             record = {
                 "step": step + 1,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "lr": lr_now,
                 "grad_norm": grad_norm,
                 "tasks_per_s": steps_done * cfg.batch_size / max(elapsed, 1e-9),
