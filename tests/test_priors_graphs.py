@@ -73,7 +73,7 @@ def test_scale_free_hubs_and_degree_bounds():
         other_degree = adj.sum(axis=bounded_axis)
         assert other_degree.max() <= m  # every node has at most m parents ('out') / children ('in')
         mean_degree = hub_degree.mean()
-        assert hub_degree.max(axis=1).mean() > 3.5 * mean_degree
+        assert hub_degree.max(axis=1).mean() > 4.5 * mean_degree  # ER with the same density: ~3.3
 
 
 def test_labels_are_permuted_uniformly():

@@ -143,7 +143,7 @@ class MechanismConfig(_Strict):
     w_max: float = 2.0
     hidden: int = 16
     activation: Literal["relu", "tanh", "leaky_relu", "sigmoid"] = "relu"
-    nn_output_scale: float = 1.0
+    nn_output_scale: float = 2.0
     n_features: int = 64
     lengthscale_min: float = 0.5
     lengthscale_max: float = 2.0
