@@ -136,6 +136,11 @@ def test_rmse_hand_cases():
     pad = pred.copy()
     pad[:, 1] = np.nan
     assert rmse(pad, true, node_mask=[True, False]) == pytest.approx(math.sqrt(5))
+    # a padded node with zero scale is fine when masked, an error when kept
+    zero_scale = np.array([1.0, 0.0])
+    assert rmse(pred, true, node_mask=[1, 0], scale=zero_scale) == pytest.approx(math.sqrt(5))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        rmse(pred, true, scale=zero_scale)
     with pytest.raises(ValueError, match="pred has shape"):
         rmse(pred, np.zeros(2))
 

@@ -219,11 +219,6 @@ def rmse(
     if p.shape != t.shape:
         raise ValueError(f"pred has shape {p.shape} but true has {t.shape}")
     err = p - t
-    if scale is not None:
-        s = to_numpy(scale).astype(np.float64)
-        if np.any(s <= 0) or not np.all(np.isfinite(s)):
-            raise ValueError("scale must be positive and finite")
-        err = err / s
     if node_mask is None:
         w = np.ones_like(err)
     else:
@@ -233,6 +228,17 @@ def rmse(
             raise ValueError(
                 f"node_mask of shape {to_numpy(node_mask).shape} does not broadcast to {err.shape}"
             ) from None
+    if scale is not None:
+        try:
+            s = np.broadcast_to(to_numpy(scale).astype(np.float64), err.shape)
+        except ValueError:
+            raise ValueError(
+                f"scale of shape {to_numpy(scale).shape} does not broadcast to {err.shape}"
+            ) from None
+        kept = w > 0  # padded nodes may have scale 0 (constant padding): only check kept ones
+        if np.any(~(s[kept] > 0)) or not np.all(np.isfinite(s[kept])):
+            raise ValueError("scale must be positive and finite on the kept entries")
+        err = np.where(kept, err / np.where(kept, s, 1.0), 0.0)
     sq = np.where(w > 0, err**2, 0.0)  # masked entries may hold padding garbage / nan
     den = w.sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
