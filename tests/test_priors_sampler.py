@@ -332,3 +332,36 @@ def test_thousand_small_tasks_are_fast():
     out = sample_tasks(c, 1000, 0)
     assert out["x_int"].shape == (1000, 3, 100, 3)
     assert time.perf_counter() - start < 10.0  # ~1 s on 2 idle cores
+
+
+def test_counterfactuals_share_the_observational_noise():
+    """Linear SCM, single hard target j: x_cf_i - x_obs_i = [(I - W)^-1]_{ji} (a - x_obs_j)."""
+    c = make(graph={"kind": "erdos_renyi", "n_nodes": 5, "expected_parents": 1.5},
+             interventions={"n_regimes": 5, "max_targets": 1}, standardize=False, counterfactuals=True)
+    out, params = sample_batch(c, [split_seed(c, "train", i) for i in range(8)], return_params=True)
+    assert out["x_cf"].shape == (8, 5, 64, 5)
+    x, cf = out["x_obs"].astype(np.float64), out["x_cf"].astype(np.float64)
+    for t in range(8):
+        total = np.linalg.inv(np.eye(5) - params["weights"][t])
+        for k in range(5):
+            j = int(np.flatnonzero(out["int_targets"][t, k])[0])
+            a = float(out["int_values"][t, k, j])
+            expected = x[t] + np.outer(a - x[t, :, j], total[j])
+            np.testing.assert_allclose(cf[t, k], expected, atol=1e-4 * (1 + np.abs(expected).max()))
+    # off by default
+    assert "x_cf" not in sample_split_range(make(), "train", 0, 1)
+
+
+def test_bge_mechanism_is_linear_gaussian_with_its_parameters():
+    c = make(mechanism={"kind": "bge"}, graph={"kind": "fully_connected", "n_nodes": 3},
+             standardize=False, n_obs=40000, interventions={"n_regimes": 0})
+    out, params = sample_batch(c, [split_seed(c, "train", i) for i in range(3)], return_params=True)
+    for t in range(3):
+        w, s, mu = params["weights"][t], params["noise_scale"][t], params["intercepts"][t]
+        inv = np.linalg.inv(np.eye(3) - w)
+        theory_cov = inv.T @ np.diag(s**2) @ inv
+        emp = np.cov(out["x_obs"][t].astype(np.float64), rowvar=False)
+        scale = np.sqrt(np.outer(np.diag(theory_cov), np.diag(theory_cov)))
+        np.testing.assert_allclose(emp / scale, theory_cov / scale, atol=0.04)
+        # mean of x = (I - W^T)^-1 mu
+        np.testing.assert_allclose(out["x_obs"][t].mean(axis=0), inv.T @ mu, atol=0.05 * np.sqrt(np.diag(theory_cov)).max())

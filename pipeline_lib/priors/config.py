@@ -291,6 +291,11 @@ class PriorConfig(_Strict):
     empirical mean and std (ddof=0) of x_obs per node; ``noise_obs`` is divided by obs_std
     (it stays zero-mean noise, now in the standardized units of its node).
 
+    ``counterfactuals``: if True, also return ``x_cf: (T, K, n_obs, d)``, the counterfactual
+    of every observational sample under every regime: the intervened SCM of regime k
+    evaluated on the *same* exogenous noise that produced x_obs (Cond-FiP's counterfactual
+    RMSE target). Standardized like x_obs.
+
     ``chunk_tasks`` is the storage chunk size along the task axis; it never changes the
     sampled bytes (each task has its own seed) but is part of the hash because it changes
     the layout of the store that the hash names.
@@ -306,6 +311,7 @@ class PriorConfig(_Strict):
     n_obs: int = 100
     n_int: int = 100
     standardize: bool = True
+    counterfactuals: bool = False
     splits: SplitsConfig = Field(default_factory=SplitsConfig)
     chunk_tasks: int = 100
 

@@ -22,6 +22,8 @@ int_targets    (T, K, d) bool    intervened nodes per regime
 int_values     (T, K, d) f4      hard values (NaN where not a hard target / soft regimes)
 x_int          (T, K, n_int, d)  interventional samples, fresh noise per regime
 perturbation   (T, K, p) f4      only if p > 0
+x_cf           (T, K, n_obs, d)  only if ``counterfactuals``: x_obs's counterfactuals under
+                                 each regime, same exogenous noise (``noise_obs``)
 obs_mean       (T, d) f4         per-task x_obs mean used to standardize (0 if not)
 obs_std        (T, d) f4         per-task x_obs std (ddof 0) used to standardize (1 if not)
 =============  ================  =========================================================
@@ -80,6 +82,37 @@ def _columns(arr: np.ndarray, inv: np.ndarray) -> np.ndarray:
     return np.take_along_axis(arr, inv.reshape(shape), axis=-1)
 
 
+class _Regimes:
+    """Ancestral sampling of the K intervened SCMs of each task for given noise.
+
+    ``sample(eps: (T, K, N, d)) -> x: (T, K, N, d)``, looping over canonical node positions
+    and batching tasks, regimes and samples: for node j,
+    ``x_j = a_kj`` (hard target), ``r_kj f_j(x_pa) + offset_kj + eps_j`` (soft target) or
+    ``f_j(x_pa) + eps_j`` (not a target).
+    """
+
+    def __init__(self, cfg, params, adj, targets, shift, offset, soft_scale):
+        self.cfg, self.params, self.adj = cfg, params, adj
+        self.targets, self.shift, self.offset, self.soft_scale = targets, shift, offset, soft_scale
+
+    def sample(self, eps: np.ndarray) -> np.ndarray:
+        t_count, k, n, d = eps.shape
+        x = np.zeros((t_count, k, n, d))
+        if k == 0 or n == 0:
+            return x
+        flat = x.reshape(t_count, k * n, d)  # a view: columns written below are seen here
+        hard = self.cfg.interventions.kind == "hard"
+        for j in range(d):
+            f = mechanisms.evaluate(self.cfg.mechanism, self.params, self.adj, flat, j).reshape(t_count, k, n)
+            tgt = self.targets[:, :, j, None]
+            if hard:
+                x[..., j] = np.where(tgt, self.shift[:, :, j, None], f + eps[..., j])
+            else:
+                soft = self.soft_scale[:, :, j, None] * f + self.offset[:, :, j, None]
+                x[..., j] = np.where(tgt, soft, f) + eps[..., j]
+        return x
+
+
 def sample_batch(
     config: PriorConfig,
     seeds: Sequence[np.random.SeedSequence],
@@ -117,19 +150,13 @@ def sample_batch(
     # --- interventional regimes: fresh noise, batched over (task, regime, sample)
     icfg = cfg.interventions
     targets = b["int_targets"]  # (T, K, d) canonical
-    shift = mean[:, None, :] + icfg.value_scale * std[:, None, :] * b["int_z"]  # (T, K, d)
+    offset = icfg.value_scale * std[:, None, :] * b["int_z"]  # (T, K, d)
+    shift = mean[:, None, :] + offset  # hard values a = mean + value_scale * std * z
     eps_int = b["u_int"] * scale[:, None, None, :]  # (T, K, n_int, d)
-    x_int = np.zeros((t_count, k, n_int, d))
-    flat = x_int.reshape(t_count, k * n_int, d)  # a view: rows written below are seen here
-    if k > 0 and n_int > 0:
-        for j in range(d):
-            f = mechanisms.evaluate(cfg.mechanism, params, adj, flat, j).reshape(t_count, k, n_int)
-            tgt = targets[:, :, j, None]
-            if icfg.kind == "hard":
-                x_int[..., j] = np.where(tgt, shift[:, :, j, None], f + eps_int[..., j])
-            else:
-                soft = b["int_soft_scale"][:, :, j, None] * f + (shift[:, :, j, None] - mean[:, None, j, None])
-                x_int[..., j] = np.where(tgt, soft + eps_int[..., j], f + eps_int[..., j])
+    regime = _Regimes(cfg, params, adj, targets, shift, offset, b["int_soft_scale"])
+    x_int = regime.sample(eps_int)
+    # counterfactuals: the same regimes driven by the observational noise of x_obs
+    x_cf = regime.sample(np.broadcast_to(eps_obs[:, None], (t_count, k, n_obs, d))) if cfg.counterfactuals else None
     if icfg.kind == "hard":
         int_values = np.where(targets, shift, np.nan)
     else:
@@ -139,6 +166,8 @@ def sample_batch(
     if cfg.standardize:
         x_obs = (x_obs - mean[:, None, :]) / std[:, None, :]
         x_int = (x_int - mean[:, None, None, :]) / std[:, None, None, :]
+        if x_cf is not None:
+            x_cf = (x_cf - mean[:, None, None, :]) / std[:, None, None, :]
         int_values = (int_values - mean[:, None, :]) / std[:, None, :]
         noise_obs = eps_obs / std[:, None, :]
         obs_mean, obs_std = mean, std
@@ -161,6 +190,8 @@ def sample_batch(
         "obs_mean": _columns(obs_mean, inv).astype(np.float32),
         "obs_std": _columns(obs_std, inv).astype(np.float32),
     }
+    if x_cf is not None:
+        out["x_cf"] = _columns(x_cf, inv).astype(np.float32)
     if icfg.perturbation_dim > 0:
         out["perturbation"] = interventions.perturbation_features(
             targets_out, b["int_pert_map"], b["int_pert_noise"], icfg.perturbation_noise
