@@ -1,0 +1,125 @@
+"""The Prefect flow `generate_prior`: worker-count invariance, no-op on complete stores, event."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from prefect.testing.utilities import prefect_test_harness
+
+import flows.generate as generate_flow
+from flows.runtime import make_task_runner
+from pipeline_lib.priors import PriorConfig
+from storage.prior_store import PriorStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def small_config() -> PriorConfig:
+    return PriorConfig.from_dict(
+        dict(
+            name="flowtest",
+            seed=3,
+            graph={"kind": "erdos_renyi", "n_nodes": 4, "expected_parents": 1.0},
+            mechanism={"kind": "linear"},
+            interventions={"n_regimes": 2},
+            n_obs=12,
+            n_int=6,
+            splits={"train": 9, "val": 3, "test": 3},
+            chunk_tasks=3,
+        )
+    )
+
+
+def array_bytes(path: str) -> dict[str, bytes]:
+    g = zarr.open_group(path, mode="r")
+    return {
+        f"{s}/{k}": np.ascontiguousarray(g[s][k][:]).tobytes()
+        for s in ("train", "val", "test")
+        for k in g[s].array_keys()
+        if k != "chunk_done"
+    }
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """One small prior generated with 1 and with 2 workers (shared: flow runs cost seconds)."""
+    config = small_config()
+    root = tmp_path_factory.mktemp("gen")
+    events: list[dict] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate_flow, "emit_event", lambda **kw: events.append(kw))
+        p1 = generate_flow.generate_prior(config, root=str(root / "w1"), n_workers=1)
+        p2 = generate_flow.generate_prior(config, root=str(root / "w2"), n_workers=2)
+    return config, p1, p2, events
+
+
+def test_one_and_two_workers_give_identical_stores(generated):
+    config, p1, p2, events = generated
+    s1, s2 = PriorStore.open(p1, config), PriorStore.open(p2, config)
+    assert s1.is_complete and s2.is_complete
+    assert s1.checksums == s2.checksums
+    assert array_bytes(p1) == array_bytes(p2)
+    assert s1.verify() and s2.verify()
+    assert p1.endswith(f"priors/flowtest-{config.content_hash()[:12]}.zarr")
+    # one event per newly completed store, naming it
+    assert [e["event"] for e in events] == ["causalmeta.prior.updated"] * 2
+    res = events[1]["resource"]
+    assert res["prefect.resource.id"] == f"causalmeta.prior.{config.content_hash()[:12]}"
+    assert res["causalmeta.prior.hash"] == config.content_hash()
+    assert res["causalmeta.prior.name"] == "flowtest" and res["causalmeta.prior.path"] == p2
+    assert events[1]["payload"]["n_chunks_written"] == 5
+
+
+def test_complete_store_does_no_work_and_partial_store_resumes(generated, monkeypatch):
+    config, _, path, _ = generated
+    root = str(Path(path).parents[1])
+    ref_checksums = PriorStore.open(path).checksums
+    events: list[dict] = []
+    monkeypatch.setattr(generate_flow, "emit_event", lambda **kw: events.append(kw))
+    written: list[tuple] = []
+    real_write = PriorStore.write_chunk
+
+    def spy(self, split, chunk_index, arrays):
+        written.append((split, chunk_index))
+        return real_write(self, split, chunk_index, arrays)
+
+    monkeypatch.setattr(PriorStore, "write_chunk", spy)
+    subflow_calls: list = []
+    real_sub = generate_flow.generate_prior_chunks
+    monkeypatch.setattr(generate_flow, "generate_prior_chunks", subflow_calls.append)
+    assert generate_flow.generate_prior(config, root=root, n_workers=2) == path
+    assert written == [] and subflow_calls == [] and events == []
+
+    # damage the store: drop the checksums and the markers of two chunks -> only they rerun
+    g = zarr.open_group(path, mode="r+")
+    del g.attrs["checksums"]
+    g["train/chunk_done"][1] = 0
+    g["test/chunk_done"][0] = 0
+    monkeypatch.setattr(generate_flow, "generate_prior_chunks", real_sub)
+    assert generate_flow.generate_prior(config, root=root, n_workers=1) == path
+    assert sorted(written) == [("test", 0), ("train", 1)]
+    assert PriorStore.open(path).checksums == ref_checksums
+    assert len(events) == 1 and events[0]["payload"]["n_chunks_written"] == 2
+
+
+def test_make_task_runner(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    local = make_task_runner(3)
+    assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["processes"] is False
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.1.2.3:8786")
+    assert make_task_runner(3).address == "tcp://10.1.2.3:8786"
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    with pytest.raises(ValueError, match="n_workers"):
+        make_task_runner(0)
