@@ -13,6 +13,7 @@ Layout (the data contract of DESIGN.md)::
             int_values  (T, K, d)        float32  (NaN for soft interventions)
             x_int       (T, K, n_int, d) float32
             perturbation (T, K, p)       float32  (only when p > 0)
+            x_cf        (T, K, n_obs, d) float32  (only with config.counterfactuals)
             obs_mean    (T, d)           float32
             obs_std     (T, d)           float32
             chunk_done  (n_chunks,)      uint8    completion markers, chunk size 1
@@ -117,7 +118,9 @@ def prior_layout(config: "PriorConfig") -> dict[str, ArraySpec]:
     """The arrays (name -> per-task shape and dtype) a store of `config` holds.
 
     Shapes come from the config's padded sizes: ``d = d_max``, ``n_obs``, ``K`` regimes of
-    ``n_int`` samples each, and ``p`` perturbation features (array omitted when ``p == 0``).
+    ``n_int`` samples each, and ``p`` perturbation features (array omitted when ``p == 0``);
+    ``x_cf`` (counterfactuals of x_obs under each regime) only if ``config.counterfactuals``.
+    Must list exactly the keys `sample_split_range` returns (a test checks it).
     """
     d, n_obs, n_int = config.d_max, config.n_obs, config.n_int
     k, p = config.interventions.n_regimes, config.interventions.perturbation_dim
@@ -134,6 +137,8 @@ def prior_layout(config: "PriorConfig") -> dict[str, ArraySpec]:
     }
     if p > 0:
         layout["perturbation"] = ArraySpec((k, p), np.float32)
+    if config.counterfactuals:
+        layout["x_cf"] = ArraySpec((k, n_obs, d), np.float32)
     return layout
 
 

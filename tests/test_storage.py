@@ -30,6 +30,7 @@ def tiny_config(name: str = "tiny", seed: int = 0, **over) -> PriorConfig:
         n_int=8,
         splits={"train": 10, "val": 4, "test": 3},
         chunk_tasks=4,
+        counterfactuals=True,
     )
     data.update(over)
     return PriorConfig.from_dict(data)
@@ -168,6 +169,23 @@ def test_mismatching_config_refused_and_store_untouched(complete_store, config, 
     assert all_bytes(moved.path) == before and moved.attrs == attrs_before and moved.verify()
 
 
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"interventions": {"n_regimes": 0}},
+        {"interventions": {"n_regimes": 3, "kind": "soft"}, "counterfactuals": True, "mechanism": {"kind": "linear"}},
+    ],
+)
+def test_layout_matches_sampler(over):
+    config = tiny_config(**over)
+    arrays = sample_split_range(config, "val", 0, 2)
+    layout = prior_layout(config)
+    assert set(layout) == set(arrays)
+    for name, spec in layout.items():
+        assert arrays[name].shape == (2, *spec.tail) and arrays[name].dtype == spec.dtype, name
+
+
 def test_write_chunk_validates_input(tmp_path, config):
     store = PriorStore.create_or_open(tmp_path, config)
     arrays = sample_split_range(config, "train", 0, 4)
@@ -234,3 +252,61 @@ def test_empty_split_and_no_regimes(tmp_path):
     assert opened.n_tasks("val") == 0 and opened.read("val")["x_int"].shape == (0, 0, 8, 5)
     assert opened.read("train")["x_int"].shape == (5, 0, 8, 5)
     assert opened.verify()
+
+
+def test_task_dataset_reads_tasks_and_caches_chunks(complete_store, config, monkeypatch):
+    import pickle
+
+    import torch
+
+    from storage.datasets import ChunkShuffleSampler, PriorTaskDataset
+
+    ds = PriorTaskDataset(complete_store.path, "train", cache_chunks=1)
+    want = sample_split_range(config, "train", 0, 10)
+    assert len(ds) == 10
+    item = ds[9]
+    assert set(item) == set(want) and all(isinstance(v, torch.Tensor) for v in item.values())
+    for k in want:
+        np.testing.assert_array_equal(item[k].numpy(), want[k][9])
+    np.testing.assert_array_equal(ds[-1]["x_obs"].numpy(), want["x_obs"][9])
+    with pytest.raises(IndexError, match="out of range"):
+        ds[10]
+
+    reads = []
+    real_read = PriorStore.read
+    monkeypatch.setattr(PriorStore, "read", lambda self, *a, **kw: reads.append(a) or real_read(self, *a, **kw))
+    fresh = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets: no handle
+    sampler = ChunkShuffleSampler(fresh, seed=5)
+    order = list(sampler)
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    # chunk-contiguous: the chunk id changes exactly n_chunks - 1 times
+    assert sum(a // 4 != b // 4 for a, b in zip(order, order[1:])) == 2
+    for i in order:
+        np.testing.assert_array_equal(fresh[i]["adjacency"].numpy(), want["adjacency"][i])
+    assert len(reads) == 3  # one decode per chunk per epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != order and list(ChunkShuffleSampler(fresh, seed=5)) == order
+
+
+def test_prior_stream_is_seeded(config):
+    from torch.utils.data import DataLoader
+
+    from storage.datasets import PriorStream
+
+    a = list(PriorStream(config, batch_size=3, seed=11, n_batches=2))
+    b = list(PriorStream(config, batch_size=3, seed=11, n_batches=2))
+    c = list(PriorStream(config, batch_size=3, seed=12, n_batches=1))
+    assert len(a) == 2 and a[0]["x_obs"].shape == (3, 16, 5) and a[0]["x_int"].shape == (3, 2, 8, 5)
+    for x, y in zip(a, b):
+        assert all(torch_equal(x[k], y[k]) for k in x)
+    assert not torch_equal(a[0]["x_obs"], a[1]["x_obs"]) and not torch_equal(a[0]["x_obs"], c[0]["x_obs"])
+    loaded = list(DataLoader(PriorStream(config, batch_size=3, seed=11, n_batches=2), batch_size=None))
+    assert all(torch_equal(x[k], y[k]) for x, y in zip(a, loaded) for k in x)
+    with pytest.raises(ValueError, match="batch_size"):
+        PriorStream(config, batch_size=0)
+
+
+def torch_equal(x, y) -> bool:
+    """Exact equality, NaN == NaN (int_values are NaN where not intervened)."""
+    x, y = x.numpy(), y.numpy()
+    return x.shape == y.shape and bool(np.array_equal(x, y, equal_nan=x.dtype.kind == "f"))
