@@ -116,6 +116,56 @@ class GraphConfig(_Strict):
         return int(self.n_nodes if self.n_nodes is not None else self.n_nodes_max)  # type: ignore[arg-type]
 
 
+class GRNConfig(_Strict):
+    """SERGIO-style gene regulatory network simulator (``mechanism.kind = "grn"``); the
+    equations are in ``pipeline_lib/priors/grn.py``. Defaults follow SERGIO's usual choices
+    (Hill coefficient 2, decay 0.8, noise amplitude 1, strengths U[1, 5], basal U[1, 3])."""
+
+    n_cell_types: int = 3
+    k_min: float = 1.0
+    k_max: float = 5.0
+    p_activation: float = 0.5
+    basal_min: float = 1.0
+    basal_max: float = 3.0
+    hill: float = 2.0
+    decay: float = 0.8
+    noise_q: float = 1.0
+    dt: float = 0.02
+    n_steps: int = 300
+    technical_noise: bool = True
+    outlier_prob: float = 0.01
+    outlier_mean: float = 0.8
+    outlier_sigma: float = 1.0
+    library_size_sigma: float = 0.3
+    dropout_shape: float = 8.0
+    dropout_percentile: float = 45.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "GRNConfig":
+        for field in ("n_cell_types", "n_steps"):
+            if getattr(self, field) < 1:
+                raise PriorConfigError(f"mechanism.grn.{field}={getattr(self, field)} must be >= 1")
+        for field in ("hill", "decay", "dt"):
+            if getattr(self, field) <= 0:
+                raise PriorConfigError(f"mechanism.grn.{field}={getattr(self, field)} must be > 0")
+        for field in ("noise_q", "outlier_sigma", "library_size_sigma", "dropout_shape", "basal_min", "k_min"):
+            if getattr(self, field) < 0:
+                raise PriorConfigError(f"mechanism.grn.{field}={getattr(self, field)} is negative")
+        if self.k_max < self.k_min or self.basal_max < self.basal_min:
+            raise PriorConfigError("mechanism.grn.k_max/basal_max: each upper bound must be >= its lower bound")
+        if not 0 <= self.p_activation <= 1 or not 0 <= self.outlier_prob <= 1:
+            raise PriorConfigError("mechanism.grn.p_activation/outlier_prob: probabilities must lie in [0, 1]")
+        if not 0 <= self.dropout_percentile <= 100:
+            raise PriorConfigError(
+                f"mechanism.grn.dropout_percentile={self.dropout_percentile} must lie in [0, 100]"
+            )
+        if self.decay * self.dt >= 1:
+            raise PriorConfigError(
+                f"mechanism.grn.dt={self.dt}: decay * dt must be < 1 for a stable Euler-Maruyama step"
+            )
+        return self
+
+
 class MechanismConfig(_Strict):
     """Prior over the mechanisms f_j (additive noise: x_j = f_j(x_pa(j)) + noise_j).
 
@@ -136,9 +186,13 @@ class MechanismConfig(_Strict):
       (``pipeline_lib.baselines.bge.sample_bge_parameters`` with ``alpha_mu``, ``alpha_w``).
       The noise std comes from that draw, so ``noise.kind`` must be ``gaussian`` and
       ``noise.scale_*`` are unused.
+    - ``grn``: a SERGIO-style gene regulatory network (``grn`` sub-config, ``grn.py``):
+      Hill-kinetics production, chemical Langevin dynamics, optional technical noise; no
+      additive noise (``noise`` is unused, ``noise_obs`` is NaN), hard interventions are
+      knockouts and soft ones rescale production.
     """
 
-    kind: Literal["linear", "nn", "gp", "bge"] = "linear"
+    kind: Literal["linear", "nn", "gp", "bge", "grn"] = "linear"
     w_min: float = 0.5
     w_max: float = 2.0
     hidden: int = 16
@@ -150,6 +204,7 @@ class MechanismConfig(_Strict):
     gp_amplitude: float = 1.0
     alpha_mu: float = 1.0
     alpha_w: float | None = None
+    grn: GRNConfig = Field(default_factory=GRNConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "MechanismConfig":
@@ -336,6 +391,10 @@ class PriorConfig(_Strict):
             raise PriorConfigError(
                 f"noise.kind={self.noise.kind!r}: mechanism.kind='bge' is linear-Gaussian, "
                 "use noise.kind='gaussian'"
+            )
+        if self.mechanism.kind == "grn" and self.counterfactuals:
+            raise PriorConfigError(
+                "counterfactuals=True: mechanism.kind='grn' has no exogenous noise to hold fixed"
             )
         return self
 

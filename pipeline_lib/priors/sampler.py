@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import graphs, interventions, mechanisms, noise
+from . import graphs, grn, interventions, mechanisms, noise
 from .config import SPLIT_IDS, PriorConfig, PriorConfigError
 
 #: Entropy tag of streaming (``sample_tasks``) seeds, distinct from split ids 0, 1, 2.
@@ -54,18 +54,23 @@ def split_seed(config: PriorConfig, split: str, index: int) -> np.random.SeedSeq
 
 def _draw_task(config: PriorConfig, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:
     """All random ingredients of one task, canonical node order, fixed shapes."""
-    g_graph, g_mech, g_noise, g_int = (np.random.default_rng(s) for s in seed.spawn(4))
+    streams = seed.spawn(5)  # graph, mechanism, noise, interventions, GRN dynamics
+    g_graph, g_mech, g_noise, g_int = (np.random.default_rng(s) for s in streams[:4])
     d = config.d_max
     gcfg = config.graph
     n = int(g_graph.integers(gcfg.d_min, gcfg.d_max + 1))
     adj = graphs.sample_canonical_graph(gcfg, n, g_graph)
     perm = graphs.random_labels(n, d, g_graph)
 
-    params = mechanisms.draw_params(config.mechanism, adj, n, g_mech)
+    k = config.interventions.n_regimes
+    if config.mechanism.kind == "grn":
+        n_cells = config.n_obs + k * config.n_int
+        params = grn.draw_params(config.mechanism.grn, adj, n, n_cells, g_mech)
+    else:
+        params = mechanisms.draw_params(config.mechanism, adj, n, g_mech)
     scale = params.pop("noise_std", None)
     s_draw = noise.noise_scales(config.noise, d, g_noise)
     scale = s_draw if scale is None else scale
-    k = config.interventions.n_regimes
     u_obs = noise.standard_noise(config.noise.kind, (config.n_obs, d), g_noise)
     u_int = noise.standard_noise(config.noise.kind, (k, config.n_int, d), g_noise)
     ints = interventions.draw_interventions(config.interventions, n, d, g_int)
@@ -73,6 +78,8 @@ def _draw_task(config: PriorConfig, seed: np.random.SeedSequence) -> dict[str, n
     task = {"n": np.int64(n), "adj": adj, "perm": perm, "scale": scale, "u_obs": u_obs, "u_int": u_int}
     task.update({"mech_" + key: val for key, val in params.items()})
     task.update({"int_" + key: val for key, val in ints.items()})
+    if config.mechanism.kind == "grn":
+        task["_rng"] = np.random.default_rng(streams[4])  # per-step Wiener increments
     return task
 
 
@@ -80,6 +87,34 @@ def _columns(arr: np.ndarray, inv: np.ndarray) -> np.ndarray:
     """Relabel the last (node) axis: ``out[..., c] = arr[..., inv[t, c]]``; ``inv: (T, d)``."""
     shape = (inv.shape[0],) + (1,) * (arr.ndim - 2) + (inv.shape[1],)
     return np.take_along_axis(arr, inv.reshape(shape), axis=-1)
+
+
+def _obs_stats(x_obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task mean and std (ddof 0) of x_obs per node; padding (and constant nodes,
+    e.g. an all-dropout gene) get mean 0 / std 1 so that standardizing is a no-op there."""
+    mean = np.where(mask, x_obs.mean(axis=1), 0.0)
+    std = np.where(mask, x_obs.std(axis=1), 1.0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _simulate_grn(cfg, params, mask, targets, soft_scale, rngs) -> tuple[np.ndarray, np.ndarray]:
+    """Observational and interventional cells of a GRN prior in one simulation.
+
+    Cells ``0..n_obs-1`` are observational, then ``n_int`` cells per regime. Production is
+    scaled per cell and gene: 0 for knocked-out (hard) targets, ``soft_scale`` for soft ones.
+    Returns ``x_obs (T, n_obs, d)`` and ``x_int (T, K, n_int, d)``.
+    """
+    t_count, k, d = targets.shape
+    n_obs, n_int = cfg.n_obs, cfg.n_int
+    per_regime = np.where(targets, 0.0 if cfg.interventions.kind == "hard" else soft_scale, 1.0)  # (T, K, d)
+    prod_scale = np.concatenate(
+        [np.ones((t_count, n_obs, d)), np.repeat(per_regime, n_int, axis=1)], axis=1
+    )  # (T, M, d)
+    x = grn.simulate(cfg.mechanism.grn, params, prod_scale, rngs)
+    if cfg.mechanism.grn.technical_noise:
+        x = grn.technical_noise(cfg.mechanism.grn, x, mask, rngs)
+    x = x * mask[:, None, :]
+    return x[:, :n_obs], x[:, n_obs:].reshape(t_count, k, n_int, d)
 
 
 class _Regimes:
@@ -131,32 +166,38 @@ def sample_batch(
     t_count = len(tasks)
     if t_count == 0:
         raise PriorConfigError("n_tasks: need at least one task")
-    b = {key: np.stack([task[key] for task in tasks]) for key in tasks[0]}
+    b = {key: np.stack([task[key] for task in tasks]) for key in tasks[0] if not key.startswith("_")}
 
     adj = b["adj"]  # (T, d, d) canonical, strictly upper triangular
     mask = np.arange(d)[None, :] < b["n"][:, None]  # (T, d)
     params = {key[5:]: val for key, val in b.items() if key.startswith("mech_")}
     scale = b["scale"] * mask  # (T, d); padded nodes get no noise
 
-    # --- observational ancestral sampling, vectorised over tasks and samples
-    eps_obs = b["u_obs"] * scale[:, None, :]  # (T, n_obs, d)
-    x_obs = np.zeros((t_count, n_obs, d))
-    for j in range(d):
-        x_obs[:, :, j] = mechanisms.evaluate(cfg.mechanism, params, adj, x_obs, j) + eps_obs[:, :, j]
-    mean = np.where(mask, x_obs.mean(axis=1), 0.0)
-    std = np.where(mask, x_obs.std(axis=1), 1.0)
-    std = np.where(std > 0, std, 1.0)  # a constant node (not reachable with scale_min > 0)
-
-    # --- interventional regimes: fresh noise, batched over (task, regime, sample)
     icfg = cfg.interventions
     targets = b["int_targets"]  # (T, K, d) canonical
-    offset = icfg.value_scale * std[:, None, :] * b["int_z"]  # (T, K, d)
-    shift = mean[:, None, :] + offset  # hard values a = mean + value_scale * std * z
-    eps_int = b["u_int"] * scale[:, None, None, :]  # (T, K, n_int, d)
-    regime = _Regimes(cfg, params, adj, targets, shift, offset, b["int_soft_scale"])
-    x_int = regime.sample(eps_int)
-    # counterfactuals: the same regimes driven by the observational noise of x_obs
-    x_cf = regime.sample(np.broadcast_to(eps_obs[:, None], (t_count, k, n_obs, d))) if cfg.counterfactuals else None
+    x_cf = None
+    if cfg.mechanism.kind == "grn":
+        x_obs, x_int = _simulate_grn(cfg, params, mask, targets, b["int_soft_scale"], [t["_rng"] for t in tasks])
+        eps_obs = np.full_like(x_obs, np.nan)  # no additive exogenous noise in a GRN
+        mean, std = _obs_stats(x_obs, mask)
+        shift = np.zeros((t_count, k, d))  # knockout: x_j = 0 in raw units
+    else:
+        # --- observational ancestral sampling, vectorised over tasks and samples
+        eps_obs = b["u_obs"] * scale[:, None, :]  # (T, n_obs, d)
+        x_obs = np.zeros((t_count, n_obs, d))
+        for j in range(d):
+            x_obs[:, :, j] = mechanisms.evaluate(cfg.mechanism, params, adj, x_obs, j) + eps_obs[:, :, j]
+        mean, std = _obs_stats(x_obs, mask)
+
+        # --- interventional regimes: fresh noise, batched over (task, regime, sample)
+        offset = icfg.value_scale * std[:, None, :] * b["int_z"]  # (T, K, d)
+        shift = mean[:, None, :] + offset  # hard values a = mean + value_scale * std * z
+        eps_int = b["u_int"] * scale[:, None, None, :]  # (T, K, n_int, d)
+        regime = _Regimes(cfg, params, adj, targets, shift, offset, b["int_soft_scale"])
+        x_int = regime.sample(eps_int)
+        if cfg.counterfactuals:
+            # the same regimes driven by the observational noise of x_obs
+            x_cf = regime.sample(np.broadcast_to(eps_obs[:, None], (t_count, k, n_obs, d)))
     if icfg.kind == "hard":
         int_values = np.where(targets, shift, np.nan)
     else:
