@@ -1,0 +1,245 @@
+"""The served deployments against a real Prefect server, driven the way the UI drives them.
+
+A module fixture starts ``python -m deploy.serve`` (the single-machine stack's serve
+process) against the session's ``prefect server start``, with a temporary CAUSALMETA_ROOT,
+a 1 s runner poll and 2 training steps for triggered runs. Then:
+
+1. a ``benchmark`` run created through the REST API exactly as the UI does
+   (``GET /api/deployments/name/benchmark/benchmark`` -> id,
+   ``POST /api/deployments/{id}/create_flow_run``) completes and leaves its MLflow run with
+   the metrics in the sqlite store under the root; a baseline config that the fit rejects is
+   recorded as failed tasks while the run still completes;
+2. the ``causalmeta.prior.updated`` events, the one the benchmark's generation emitted and
+   one emitted here with ``prefect.events.emit_event``, each create a ``meta-train`` run of
+   ``retrain-on-prior-change`` whose ``prior`` parameter is the store path taken from the
+   event resource by the Jinja template of the trigger.
+
+Plus the consistency of deploy/prefect.yaml with the table in deploy/serve.py (no server).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.service
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+TINY_SPEC = {
+    "name": "svc-tiny",
+    "priors": ["lin-2node"],
+    "prior_overrides": {"n_obs": 40, "n_int": 20, "splits": {"train": 4, "val": 2, "test": 2}, "chunk_tasks": 2},
+    "methods": [],
+    # the second "exact" carries an option the fit rejects: recorded failures, not a crash
+    "baselines": [{"name": "exact"}, {"name": "exact", "config": {"no_such_option": 1}}],
+    "n_test_tasks": 2,
+    "n_workers": 1,
+    "seed": 0,
+}
+
+
+# ---------------------------------------------------------------------------- no server
+def test_prefect_yaml_is_the_rendered_table():
+    from deploy.serve import render_prefect_yaml
+
+    committed = (REPO / "deploy" / "prefect.yaml").read_text()
+    assert committed == render_prefect_yaml(), "regenerate: python -m deploy.serve --render-prefect-yaml > deploy/prefect.yaml"
+
+
+def test_prefect_yaml_validates_with_prefects_own_models():
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.events import DeploymentEventTrigger
+
+    from deploy.serve import PRIOR_PATH_TEMPLATE, deployment_table
+
+    doc = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(doc)
+    by_name = {d.name: d for d in model.deployments}
+    table = {s.name: s for s in deployment_table("ROOT")}
+    assert set(by_name) == set(table) == {
+        "nightly-benchmark", "benchmark", "generate-prior", "meta-train", "retrain-on-prior-change"
+    }
+    assert by_name["nightly-benchmark"].schedules[0].cron == "0 2 * * *"
+    assert by_name["nightly-benchmark"].parameters["preset"] == "quick"
+    assert {n: d.work_pool.name for n, d in by_name.items()} == {
+        "nightly-benchmark": "causalmeta-cpu", "benchmark": "causalmeta-cpu", "generate-prior": "causalmeta-cpu",
+        "meta-train": "causalmeta-gpu", "retrain-on-prior-change": "causalmeta-gpu",
+    }
+    (trigger,) = by_name["retrain-on-prior-change"].triggers
+    parsed = DeploymentEventTrigger.model_validate(trigger)
+    assert parsed.expect == {"causalmeta.prior.updated"}
+    assert parsed.match.root == {"prefect.resource.id": "causalmeta.prior.*"}
+    assert parsed.parameters == {"prior": PRIOR_PATH_TEMPLATE}
+    for name, spec in table.items():
+        assert by_name[name].entrypoint == spec.entrypoint
+        assert set(by_name[name].parameters) == set(spec.parameters)
+
+
+def test_table_matches_the_flows():
+    """Entry points import, flow names agree, the event name is the one generate_prior emits."""
+    from deploy.serve import PRIOR_UPDATED_EVENT, deployment_table, load_flow
+    from flows.generate import PRIOR_UPDATED_EVENT as emitted
+
+    assert PRIOR_UPDATED_EVENT == emitted
+    for spec in deployment_table("ROOT", train_steps=3):
+        flow = load_flow(spec)
+        params = set(flow.parameters.properties)
+        assert set(spec.parameters) <= params, (spec.name, params)
+        if spec.trigger:
+            assert set(spec.trigger.parameters) <= params
+            assert spec.trigger.parameters["steps"] == 3
+    with pytest.raises(ValueError, match="train_steps"):
+        deployment_table("ROOT", train_steps=0)
+
+
+# ---------------------------------------------------------------------------- served
+@dataclass
+class Served:
+    root: Path
+    api: str
+    service: object
+
+    def get(self, path: str) -> dict:
+        import httpx
+
+        r = httpx.get(f"{self.api}{path}", timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: dict) -> dict | list:
+        import httpx
+
+        r = httpx.post(f"{self.api}{path}", json=body, timeout=10)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def wait_state(self, flow_run_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(f"/flow_runs/{flow_run_id}")
+            if run["state_type"] in TERMINAL:
+                return run
+            assert self.service.alive(), f"serve process died:\n{self.service.log_tail()}"
+            time.sleep(0.5)
+        raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout}s:\n{self.service.log_tail()}")
+
+    def runs_of(self, deployment_id: str) -> list[dict]:
+        body = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
+        return self.post("/flow_runs/filter", body)
+
+
+@pytest.fixture(scope="module")
+def served(services, prefect_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served-root")
+    env = {
+        **prefect_server.env,
+        "CAUSALMETA_ROOT": str(root),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    service = services.start("serve", [sys.executable, "-m", "deploy.serve", "--train-steps", "2"], env=env)
+    s = Served(root=root, api=prefect_server.api_url, service=service)
+    services.wait_log(service, "deployments are being served", timeout=180)
+    yield s
+    service.stop()
+
+
+def test_benchmark_run_from_the_rest_api_completes_and_logs_mlflow(served):
+    import mlflow
+
+    from storage.tracking import tracking_uri
+
+    dep = served.get("/deployments/name/benchmark/benchmark")
+    assert dep["parameters"] == {"preset": "quick", "root": str(served.root)}
+    # The UI form: the parameter schema carries the pydantic BenchmarkSpec.
+    schema = dep["parameter_openapi_schema"]
+    assert "BenchmarkSpec" in json.dumps(schema["definitions"])
+    nightly = served.get("/deployments/name/benchmark/nightly-benchmark")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+
+    run = served.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"spec": TINY_SPEC, "preset": None}})
+    assert run["parameters"]["spec"]["name"] == "svc-tiny"
+    final = served.wait_state(run["id"], timeout=240)
+    assert final["state_type"] == "COMPLETED", f"{final['state']}\n{served.service.log_tail()}"
+
+    client = mlflow.tracking.MlflowClient(tracking_uri(str(served.root)))
+    assert (served.root / "mlflow.db").is_file()
+    exp = client.get_experiment_by_name("benchmark-svc-tiny")
+    assert exp is not None
+    (mlrun,) = client.search_runs([exp.experiment_id])
+    metrics = mlrun.data.metrics
+    # keys are <prior label>.<method key>.<metric>, the method key of a baseline "exact-<config hash8>"
+    nlpid = [v for k, v in metrics.items() if ".exact-" in k and k.endswith(".nlpid")]
+    assert nlpid and all(math.isfinite(v) for v in nlpid), metrics
+    # both test tasks failed under the rejected config, recorded rather than raised
+    assert sorted(v for k, v in metrics.items() if k.endswith(".n_failed")) == [0.0, 2.0], metrics
+
+
+def _emit_prior_updated(served: Served, resource: dict) -> None:
+    """`prefect.events.emit_event` in a fresh process pointed at the server (no in-process
+    events worker left over from an earlier test's API)."""
+    code = (
+        "import json, sys\n"
+        "from prefect.events import emit_event\n"
+        "from prefect.events.worker import EventsWorker\n"
+        "ev = emit_event(event='causalmeta.prior.updated', resource=json.loads(sys.argv[1]))\n"
+        "assert ev is not None, 'event not emitted'\n"
+        "EventsWorker.drain_all()\n"
+    )
+    env = {"PREFECT_API_URL": served.api, "PREFECT_HOME": str(served.root / "emit-home")}
+    import os
+
+    subprocess.run([sys.executable, "-c", code, json.dumps(resource)], env={**os.environ, **env}, check=True,
+                   timeout=120)
+
+
+def _write_tiny_store(root: Path):
+    from pipeline_lib.priors import PriorConfig, sample_split_range
+    from storage.prior_store import PriorStore
+
+    config = PriorConfig.model_validate(
+        {"name": "svc-event", "seed": 11, "graph": {"n_nodes": 2, "expected_parents": 0.25},
+         "interventions": {"n_regimes": 2}, "n_obs": 40, "n_int": 20,
+         "splits": {"train": 4, "val": 2, "test": 2}, "chunk_tasks": 2}
+    )
+    store = PriorStore.create_or_open(root, config)
+    for split, c, start, stop in store.pending_chunks():
+        store.write_chunk(split, c, sample_split_range(config, split, start, stop))
+    store.finalize()
+    return store
+
+
+def test_prior_updated_event_triggers_meta_train(served):
+    from flows.generate import prior_resource
+
+    dep = served.get("/deployments/name/meta-train/retrain-on-prior-change")
+    store = _write_tiny_store(served.root)
+    t0 = time.monotonic()
+    _emit_prior_updated(served, prior_resource(store))
+
+    deadline, mine = time.monotonic() + 60, []
+    while not mine and time.monotonic() < deadline:
+        mine = [r for r in served.runs_of(dep["id"]) if r["parameters"].get("prior") == str(store.path)]
+        time.sleep(0.5)
+    assert mine, f"no meta-train run for {store.path} within 60 s:\n{served.service.log_tail()}"
+    print(f"triggered run created {time.monotonic() - t0:.1f}s after emit_event")
+    (run,) = mine
+    assert run["parameters"]["steps"] == 2 and run["parameters"]["root"] == str(served.root)
+
+    # The benchmark of the previous test generated a prior: its event triggered a run too.
+    benchmark_priors = [p.name for p in (served.root / "priors").glob("lin-2node-*.zarr")]
+    triggered = {Path(r["parameters"]["prior"]).name for r in served.runs_of(dep["id"])}
+    assert set(benchmark_priors) <= triggered, (benchmark_priors, triggered)
+
+    final = served.wait_state(run["id"], timeout=180)
+    assert final["state_type"] == "COMPLETED", f"{final['state']}\n{served.service.log_tail()}"
