@@ -130,8 +130,8 @@ class GRNConfig(_Strict):
     hill: float = 2.0
     decay: float = 0.8
     noise_q: float = 1.0
-    dt: float = 0.02
-    n_steps: int = 300
+    dt: float = 0.05
+    n_steps: int = 100
     technical_noise: bool = True
     outlier_prob: float = 0.01
     outlier_mean: float = 0.8

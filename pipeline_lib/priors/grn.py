@@ -98,8 +98,9 @@ def simulate(
 
     ``prod_scale: (T, M, d)`` multiplies production per cell (1 observational, 0 knockout,
     soft_scale knockdown); ``params["cell_type"]: (T, M)``. Returns expression ``(T, M, d)``
-    (before technical noise). Each task's Wiener increments come from its own generator,
-    one ``(2, M, d)`` draw per step, so tasks stay independent of the batch they are in.
+    (before technical noise). The two independent Wiener terms of a step are merged into
+    one Gaussian of the same law, ``sqrt(P + lambda x) dW``. Each task's increments come
+    from its own generator, one ``(M, d)`` draw per step, so tasks stay independent of the batch they are in.
     """
     xbar, h = steady_state_means(grn_cfg, params)
     t_count, m, d = prod_scale.shape
@@ -107,8 +108,8 @@ def simulate(
     cell_type = params["cell_type"]
     basal = params["basal"][rows, cell_type]  # (T, M, d)
     x = xbar[rows, cell_type] * (prod_scale > 0)  # knocked-out genes start (and stay) at 0
-    k_pos, k_neg = params["k_pos"], params["k_neg"]
-    k_sum = k_neg.sum(axis=1)  # (T, d): sum_i |K_ij| over repressors, the "1 -" part
+    k_diff = params["k_pos"] - params["k_neg"]  # (T, d, d)
+    k_sum = params["k_neg"].sum(axis=1)  # (T, d): sum_i |K_ij| over repressors, the "1 -" part
     lam, q, dt = grn_cfg.decay, grn_cfg.noise_q, grn_cfg.dt
     sqrt_dt = np.sqrt(dt)
     h_n = np.power(h, grn_cfg.hill)[:, None, :]
@@ -116,11 +117,14 @@ def simulate(
         xn = np.power(x, grn_cfg.hill)
         hill = xn / (h_n + xn)
         # sum_i K+_ij H_i + K-_ij (1 - H_i) = H @ K+ - H @ K- + sum_i K-_ij
-        prod = basal + hill @ k_pos - hill @ k_neg + k_sum[:, None, :]
+        prod = hill @ k_diff
+        prod += basal
+        prod += k_sum[:, None, :]
         prod *= prod_scale
         np.maximum(prod, 0.0, out=prod)  # round-off guard for sqrt
-        z = np.stack([g.standard_normal((2, m, d)) for g in rngs])  # (T, 2, M, d)
-        x = x + (prod - lam * x) * dt + q * sqrt_dt * (np.sqrt(prod) * z[:, 0] + np.sqrt(lam * x) * z[:, 1])
+        z = np.stack([g.standard_normal((m, d)) for g in rngs])  # (T, M, d)
+        # sqrt(P) dW1 + sqrt(lambda x) dW2 has the law of sqrt(P + lambda x) dW: one draw
+        x = x + (prod - lam * x) * dt + (q * sqrt_dt) * np.sqrt(prod + lam * x) * z
         np.maximum(x, 0.0, out=x)
     return x
 
