@@ -2,3 +2,4 @@
 from pipeline_lib.baselines.base import CausalPosterior, DensityEstimate, GraphMixturePosterior
 from pipeline_lib.baselines.bge import BGe, BGeScorer, sample_bge_parameters
 from pipeline_lib.baselines.enumeration import enumerate_dags, markov_equivalent, parent_bitmasks
+from pipeline_lib.baselines.exact import BGeMixturePosterior, ExactPosterior
