@@ -269,6 +269,9 @@ class InterventionConfig(_Strict):
       x_j = r_j f_j(x_pa(j)) + shift_j + noise_j with r_j ~ Uniform[soft_scale_min,
       soft_scale_max] and shift_j = value_scale * std_j * z; ``int_values`` stays NaN.
 
+    For ``mechanism.kind="grn"`` the values above are unused: hard = knockout (x_j = 0, raw
+    units), soft = production of the target times r_j.
+
     ``targets_known`` is metadata for the methods (MetaCaDI/BaCaDI-style tasks hide the
     targets); the stored ``int_targets`` are the truth either way.
 

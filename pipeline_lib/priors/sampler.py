@@ -1,15 +1,17 @@
 """Task sampler: draws tasks of a ``PriorConfig`` into the arrays of the Zarr data contract.
 
 Determinism. Task ``i`` of split ``s`` is a pure function of
-``np.random.SeedSequence([config.seed, SPLIT_IDS[s], i])``; its four child streams
-(graph, mechanism, noise, interventions) are drawn per task, so any chunking or worker
+``np.random.SeedSequence([config.seed, SPLIT_IDS[s], i])``; its child streams
+(graph, mechanism, noise, interventions, and GRN dynamics) are drawn per task, so any chunking or worker
 count gives byte-identical arrays, and changing e.g. the mechanism keeps the graphs.
 
 Vectorisation. The per-task loop only *draws random numbers* (fixed shapes per config).
 The heavy part, ancestral sampling ``x_j = f_j(x_pa(j)) + eps_j`` through the mechanisms,
 is batched over tasks, regimes and samples, looping only over the d_max node positions of
 the canonical topological order (all tasks share it: parents have smaller canonical index).
-The real nodes are then relabelled by each task's random permutation.
+The real nodes are then relabelled by each task's random permutation. The GRN mechanism
+(``grn.py``) is the exception: it integrates an SDE over time steps, batched over tasks,
+cells and genes, with each task's Wiener increments from that task's own stream.
 
 Returned arrays (T tasks, d = d_max, K = n_regimes, p = perturbation_dim):
 
@@ -17,7 +19,7 @@ Returned arrays (T tasks, d = d_max, K = n_regimes, p = perturbation_dim):
 adjacency      (T, d, d) uint8   A[i, j] = 1 iff i -> j
 node_mask      (T, d) bool       real nodes (padding is always the last d - d_t columns)
 x_obs          (T, n_obs, d) f4  observational samples
-noise_obs      (T, n_obs, d) f4  the exogenous noise eps that produced x_obs
+noise_obs      (T, n_obs, d) f4  the exogenous noise eps that produced x_obs (NaN for grn)
 int_targets    (T, K, d) bool    intervened nodes per regime
 int_values     (T, K, d) f4      hard values (NaN where not a hard target / soft regimes)
 x_int          (T, K, n_int, d)  interventional samples, fresh noise per regime
@@ -30,7 +32,8 @@ obs_std        (T, d) f4         per-task x_obs std (ddof 0) used to standardize
 
 Standardization (``config.standardize``): ``x' = (x - obs_mean) / obs_std`` for x_obs, x_int
 and hard int_values; ``noise_obs' = eps / obs_std``. For additive noise this keeps
-``x'_j = (f_j(x_pa) - mean_j) / std_j + noise'_j``. Padded entries are 0 in every data array.
+``x'_j = (f_j(x_pa) - mean_j) / std_j + noise'_j``. Padded entries are 0 in x_obs,
+noise_obs, x_int and x_cf, never targets (int_values NaN), mean 0 / std 1.
 All arithmetic is float64; the outputs are cast to float32 at the end.
 """
 
