@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The single-machine service stack of causalmeta, on loopback:
+#
+#   prefect-server  prefect server start           http://127.0.0.1:$PREFECT_PORT   (UI + API)
+#   mlflow          mlflow server (sqlite + files)  http://127.0.0.1:$MLFLOW_PORT
+#   dask-scheduler  dask scheduler                  tcp://127.0.0.1:$DASK_PORT
+#   dask-worker-i   N x dask worker --nthreads 1
+#   serve           python -m deploy.serve          the five deployments (deploy/serve.py)
+#
+# Usage: deploy/stack.sh up|down|status [--workers N] [--state DIR]
+#   --workers N   Dask worker processes (default 2)
+#   --state DIR   pids, logs and the Prefect database (default $CAUSALMETA_ROOT/stack)
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), DASK_PORT (8786) from the environment.
+# Data: CAUSALMETA_ROOT (default .causalmeta): prior stores, checkpoints, mlflow.db, mlartifacts/.
+#
+# Every service runs in its own process group (setsid); its pid is the group leader, so
+# `down` signals exactly the groups this script started (servers fork workers) and nothing
+# else. Runs executed by `serve` see PREFECT_API_URL, MLFLOW_TRACKING_URI,
+# DASK_SCHEDULER_ADDRESS and CAUSALMETA_ROOT pointing at this stack (storage/settings.py).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+BIN="$REPO/.venv/bin"
+
+usage() { sed -n '10,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+CMD="${1:-}"; [[ -n "$CMD" ]] || usage
+[[ "$CMD" == -h || "$CMD" == --help ]] && usage 0
+shift
+WORKERS=2
+ROOT="${CAUSALMETA_ROOT:-.causalmeta}"
+STATE=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --workers) WORKERS="${2:?--workers needs a number}"; shift 2 ;;
+    --state) STATE="${2:?--state needs a directory}"; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "stack.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+[[ "$WORKERS" =~ ^[0-9]+$ ]] || { echo "stack.sh: --workers must be a non-negative integer, got '$WORKERS'" >&2; exit 2; }
+ROOT="$(realpath -m "$ROOT")"
+STATE="$(realpath -m "${STATE:-$ROOT/stack}")"
+
+PREFECT_PORT="${PREFECT_PORT:-4200}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+DASK_PORT="${DASK_PORT:-8786}"
+PREFECT_URL="http://127.0.0.1:$PREFECT_PORT"
+MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
+DASK_ADDR="tcp://127.0.0.1:$DASK_PORT"
+
+export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_HOME="$STATE/prefect-home"
+export CAUSALMETA_ROOT="$ROOT"
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+logfile() { echo "$STATE/logs/$1.log"; }
+pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }  # a zombie is dead
+is_alive() { local f; f="$(pidfile "$1")"; [[ -f "$f" ]] && pid_alive "$(cat "$f")"; }
+services() {  # every service with a pid file, in start order
+  local f; for f in prefect-server mlflow dask-scheduler; do [[ -f "$(pidfile $f)" ]] && echo "$f"; done
+  for f in "$STATE"/pids/dask-worker-*.pid; do [[ -f "$f" ]] && basename "$f" .pid; done
+  [[ -f "$(pidfile serve)" ]] && echo serve
+  return 0
+}
+url_of() {
+  case "$1" in
+    prefect-server) echo "$PREFECT_URL (UI), $PREFECT_URL/api" ;;
+    mlflow) echo "$MLFLOW_URL" ;;
+    dask-scheduler) echo "$DASK_ADDR" ;;
+    dask-worker-*) echo "-> $DASK_ADDR" ;;
+    serve) echo "-> $PREFECT_URL/api" ;;
+  esac
+}
+
+start() {  # start NAME CMD...: own session/process group, output to the log, pid file
+  local name="$1"; shift
+  setsid "$@" >"$(logfile "$name")" 2>&1 < /dev/null &
+  echo $! >"$(pidfile "$name")"
+  echo "started $name (pid $!)"
+}
+
+fail() {
+  echo "stack.sh: $1; last lines of $(logfile "$2"):" >&2
+  tail -n 30 "$(logfile "$2")" >&2 || true
+  echo "stack.sh: stopping what was started" >&2
+  do_down >&2
+  exit 1
+}
+
+wait_http() {  # wait_http NAME URL TIMEOUT
+  local deadline=$((SECONDS + $3))
+  until curl -sf -o /dev/null "$2"; do
+    is_alive "$1" || fail "$1 exited" "$1"
+    (( SECONDS < deadline )) || fail "$1 not healthy at $2 after $3 s" "$1"
+    sleep 0.5
+  done
+  echo "$1 healthy: $2"
+}
+
+wait_port() {  # wait_port NAME PORT TIMEOUT
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+    is_alive "$1" || fail "$1 exited" "$1"
+    (( SECONDS < deadline )) || fail "$1 not listening on $2 after $3 s" "$1"
+    sleep 0.5
+  done
+  echo "$1 listening: 127.0.0.1:$2"
+}
+
+wait_log() {  # wait_log NAME TEXT TIMEOUT
+  local deadline=$((SECONDS + $3))
+  until grep -q "$2" "$(logfile "$1")" 2>/dev/null; do
+    is_alive "$1" || fail "$1 exited" "$1"
+    (( SECONDS < deadline )) || fail "$1 did not report '$2' after $3 s" "$1"
+    sleep 0.5
+  done
+  echo "$1 ready"
+}
+
+do_up() {
+  local running=""
+  for s in $(services); do is_alive "$s" && running="$running $s"; done
+  if [[ -n "$running" ]]; then
+    echo "stack.sh: already running:$running (state $STATE); run 'deploy/stack.sh down' first" >&2
+    exit 1
+  fi
+  mkdir -p "$STATE/pids" "$STATE/logs"
+  rm -f "$STATE"/pids/*.pid
+  for b in prefect mlflow dask python; do
+    [[ -x "$BIN/$b" ]] || { echo "stack.sh: $BIN/$b not found: run 'make install' first" >&2; exit 1; }
+  done
+  for p in "$PREFECT_PORT" "$MLFLOW_PORT" "$DASK_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "stack.sh: port $p on 127.0.0.1 is already in use (set PREFECT_PORT / MLFLOW_PORT / DASK_PORT)" >&2
+      exit 1
+    fi
+  done
+  mkdir -p "$PREFECT_HOME" "$ROOT/mlartifacts"
+
+  # The three servers start side by side; they do not depend on each other.
+  start prefect-server env PREFECT_UI_API_URL="$PREFECT_URL/api" \
+    "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  # One gunicorn/uvicorn worker and no job runner: ~0.5 GB instead of ~3 GB (ENVIRONMENT.md).
+  start mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    "$BIN/mlflow" server --backend-store-uri "sqlite:///$ROOT/mlflow.db" \
+    --artifacts-destination "$ROOT/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+  start dask-scheduler "$BIN/dask" scheduler --host 127.0.0.1 --port "$DASK_PORT" --no-dashboard
+
+  wait_http prefect-server "$PREFECT_URL/api/health" 180
+  wait_http mlflow "$MLFLOW_URL/health" 180
+  wait_port dask-scheduler "$DASK_PORT" 120
+
+  # Everything below executes flow and task code: it gets the whole stack's addresses.
+  export PREFECT_API_URL="$PREFECT_URL/api" MLFLOW_TRACKING_URI="$MLFLOW_URL" DASK_SCHEDULER_ADDRESS="$DASK_ADDR"
+  local i
+  for ((i = 0; i < WORKERS; i++)); do
+    start "dask-worker-$i" "$BIN/dask" worker "$DASK_ADDR" --nthreads 1 --name "causalmeta-$i" --no-dashboard
+  done
+  start serve "$BIN/python" -m deploy.serve --root "$ROOT"
+  wait_log serve "deployments are being served" 240
+  echo
+  do_status
+}
+
+do_down() {
+  local s pid stopped=0
+  # Reverse start order: the serve process first, so no run is picked up while servers go.
+  for s in $(services | tac); do
+    pid="$(cat "$(pidfile "$s")")"
+    if pid_alive "$pid"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      stopped=1
+      echo "stopping $s (process group $pid)"
+    fi
+  done
+  if (( stopped )); then
+    local deadline=$((SECONDS + 15))
+    for s in $(services); do
+      pid="$(cat "$(pidfile "$s")")"
+      while pid_alive "$pid" && (( SECONDS < deadline )); do sleep 0.3; done
+      if pid_alive "$pid"; then
+        echo "$s did not stop in 15 s: SIGKILL to process group $pid"
+        kill -KILL -- "-$pid" 2>/dev/null || true
+      fi
+    done
+  fi
+  rm -f "$STATE"/pids/*.pid
+  echo "stack down (logs kept in $STATE/logs)"
+}
+
+do_status() {
+  local s pid state any=0
+  printf '%-16s %-8s %-6s %s\n' SERVICE PID STATE URL
+  for s in $(services); do
+    any=1
+    pid="$(cat "$(pidfile "$s")")"
+    if pid_alive "$pid"; then state=alive; else state=DEAD; fi
+    printf '%-16s %-8s %-6s %s\n' "$s" "$pid" "$state" "$(url_of "$s")"
+  done
+  (( any )) || echo "(no services started from state $STATE)"
+  echo "state: $STATE   data root: $ROOT"
+  if curl -sf -o /dev/null "$PREFECT_URL/api/health"; then echo "prefect api: healthy"; fi
+  if curl -sf -o /dev/null "$MLFLOW_URL/health"; then echo "mlflow: healthy"; fi
+}
+
+case "$CMD" in
+  up) do_up ;;
+  down) do_down ;;
+  status) do_status ;;
+  *) echo "stack.sh: unknown command '$CMD'" >&2; usage ;;
+esac
