@@ -365,3 +365,45 @@ def test_bge_mechanism_is_linear_gaussian_with_its_parameters():
         np.testing.assert_allclose(emp / scale, theory_cov / scale, atol=0.04)
         # mean of x = (I - W^T)^-1 mu
         np.testing.assert_allclose(out["x_obs"][t].mean(axis=0), inv.T @ mu, atol=0.05 * np.sqrt(np.diag(theory_cov)).max())
+
+
+def test_hard_interventional_distribution_is_the_mutilated_scm():
+    """do(X_j = a) in a linear-Gaussian SCM: drop column j of W, set eps_j = a (variance 0):
+    mean = (I - W~)^-T a e_j, Cov = (I - W~)^-T diag(s~^2) (I - W~)^-1."""
+    c = make(graph={"kind": "fully_connected", "n_nodes": 4}, standardize=False, n_obs=16, n_int=40000,
+             interventions={"n_regimes": 4, "max_targets": 1, "value_dist": "uniform_sign"})
+    out, params = sample_batch(c, [split_seed(c, "train", i) for i in range(2)], return_params=True)
+    for t in range(2):
+        for k in range(4):
+            j = int(np.flatnonzero(out["int_targets"][t, k])[0])
+            a = float(out["int_values"][t, k, j])
+            w = params["weights"][t].copy()
+            w[:, j] = 0.0
+            s2 = params["noise_scale"][t] ** 2
+            s2[j] = 0.0
+            inv = np.linalg.inv(np.eye(4) - w)
+            e = np.zeros(4)
+            e[j] = a
+            mean, cov = inv.T @ e, inv.T @ np.diag(s2) @ inv
+            xs = out["x_int"][t, k].astype(np.float64)
+            sd = np.sqrt(np.diag(cov)).max()
+            np.testing.assert_allclose(xs.mean(axis=0), mean, atol=0.03 * sd)
+            np.testing.assert_allclose(np.cov(xs, rowvar=False), cov, atol=0.04 * sd**2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lin-2node", "lin-3node", "nn-3node", "gp-3node", "bge-2node", "bge-3node",
+                                  "er-20node", "grn-10node"])
+def test_shipped_configs_sample_a_full_chunk(name):
+    from pathlib import Path
+
+    c = PriorConfig.from_yaml(Path(__file__).parents[1] / "configs" / "priors" / f"{name}.yaml")
+    n = min(c.chunk_tasks, c.splits.test)
+    out = sample_split_range(c, "test", 0, n)
+    assert out["x_obs"].shape == (n, c.n_obs, c.d_max)
+    for key in ("x_obs", "x_int", "obs_mean", "obs_std"):
+        assert np.isfinite(out[key]).all(), key
+    assert (out["int_targets"].sum(axis=2) >= 1).all()
+    assert (out["int_targets"].sum(axis=2) <= c.interventions.max_targets).all()
+    hard = out["int_targets"] if c.interventions.kind == "hard" else np.zeros_like(out["int_targets"])
+    assert (np.isfinite(out["int_values"]) == hard).all()
