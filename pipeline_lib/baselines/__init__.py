@@ -3,3 +3,4 @@ from pipeline_lib.baselines.base import CausalPosterior, DensityEstimate, GraphM
 from pipeline_lib.baselines.bge import BGe, BGeScorer, sample_bge_parameters
 from pipeline_lib.baselines.enumeration import enumerate_dags, markov_equivalent, parent_bitmasks
 from pipeline_lib.baselines.exact import BGeMixturePosterior, ExactPosterior
+from pipeline_lib.baselines.two_node import TwoNodePosterior

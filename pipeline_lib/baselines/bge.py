@@ -37,9 +37,11 @@ identifiable.
 
 Conjugate posterior of one node's mechanism. For node i with parents P (|P| = p) write the
 family Y = P u {i}. The inverse-Wishart partition theorem applied to ``Sigma_Y = W_Y^{-1} ~
-IW(N + alpha_w - d + p + 1, R_YY)`` gives the regression ``x_i = c + b^T x_P + N(0, sigma^2)``:
+IW(nu_Y, R_YY)``, ``nu_Y = N + alpha_w - d + p + 1`` (the Schur complement
+``Sigma_ii.P = 1 / W_ii`` keeps all ``nu_Y`` degrees of freedom, the block ``Sigma_PP`` loses
+one per dropped variable) gives the regression ``x_i = c + b^T x_P + N(0, sigma^2)``:
 
-    sigma^2 ~ InvGamma(a_n, b_n),         a_n = (N + alpha_w - d + 1) / 2,
+    sigma^2 ~ InvGamma(a_n, b_n),         a_n = (N + alpha_w - d + p + 1) / 2,
                                           b_n = (R_ii - R_iP R_PP^{-1} R_Pi) / 2,
     b | sigma^2 ~ N(R_PP^{-1} R_Pi, sigma^2 R_PP^{-1}),
     c | b, sigma^2 ~ N(nu'_i - b^T nu'_P, sigma^2 / alpha_mu'),
@@ -232,7 +234,7 @@ class BGeScorer:
             b_n = (R[v, v] - rpi @ bhat) / 2
         return FamilyPosterior(
             node=v, mask=int(mask), beta=beta, chol=chol, prec_inv=prec_inv,
-            a_n=(self.n_rows[v] + self.alpha_w - d + 1) / 2, b_n=float(b_n),
+            a_n=(self.n_rows[v] + self.alpha_w - d + len(par) + 1) / 2, b_n=float(b_n),
             nu=self.nu_post[v].copy(), alpha_mu_post=self.alpha_mu + self.n_rows[v],
         )
 
