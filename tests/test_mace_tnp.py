@@ -199,11 +199,16 @@ def test_batching_shapes_and_choices():
     b2 = mace_tnp_batch(tasks, np.random.default_rng(5), n_obs_min=10, n_obs_max=30, n_query=8)
     for k in b1:
         assert np.array_equal(b1[k], b2[k], equal_nan=True)
-    assert b1["x_obs"].shape == (16, 30, 2) and b1["y"].shape == (16, 8)
+    counts = b1["obs_mask"].sum(1)
+    assert b1["x_obs"].shape == (16, counts.max(), 2) and b1["y"].shape == (16, 8)
     assert (b1["int_node"] == 0).all() and (b1["out_node"] == 1).all()
     np.testing.assert_array_equal(b1["int_value"], tasks["int_values"][:, 0, 0])
     counts = b1["obs_mask"].sum(1)
     assert counts.min() >= 10 and counts.max() <= 30
+    shared = mace_tnp_batch(tasks, np.random.default_rng(1), n_obs_min=2, n_obs_max=60, log_uniform=True,
+                            per_batch=True)
+    counts = shared["obs_mask"].sum(1)
+    assert (counts == counts[0]).all() and shared["x_obs"].shape[1] == counts[0]
     # each kept row is an actual row of that task's data
     row = b1["x_obs"][3, 0]
     assert np.isclose(tasks["x_obs"][3], row).all(-1).any()

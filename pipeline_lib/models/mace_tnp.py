@@ -80,7 +80,8 @@ class MaceTNPConfig(BaseModel):
     ``n_obs_min``/``n_obs_max``: each training example subsamples
     ``n_obs ~ U{n_obs_min..n_obs_max}`` observational rows; ``n_query`` is the
     number of interventional samples of the outcome scored per example
-    (``None``: all of them).
+    (``None``: all of them); ``n_obs_log_uniform``/``n_obs_per_batch``: see
+    :func:`pipeline_lib.training.batching.mace_tnp_batch`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,6 +98,8 @@ class MaceTNPConfig(BaseModel):
     n_obs_min: int = Field(10, ge=1)
     n_obs_max: int = Field(500, ge=1)
     n_query: int | None = Field(None, ge=1)
+    n_obs_log_uniform: bool = Field(False, description="draw n_obs log-uniformly instead of uniformly")
+    n_obs_per_batch: bool = Field(False, description="one n_obs per batch (no sample padding)")
 
     @model_validator(mode="after")
     def _check(self) -> "MaceTNPConfig":

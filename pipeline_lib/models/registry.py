@@ -51,7 +51,8 @@ class MethodSpec:
 
 
 def _mace_tnp_batcher(cfg: MaceTNPConfig):
-    return partial(mace_tnp_batch, n_obs_min=cfg.n_obs_min, n_obs_max=cfg.n_obs_max, n_query=cfg.n_query)
+    return partial(mace_tnp_batch, n_obs_min=cfg.n_obs_min, n_obs_max=cfg.n_obs_max, n_query=cfg.n_query,
+                   log_uniform=cfg.n_obs_log_uniform, per_batch=cfg.n_obs_per_batch)
 
 
 METHODS: dict[str, MethodSpec] = {

@@ -52,6 +52,8 @@ def mace_tnp_batch(
     n_obs_min: int,
     n_obs_max: int,
     n_query: int | None = None,
+    log_uniform: bool = False,
+    per_batch: bool = False,
 ) -> Batch:
     """One MACE-TNP training example per task.
 
@@ -60,12 +62,16 @@ def mace_tnp_batch(
     * regime ``k`` uniform among regimes with exactly one hard target;
       ``j`` = that target, ``a = int_values[t, k, j]``;
     * outcome ``i`` uniform among real nodes ``!= j``;
-    * ``n_t ~ U{lo..hi}`` with ``hi = min(n_obs_max, n_obs)``, ``lo = min(n_obs_min, hi)``;
-      a uniform random subset of ``n_t`` observational rows, padded to ``hi`` rows
-      (``obs_mask`` marks the real ones);
+    * ``n_t ~ U{lo..hi}`` with ``hi = min(n_obs_max, n_obs)``, ``lo = min(n_obs_min, hi)``
+      (``log_uniform``: ``n_t = floor(exp(U[log lo, log(hi + 1)))``, so every scale of
+      ``n`` gets equal training weight; ``per_batch``: one ``n`` shared by all tasks of
+      the batch, which removes padding and makes the mean cost that of the mean ``n``);
+      a uniform random subset of ``n_t`` observational rows, padded to
+      ``max_t n_t`` rows (``obs_mask`` marks the real ones; padding to the batch
+      maximum rather than ``hi`` saves attention cost on small draws);
     * targets ``y = x_int[t, k, :, i]`` (optionally a random subset of ``n_query``).
 
-    Returns numpy arrays: ``x_obs (T, hi, d) f32``, ``obs_mask (T, hi) bool``,
+    Returns numpy arrays: ``x_obs (T, n_max, d) f32``, ``obs_mask (T, n_max) bool``,
     ``node_mask (T, d) bool``, ``int_node (T,) i64``, ``int_value (T,) f32``,
     ``out_node (T,) i64``, ``y (T, M) f32``, ``y_mask (T, M) bool``, ``regime (T,) i64``.
     """
@@ -97,10 +103,17 @@ def mace_tnp_batch(
 
     hi = min(n_obs_max, n_total)
     lo = min(n_obs_min, hi)
-    n_t = rng.integers(lo, hi + 1, size=t_n)
-    rows = _random_subset(rng, t_n, n_total, hi)
+    size = 1 if per_batch else t_n
+    if log_uniform:
+        n_t = np.floor(np.exp(rng.uniform(np.log(lo), np.log(hi + 1), size=size))).astype(np.int64)
+        n_t = np.clip(n_t, lo, hi)
+    else:
+        n_t = rng.integers(lo, hi + 1, size=size)
+    n_t = np.broadcast_to(n_t, (t_n,))
+    n_max = int(n_t.max())
+    rows = _random_subset(rng, t_n, n_total, n_max)
     x_sub = np.take_along_axis(x_obs, rows[:, :, None], axis=1)
-    obs_mask = np.arange(hi)[None, :] < n_t[:, None]
+    obs_mask = np.arange(n_max)[None, :] < n_t[:, None]
 
     y = x_int[ar, k, :, i]  # (T, n_int)
     if n_query is not None and n_query < y.shape[1]:
