@@ -283,9 +283,7 @@ class LatentGraphModel:
 def _default_bge(x: np.ndarray, config: DiBSConfig):
     from pipeline_lib.baselines.bge import BGe
 
-    d = x.shape[1]
-    alpha_lambd = config.bge_alpha_lambd if config.bge_alpha_lambd is not None else d + 2
-    return BGe(alpha_mu=config.bge_alpha_mu, alpha_lambd=alpha_lambd)
+    return BGe(alpha_mu=config.bge_alpha_mu, alpha_w=config.bge_alpha_lambd)
 
 
 def run_dibs_marginal(
@@ -352,8 +350,8 @@ def fit_dibs_marginal(
     """DiBS marginal inference; returns a ``BGeMixturePosterior`` over the particle graphs.
 
     The mixture is over the unique acyclic particle graphs (cyclic particles dropped), with
-    the weights chosen by ``config.weights`` (module docstring). Interventional densities of
-    the returned posterior use the observational data ``x_obs``.
+    the weights chosen by ``config.weights`` (module docstring). The BGe parameter posterior
+    behind its interventional densities uses all rows (intervened nodes' rows masked).
     """
     from pipeline_lib.baselines.exact import BGeMixturePosterior
 
@@ -374,7 +372,10 @@ def fit_dibs_marginal(
         uniq, logw = _mixture_over_unique(graphs, log_t)
     else:
         uniq, logw = _mixture_over_unique(graphs, None)
-    return BGeMixturePosterior(np.asarray(x_obs, dtype=np.float64), uniq, logw)
+    return BGeMixturePosterior(
+        x, uniq, logw, interv_mask=mask if mask.any() else None, bge=score if hasattr(score, "scorer") else None,
+        n_mc=cfg.n_mc_density, seed=cfg.seed,
+    )
 
 
 # ---------------------------------------------------------------------------- joint
