@@ -88,11 +88,11 @@ def parent_bitmasks(dags: np.ndarray) -> np.ndarray:
 
 def reachability(adj: np.ndarray) -> np.ndarray:
     """Transitive closure, (B, d, d) bool: ``reach[b, u, v]`` iff a directed path u ~> v
-    of length >= 1 exists. Computed by d rounds of boolean path doubling."""
-    a = np.asarray(adj) != 0
-    reach = a.copy()
-    for _ in range(max(int(np.ceil(np.log2(max(a.shape[-1], 2)))), 1)):
-        reach = reach | (np.einsum("buw,bwv->buv", reach.astype(np.int32), reach.astype(np.int32)) > 0)
+    of length >= 1 exists. Warshall's algorithm, vectorised over the batch: after step k
+    ``reach`` holds the paths whose intermediate nodes are all < k + 1."""
+    reach = np.asarray(adj) != 0
+    for k in range(reach.shape[-1]):
+        reach = reach | (reach[:, :, k, None] & reach[:, None, k, :])
     return reach
 
 
