@@ -26,14 +26,17 @@ Per graph one of three cases applies:
    complete ancestral DAG the per-node posteriors recompose the Normal-Wishart posterior
    on ``An(i) u {i}``, whose x_i-marginal is that same t; with interventional rows nodes
    use different rows, so there only the empty-parent case is used.
-3. otherwise Monte Carlo: S parameter draws from the posterior; given parameters the
+3. otherwise Monte Carlo: parameter draws from the posterior (``n_mc`` for a graph
+   holding all the Monte Carlo mass, at least 2 per component, in proportion to the
+   weights otherwise; see ``_mc_components``); given parameters the
    linear-Gaussian SCM under the intervention makes X_i exactly Gaussian,
    ``x_i = sum_u y_u (c_u + eps_u)`` with ``y = (I - W_do)^{-1} e_i`` (``W_do`` has node
    j's incoming column removed, ``c_j = a``, ``sigma_j = 0``), so
 
        p_hat(x_i) = (1/S) sum_s N(x_i; y_s^T c_s, sum_u y_{s,u}^2 sigma_{s,u}^2),
 
-   with the delta-method standard error ``sd_s(N) / (sqrt(S) p_hat)``. The draws are fixed
+   with the delta-method standard error ``sd_s(N) / (sqrt(S) p_hat)`` (summed over
+   components with weights ``w_k^2``). The draws are fixed
    per query ``(seed, j, i)``, so the estimate is a proper density in x (a Gaussian mixture)
    and is smooth in ``a``.
 
