@@ -59,10 +59,10 @@ def test_benchmark_flow_end_to_end(tmp_path):
     root = tmp_path / "root"
     summary = benchmark(spec=tiny_spec(), root=str(root))
     html = Path(summary["html"])
-    assert html.is_file() and "NLPID" in html.read_text()
+    assert html.is_file() and "nlpid" in html.read_text() and "<img" in html.read_text()
     (prior_label, records), = summary["records"].items()
     methods = {r["method"] for r in records}
-    assert any(m.startswith("mace-tnp v") for m in methods) and "exact" in methods
+    assert any(m.startswith("mace-tnp v") for m in methods) and any(m.startswith("exact") for m in methods)
 
     # the failing baseline is recorded with its error, the good one is not affected
     results = root / "results"
