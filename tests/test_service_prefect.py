@@ -102,6 +102,31 @@ def test_table_matches_the_flows():
         deployment_table("ROOT", train_steps=0)
 
 
+def test_settings_defaults_overrides_and_errors(tmp_path):
+    from storage.settings import SettingsError, load_settings
+
+    s = load_settings({})
+    assert s.root == ".causalmeta" and s.dask_scheduler_address is None and s.prefect_api_url is None
+    # a relative root gives an absolute sqlite path: runs in other cwds must hit the same file
+    assert s.mlflow_tracking_uri == f"sqlite:///{(Path.cwd() / '.causalmeta' / 'mlflow.db')}"
+    env = {
+        "CAUSALMETA_ROOT": str(tmp_path),
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "DASK_SCHEDULER_ADDRESS": "tcp://10.0.0.5:8786",
+        "PREFECT_API_URL": "http://prefect:4200/api",
+    }
+    s = load_settings(env)
+    assert (s.root, s.mlflow_tracking_uri, s.dask_scheduler_address, s.prefect_api_url) == tuple(env.values())
+    # empty means unset (compose files write FOO= for "no value")
+    assert load_settings({"DASK_SCHEDULER_ADDRESS": " ", "CAUSALMETA_ROOT": ""}).root == ".causalmeta"
+    with pytest.raises(SettingsError, match="DASK_SCHEDULER_ADDRESS='10.0.0.5:8786'"):
+        load_settings({"DASK_SCHEDULER_ADDRESS": "10.0.0.5:8786"})
+    with pytest.raises(SettingsError, match="PREFECT_API_URL"):
+        load_settings({"PREFECT_API_URL": "prefect:4200"})
+    with pytest.raises(SettingsError, match="MLFLOW_TRACKING_URI: unset"):
+        load_settings({"CAUSALMETA_ROOT": "s3://bucket/cm"})
+
+
 # ---------------------------------------------------------------------------- served
 @dataclass
 class Served:
@@ -151,7 +176,8 @@ def served(services, prefect_server, tmp_path_factory):
     s = Served(root=root, api=prefect_server.api_url, service=service)
     services.wait_log(service, "deployments are being served", timeout=180)
     yield s
-    service.stop()
+    # triggered training runs may still be going: no need to let them finish
+    service.stop(timeout=3)
 
 
 def test_benchmark_run_from_the_rest_api_completes_and_logs_mlflow(served):
