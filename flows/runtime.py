@@ -8,7 +8,11 @@ Blosc) releases the GIL, so threads still run in parallel.
 
 Beyond one machine: set ``DASK_SCHEDULER_ADDRESS`` (e.g. ``tcp://10.0.0.5:8786``) and the
 runner connects to that scheduler instead; its workers must share the Zarr root (shared
-disk or an fsspec URL) and a Prefect API (``PREFECT_API_URL``).
+disk; fsspec URLs are not supported by PriorStore yet) and a Prefect API
+(``PREFECT_API_URL``). Dask worker *processes* export ``MALLOC_TRIM_THRESHOLD_=65536`` by
+default, which also freezes glibc's mmap threshold and made the sampler 1.3-1.7x slower
+in benchmarks/prior_generation.py: start such workers without it
+(``distributed.nanny.pre-spawn-environ``).
 """
 from __future__ import annotations
 
