@@ -50,7 +50,7 @@ def test_log_joint_hard_targets_by_hand():
 
 def test_bacadi_smoke_shapes_and_reproducibility():
     x_obs, x_int, _, _ = chain_data(3, 20, 10, seed=0)
-    cfg = BaCaDIConfig(n_particles=4, steps=20, n_grad_mc=4, n_acyc_mc=4, seed=2, beta_linear=5.0, n_mc_density=16)
+    cfg = BaCaDIConfig(n_particles=4, steps=20, n_grad_mc=4, n_acyc_mc=4, seed=2, beta_linear=100.0, step_size=0.05, n_mc_density=16)
     a, _, _ = run_bacadi(x_obs, x_int, cfg)
     b, _, _ = run_bacadi(x_obs, x_int, cfg)
     assert a.gamma.tobytes() == b.gamma.tobytes() and a.z.tobytes() == b.z.tobytes()
