@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Absolute: runs execute in subprocesses and, with a work pool, on other machines.
     root = str(Path(args.root).resolve()) if "://" not in args.root else args.root
     table = deployment_table(root, benchmark_preset=args.preset, train_steps=args.train_steps)
-    api = os.environ.get("PREFECT_API_URL") or "(ephemeral API: runs are not visible to a UI)"
+    api = settings.prefect_api_url or "(ephemeral API: runs are not visible to a UI)"
     print(f"causalmeta serve: root={root} api={api}", flush=True)
     serve(table, limit=args.limit)
     return 0
