@@ -233,7 +233,7 @@ def train(
             with _autocast(device, cfg):
                 loss, metrics = _split_loss(loss_fn(model, batch))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {float(loss)} at step {step}")
+                raise FloatingPointError(f"non-finite training loss {float(loss.detach())} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
