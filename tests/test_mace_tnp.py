@@ -240,3 +240,40 @@ def test_presets():
         preset("nope")
     with pytest.raises(ValueError, match="divisible"):
         MaceTNPConfig(d_model=30, n_heads=4)
+
+
+@pytest.mark.slow
+def test_meta_trained_model_approaches_the_exact_bge_posterior(tmp_path):
+    """bge-2node: after a short CPU meta-training the NLPID is within 15% of the exact posterior.
+
+    (benchmarks/mace_tnp.py with 900 steps reaches a 4.2% gap; this is the quick version.)
+    """
+    from pathlib import Path
+
+    from pipeline_lib.baselines.exact import ExactPosterior
+    from pipeline_lib.evaluation import MaceTNPPredictor, make_queries, restrict, task_slice
+    from pipeline_lib.models.registry import get_method
+    from pipeline_lib.priors import PriorConfig, sample_split_range
+    from pipeline_lib.training import TrainConfig, prior_stream, train
+
+    prior = PriorConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs/priors/bge-2node.yaml")
+    spec = get_method("mace-tnp")
+    cfg = spec.config("cpu-small", d_model=32, n_heads=4, ff_mult=2, n_obs_min=10, n_obs_max=200,
+                      n_obs_log_uniform=True, n_obs_per_batch=True)
+    torch.manual_seed(0)
+    model = spec.build(cfg)
+    train(model, spec.loss_fn, prior_stream(prior, spec.make_batch(cfg), 16, 0),
+          TrainConfig(steps=300, batch_size=16, lr=1e-3, device="cpu"), progress=False)
+    model.eval()
+    test = sample_split_range(prior, "test", 0, 30)
+    mace, exact = [], []
+    for t in range(30):
+        task = task_slice(test, t)
+        q, x = make_queries(task), restrict(task)["x_obs"]
+        mace.append(-MaceTNPPredictor(model, x).log_density(q).sum(-1).mean())
+        post = ExactPosterior.fit(x, edge_penalty=math.log(2))
+        exact.append(-np.mean([post.interventional_log_density(int(q.j[k]), float(q.a[k]), int(q.i[k]),
+                                                               q.samples[k]).log_density.sum()
+                               for k in range(len(q))]))
+    gap = (np.mean(mace) - np.mean(exact)) / abs(np.mean(exact))
+    assert gap < 0.15, (np.mean(mace), np.mean(exact))

@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.training.checkpoint import (
     BEST,
@@ -67,12 +67,6 @@ class TrainConfig(BaseModel):
     val_batches: int = Field(4, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1, description="validations without improvement")
 
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' requested but CUDA is not available")
-        return self
-
     @property
     def warmup_steps(self) -> int:
         return int(round(self.warmup_frac * self.steps))
@@ -88,8 +82,12 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. Checked at train time, not in the config:
+    a config may be written on a CPU-only orchestrator for a GPU worker."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but CUDA is not available on this machine")
     return torch.device(name)
 
 
