@@ -258,3 +258,24 @@ def test_mixture_over_arbitrary_particles():
     assert abs(mass - 1) < 1e-3
     with pytest.raises(ValueError, match="acyclic"):
         BGeMixturePosterior(x[:, :2], np.array([[[0, 1], [1, 0]]]), np.zeros(1))
+
+
+def test_random_order_er_graph_prior_matches_the_sampler_law():
+    from pipeline_lib.baselines.enumeration import enumerate_dags
+    from pipeline_lib.baselines.exact import linear_extensions
+
+    dags = enumerate_dags(3)
+    L = linear_extensions(dags)
+    assert L.sum() == 6 * 2**3  # each of the 6 orders admits every subset of its 3 forward pairs
+    n_edges = dags.reshape(len(dags), -1).sum(1)
+    # hand counts: empty graph 6 orders, one edge 3, chain 1, fork/collider 2, complete 1
+    assert set(L[n_edges == 0]) == {6} and set(L[n_edges == 1]) == {3} and set(L[n_edges == 3]) == {1}
+    assert sorted(set(L[n_edges == 2])) == [1, 2]
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    post = ExactPosterior.fit(x, graph_prior="random_order_er", edge_prob=0.3)
+    prior = np.exp(post.log_prior)
+    # under a random order each ordered pair is an edge with probability p / 2
+    p_edge = np.einsum("g,gij->ij", prior, dags.astype(float))
+    np.testing.assert_allclose(p_edge[~np.eye(3, dtype=bool)], 0.15, atol=1e-12)
+    with pytest.raises(ValueError, match="graph_prior"):
+        ExactPosterior.fit(x, graph_prior="nope")
