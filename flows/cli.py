@@ -129,22 +129,15 @@ def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint |
 
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.markdown import Markdown
 
     con = Console()
-    for prior, records in summary["records"].items():
-        if not records:
-            continue
-        cols = [c for c in records[0] if c != "method"]
-        tab = Table(title=f"Benchmark on prior {prior} (mean ± s.e. over tasks; * best; p = Welch vs best)")
-        tab.add_column("method")
-        for c in cols:
-            tab.add_column(c)
-        for r in records:
-            tab.add_row(str(r["method"]), *[str(r.get(c, "")) for c in cols])
-        con.print(tab)
+    for prior, md in summary["tables"].items():
+        con.rule(f"prior {prior}: mean ± s.e. over test tasks, best in bold, p = Welch's t-test vs best")
+        con.print(Markdown(md))
     con.print(f"report: {summary['html']}")
     con.print(f"MLflow run: {summary['run_id']} (tracking URI: {summary.get('tracking_uri', '')})")
+    con.print(f"total: {summary.get('seconds', float('nan')):.0f} s")
 
 
 @app.command()

@@ -16,6 +16,7 @@ in benchmarks/prior_generation.py: start such workers without it
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from prefect_dask import DaskTaskRunner
@@ -30,6 +31,8 @@ def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskT
 
     `n_workers` is ignored for a remote scheduler (its size is the cluster's business).
     """
+    # Dask's INFO lines (scheduler/worker life cycle) drown the pipeline's own progress logs
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
