@@ -98,15 +98,15 @@ class DCDIConfig(BaseModel):
     layers: int = Field(2, ge=0, description="hidden layers per MLP")
     lr: float = Field(1e-3, gt=0, description="RMSprop learning rate")
     batch: int = Field(64, ge=1, description="minibatch size")
-    max_iter: int = Field(30_000, ge=1, description="hard cap on gradient steps (all phases)")
+    max_iter: int = Field(20_000, ge=1, description="hard cap on gradient steps (all phases)")
     lambda_sparsity: float = Field(0.1, ge=0, description="L1 weight on sigma(Lambda), divided by d^2")
     lambda_targets: float = Field(1e-8, ge=0, description="L1 weight on target probabilities (unknown targets)")
-    mu_init: float = Field(1e-3, gt=0, description="initial quadratic penalty mu_0")
+    mu_init: float = Field(0.1, gt=0, description="initial quadratic penalty mu_0")
     mu_mult: float = Field(2.0, gt=1, description="mu <- mu_mult * mu when h decreased too little")
     gamma_init: float = Field(0.0, ge=0, description="initial Lagrange multiplier gamma_0")
-    omega_gamma: float = Field(1e-4, gt=0, description="plateau tolerance of the AL subproblem, per iteration")
+    omega_gamma: float = Field(1e-3, gt=0, description="plateau tolerance of the AL subproblem, per iteration")
     omega_mu: float = Field(0.9, gt=0, lt=1, description="required ratio h_new / h_old to keep mu")
-    h_threshold: float = Field(1e-8, ge=0, description="constraint tolerance: h <= h_threshold counts as a DAG")
+    h_threshold: float = Field(1e-3, ge=0, description="constraint tolerance: h <= h_threshold counts as a DAG")
     stop_crit_win: int = Field(100, ge=1, description="iterations between validation evaluations")
     patience_every: int = Field(500, ge=1, description="iterations between patience checks after convergence")
     patience: int = Field(4, ge=0, description="patience checks before thresholding")
@@ -181,7 +181,8 @@ def gumbel_sigmoid(logits: torch.Tensor, shape: tuple[int, ...], tau: float, gen
     u = u.clamp(1e-7, 1 - 1e-7)
     soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
     hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    # soft - soft.detach() is exactly 0 in value, so the forward value is exactly 0/1
+    return hard + (soft - soft.detach())
 
 
 class DCDIModel(torch.nn.Module):
