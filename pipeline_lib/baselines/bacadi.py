@@ -157,9 +157,15 @@ class _BaCaDIModel:
         gg = gamma.detach().requires_grad_(True)
         eps = logistic_noise((gamma.shape[0], cfg.n_acyc_mc, *gamma.shape[1:]), gen, gamma.dtype, gamma.device)
         soft = torch.sigmoid(cfg.tau * (eps + alpha / 2 * gg[:, None]))
-        p = torch.sigmoid(alpha / 2 * gg).clamp(1e-8, 1 - 1e-8)
+        # log p and log(1 - p) via logsigmoid of the clamped logit: clamping p itself to
+        # [1e-8, 1 - 1e-8] (the reference) is a no-op in float32 (1 - 1e-8 rounds to 1), and
+        # d/dp log(1 - p) = -inf times sigmoid' = 0 then gives NaN gradients once alpha_t
+        # gamma saturates the sigmoid. Clamping the logit keeps the reference's cap on the
+        # U-shaped Beta density (zero gradient beyond it) in any precision.
+        cap = math.log((1 - 1e-8) / 1e-8)
+        s = (alpha / 2 * gg).clamp(-cap, cap)
         a = 1.0 / self.d
-        beta_lp = (a - 1) * torch.log(p) + (-a) * torch.log1p(-p)  # b - 1 = -a
+        beta_lp = (a - 1) * torch.nn.functional.logsigmoid(s) - a * torch.nn.functional.logsigmoid(-s)  # b - 1 = -a
         obj = -cfg.lambda_regul * soft.sum((-1, -2)).mean(1).sum() + beta_lp.sum()
         (grad,) = torch.autograd.grad(obj, gg)
         return grad - gamma.detach() / cfg.gamma_prior_std**2
@@ -236,5 +242,5 @@ def fit_bacadi(x_obs: np.ndarray, x_int: np.ndarray, config: BaCaDIConfig | None
         logw = np.zeros(len(graphs))
     w = np.exp(logw - np.logaddexp.reduce(logw))
     alpha_final = graph_model.alpha(cfg.steps)
-    probs = np.einsum("p,pkj->kj", w, 1.0 / (1.0 + np.exp(-alpha_final / 2 * gamma)))
+    probs = np.einsum("p,pkj->kj", w, torch.sigmoid(torch.as_tensor(alpha_final / 2 * gamma)).numpy())
     return BaCaDIPosterior(graphs, logw, theta, model.mech, probs, n_mc=cfg.n_mc_density)
