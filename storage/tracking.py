@@ -106,9 +106,21 @@ class Tracker:
 
     # ---------------------------------------------------------------- runs
     def _use(self) -> None:
-        """Point mlflow's fluent API (used by log_model) at this tracker's backend."""
+        """Point mlflow's fluent API (used by log_model) at this tracker's backend.
+
+        ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` (and the registry
+        variable) into ``os.environ``; left there, every later Tracker of this process, and
+        every child process, would silently use this root's database. The user's values are
+        restored, so the environment keeps meaning "what the user configured".
+        """
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         self._mlflow.set_tracking_uri(self.uri)
         self._mlflow.set_registry_uri(self.uri)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     def experiment_id(self, name: str | None = None) -> str:
         """Id of experiment ``name`` (default: this tracker's), created with an explicit artifact location."""

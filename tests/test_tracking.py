@@ -94,3 +94,16 @@ def test_failed_body_marks_run_failed(root):
     assert tracker.client.get_run(rid).info.status == "FAILED"
     with pytest.raises(ValueError, match="no active run"):
         tracker.log_metrics({"a": 1.0})
+
+
+def test_trackers_of_two_roots_do_not_leak_through_the_environment(tmp_path):
+    import os
+
+    from storage.tracking import Tracker, tracking_uri
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    a = Tracker(tmp_path / "a", "exp")
+    with a.start_run(run_name="r"):
+        a.log_metrics({"m": 1.0})
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    assert tracking_uri(tmp_path / "b").endswith(str((tmp_path / "b").resolve() / "mlflow.db"))
