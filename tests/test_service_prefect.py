@@ -144,7 +144,13 @@ class Served:
     def post(self, path: str, body: dict) -> dict | list:
         import httpx
 
-        r = httpx.post(f"{self.api}{path}", json=body, timeout=10)
+        # A busy server (SQLite under load) may answer 503 for a moment; a client retries,
+        # and so does this one, a bounded number of times.
+        for attempt in range(6):
+            r = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+            if r.status_code < 500:
+                break
+            time.sleep(1.0 + attempt)
         assert r.status_code in (200, 201), r.text
         return r.json()
 
