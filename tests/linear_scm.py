@@ -44,3 +44,20 @@ def chain_task(n_obs=300, n_int=400, seed=0, w=(2.0, -1.0)):
         "int_values": int_values.astype(np.float32),
         "x_int": np.stack([draw(n_int, k, values[k]) for k in range(3)]).astype(np.float32),
     }, W
+
+
+def two_node_linear_tasks(rng, n_tasks=16, n=64, n_int=32, noise=0.3):
+    """Batched two-node tasks X0 -> X1 (random weight), one hard intervention on X0 per task."""
+    w = rng.normal(size=n_tasks).astype(np.float32)
+    x0 = rng.normal(size=(n_tasks, n)).astype(np.float32)
+    x1 = w[:, None] * x0 + noise * rng.normal(size=(n_tasks, n)).astype(np.float32)
+    a = rng.normal(size=n_tasks).astype(np.float32)
+    x_int = np.zeros((n_tasks, 1, n_int, 2), np.float32)
+    x_int[:, 0, :, 0] = a[:, None]
+    x_int[:, 0, :, 1] = w[:, None] * a[:, None] + noise * rng.normal(size=(n_tasks, n_int))
+    targets = np.zeros((n_tasks, 1, 2), bool)
+    targets[:, 0, 0] = True
+    values = np.full((n_tasks, 1, 2), np.nan, np.float32)
+    values[:, 0, 0] = a
+    return {"x_obs": np.stack([x0, x1], -1), "node_mask": np.ones((n_tasks, 2), bool),
+            "int_targets": targets, "int_values": values, "x_int": x_int}

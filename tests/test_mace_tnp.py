@@ -11,6 +11,7 @@ import torch
 from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, preset
 from pipeline_lib.models.mog import MixtureOfGaussians
 from pipeline_lib.training.batching import mace_tnp_batch
+from tests.linear_scm import two_node_linear_tasks
 
 
 
@@ -176,21 +177,7 @@ def test_predict_standardize_is_affine_equivariant():
 
 def _linear_tasks(rng: np.random.Generator, t: int = 16, n: int = 64, n_int: int = 32):
     """Two-node linear Gaussian tasks X0 -> X1 with a random weight (known interventional law)."""
-    w = rng.normal(size=t).astype(np.float32)
-    x0 = rng.normal(size=(t, n)).astype(np.float32)
-    x1 = w[:, None] * x0 + 0.3 * rng.normal(size=(t, n)).astype(np.float32)
-    a = rng.normal(size=t).astype(np.float32)
-    x_int = np.zeros((t, 1, n_int, 2), np.float32)
-    x_int[:, 0, :, 0] = a[:, None]
-    x_int[:, 0, :, 1] = w[:, None] * a[:, None] + 0.3 * rng.normal(size=(t, n_int))
-    targets = np.zeros((t, 1, 2), bool)
-    targets[:, 0, 0] = True
-    values = np.full((t, 1, 2), np.nan, np.float32)
-    values[:, 0, 0] = a
-    return {
-        "x_obs": np.stack([x0, x1], -1), "node_mask": np.ones((t, 2), bool),
-        "int_targets": targets, "int_values": values, "x_int": x_int,
-    }
+    return two_node_linear_tasks(rng, t, n, n_int, noise=0.3)
 
 
 def test_batching_shapes_and_choices():

@@ -12,6 +12,7 @@ import torch
 from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, mace_tnp_loss
 from pipeline_lib.training import PoolSource, StreamSource, TrainConfig, lr_multiplier, mace_tnp_batch, train
 from pipeline_lib.training.checkpoint import LAST, load_checkpoint
+from tests.linear_scm import two_node_linear_tasks
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,19 +25,7 @@ def _one_thread():
 
 def _linear_tasks(n_tasks: int, rng: np.random.Generator, n: int = 24, n_int: int = 8):
     """Two-node linear Gaussian tasks X0 -> X1 (random weight), one hard intervention on X0."""
-    w = rng.normal(size=n_tasks).astype(np.float32)
-    x0 = rng.normal(size=(n_tasks, n)).astype(np.float32)
-    x1 = w[:, None] * x0 + 0.5 * rng.normal(size=(n_tasks, n)).astype(np.float32)
-    a = rng.normal(size=n_tasks).astype(np.float32)
-    x_int = np.zeros((n_tasks, 1, n_int, 2), np.float32)
-    x_int[:, 0, :, 0] = a[:, None]
-    x_int[:, 0, :, 1] = w[:, None] * a[:, None] + 0.5 * rng.normal(size=(n_tasks, n_int))
-    targets = np.zeros((n_tasks, 1, 2), bool)
-    targets[:, 0, 0] = True
-    values = np.full((n_tasks, 1, 2), np.nan, np.float32)
-    values[:, 0, 0] = a
-    return {"x_obs": np.stack([x0, x1], -1), "node_mask": np.ones((n_tasks, 2), bool),
-            "int_targets": targets, "int_values": values, "x_int": x_int}
+    return two_node_linear_tasks(rng, n_tasks, n, n_int, noise=0.5)
 
 
 MAKE = partial(mace_tnp_batch, n_obs_min=8, n_obs_max=16)
