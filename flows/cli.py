@@ -206,8 +206,11 @@ def status(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     if reports:
         last = reports[-1].parent
         con.print(f"last benchmark report: {reports[-1]}")
+        from rich.markdown import Markdown
+
         for md in sorted(last.glob("*-table.md")):
-            con.print(md.read_text())
+            con.rule(md.stem.removesuffix("-table"))
+            con.print(Markdown(md.read_text()))
 
 
 @app.command()
