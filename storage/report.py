@@ -68,7 +68,7 @@ def make_plots(arrays: dict[str, dict[str, np.ndarray]], out_dir: Path, prefix: 
 
     if any("nlpid" in a for a in arrays.values()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        _bars(ax, arrays, "nlpid", "NLPID per task (sum over samples; lower is better), mean ± s.e.")
+        _bars(ax, arrays, "nlpid", "NLPID per task (lower is better)\nmean ± s.e. over tasks")
         save(fig, "nlpid")
     if any("e_shd" in a for a in arrays.values()):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
