@@ -31,8 +31,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
+# performance benchmarks (results in benchmarks/results/, logged to MLflow); the longer ones:
+# benchmarks/mace_tnp.py, benchmarks/baselines.py, `causalmeta benchmark --preset cpu-3node`
 bench: install
 	$(BIN)/python benchmarks/prior_generation.py
+	$(BIN)/python benchmarks/exact_posterior.py
 
 clean:
 	rm -rf $(VENV) .causalmeta
