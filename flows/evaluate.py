@@ -29,7 +29,7 @@ def evaluate(store: str, models: list[dict], baseline_keys: dict[str, str], n_ta
     for m in models:
         out[f"{m['method']} v{m['version']}"] = score_amortized_task(store, root, m["method"], str(m["version"]),
                                                                      n_tasks, max_queries, seed)
-    results = ResultStore(root, Path(store).name.removesuffix(".zarr"))
+    results = ResultStore.for_store(root, store)
     for key, name in baseline_keys.items():
         out[name if list(baseline_keys.values()).count(name) == 1 else key] = results.collect(key)[:n_tasks]
     return out

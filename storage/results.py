@@ -29,6 +29,11 @@ class ResultStore:
     def __init__(self, root: str | Path, prior_dir_name: str):
         self.dir = Path(root) / "results" / prior_dir_name
 
+    @classmethod
+    def for_store(cls, root: str | Path, store_path: str | Path) -> "ResultStore":
+        """Results of a prior store live under its directory name (``<name>-<hash12>``, no ``.zarr``)."""
+        return cls(root, Path(store_path).name.removesuffix(".zarr"))
+
     def _path(self, method_key: str, split: str, index: int, ext: str) -> Path:
         return self.dir / method_key / f"task_{split}_{index:05d}.{ext}"
 

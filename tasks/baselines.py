@@ -23,7 +23,7 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     fit never aborts the others and is never silently dropped. An existing ``ok`` record
     for the same (method key, prior) is reused.
     """
-    results = ResultStore(root, prior_dir_name(store_path))
+    results = ResultStore.for_store(root, store_path)
     done = results.load(method_key, split, index)
     if done is not None and done.get("status") == "ok":
         return done
@@ -42,9 +42,3 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     results.save(method_key, split, index, record, arrays)
     return record
 
-
-def prior_dir_name(store_path: str) -> str:
-    """Results of a store live under its directory name (``<name>-<hash12>``, no ``.zarr``)."""
-    from pathlib import Path
-
-    return Path(store_path).name.removesuffix(".zarr")

@@ -24,7 +24,7 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
     from storage.tracking import Tracker
 
     key = f"{method}-v{version}"
-    results = ResultStore(root, Path(store_path).name.removesuffix(".zarr"))
+    results = ResultStore.for_store(root, store_path)
     store = PriorStore.open(store_path)
     n = min(n_tasks, store.n_tasks("test"))
     model = None
