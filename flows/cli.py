@@ -71,8 +71,6 @@ def predict(method: str = typer.Argument("mace-tnp"),
             root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     """Predict the interventional distributions of one stored test task; print summary statistics."""
     _quiet_env()
-    import numpy as np
-
     from pipeline_lib.evaluation import MaceTNPPredictor, make_queries, restrict, task_slice
     from storage.prior_store import PriorStore
     from storage.tracking import Tracker
@@ -82,7 +80,7 @@ def predict(method: str = typer.Argument("mace-tnp"),
     q = make_queries(t)
     pred = MaceTNPPredictor(net, restrict(t)["x_obs"])
     mog = pred._mog(q)
-    lo, hi = pred.intervals(q, 0.9)
+    lo, hi = pred.intervals(q, (0.9,))[0.9]
     logp = pred.log_density(q)
     from rich.console import Console
     from rich.table import Table
@@ -95,7 +93,6 @@ def predict(method: str = typer.Argument("mace-tnp"),
         tab.add_row(str(q.j[k]), f"{q.a[k]:.3f}", str(q.i[k]), f"{float(mog.mean[k]):.3f}", f"{sd[k]:.3f}",
                     f"[{lo[k]:.2f}, {hi[k]:.2f}]", f"{q.samples[k].mean():.3f}", f"{-logp[k].mean():.3f}")
     Console().print(tab)
-    del np
 
 
 @app.command()

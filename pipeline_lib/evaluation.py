@@ -81,8 +81,8 @@ class InterventionalPredictor(Protocol):
     def log_density(self, q: Queries) -> np.ndarray:
         """(Q, M) log q(samples | do(X_j = a), D_obs)."""
 
-    def intervals(self, q: Queries, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """Central ``level`` predictive interval of X_i per query: lower (Q,), upper (Q,)."""
+    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        """Central predictive interval of X_i per query for each level: {level: (lower (Q,), upper (Q,))}."""
 
 
 class MaceTNPPredictor:
@@ -111,14 +111,17 @@ class MaceTNPPredictor:
             y = torch.as_tensor(q.samples, dtype=mog.means.dtype, device=mog.means.device)
             return mog.log_prob(y).double().cpu().numpy()
 
-    def intervals(self, q: Queries, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         import torch
 
-        mog = self._mog(q)
+        mog = self._mog(q)  # one forward pass serves every level
+        out = {}
         with torch.no_grad():
-            lo = mog.quantile((1 - level) / 2)
-            hi = mog.quantile((1 + level) / 2)
-        return lo.reshape(-1).double().cpu().numpy(), hi.reshape(-1).double().cpu().numpy()
+            for level in levels:
+                lo = mog.quantile((1 - level) / 2).reshape(-1).double().cpu().numpy()
+                hi = mog.quantile((1 + level) / 2).reshape(-1).double().cpu().numpy()
+                out[level] = (lo, hi)
+        return out
 
 
 class PosteriorPredictor:
@@ -142,13 +145,14 @@ class PosteriorPredictor:
             self.mc_stderr.append(float(np.sqrt(np.sum(np.asarray(est.mc_stderr) ** 2))))
         return out
 
-    def intervals(self, q: Queries, level: float) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = np.empty(len(q)), np.empty(len(q))
+    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        probs = [p for level in levels for p in ((1 - level) / 2, (1 + level) / 2)]
+        bounds = np.empty((len(q), len(probs)))
         rng = np.random.default_rng(self.seed)
-        for k in range(len(q)):
+        for k in range(len(q)):  # one draw per query serves every level
             xs = self.posterior.sample_interventional(int(q.j[k]), float(q.a[k]), self.n_samples, rng)[:, int(q.i[k])]
-            lo[k], hi[k] = np.quantile(xs, [(1 - level) / 2, (1 + level) / 2])
-        return lo, hi
+            bounds[k] = np.quantile(xs, probs)
+        return {level: (bounds[:, 2 * n], bounds[:, 2 * n + 1]) for n, level in enumerate(levels)}
 
 
 def score_interventional(predictor: InterventionalPredictor, q: Queries) -> dict[str, float]:
@@ -161,8 +165,7 @@ def score_interventional(predictor: InterventionalPredictor, q: Queries) -> dict
         "nlpid": float(np.mean([r.sum for r in per_query])),
         "nlpid_per_sample": float(np.mean([r.mean for r in per_query])),
     }
-    for level in COVERAGE_LEVELS:
-        lo, hi = predictor.intervals(q, level)
+    for level, (lo, hi) in predictor.intervals(q, COVERAGE_LEVELS).items():
         inside = (q.samples >= lo[:, None]) & (q.samples <= hi[:, None])
         out[f"coverage_{int(level * 100)}"] = float(inside.mean())
     # one number for the table: mean absolute deviation of coverage from nominal
