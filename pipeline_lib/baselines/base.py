@@ -55,6 +55,33 @@ def check_query(j: int, i: int, d: int) -> None:
         raise ValueError(f"outcome node i={i} equals the intervened node j; its density is a point mass")
 
 
+def stack_known_interventions(x_obs: np.ndarray, x_int: np.ndarray | None, int_targets: np.ndarray | None,
+                              error: type[Exception] = ValueError) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pool observational and known-target interventional data for a likelihood.
+
+    ``x_obs: (N, d)``, ``x_int: (K, n_int, d)``, ``int_targets: (K, d)`` bool (both or
+    neither). Returns ``x: (N + K n_int, d)`` float64 and ``mask`` of the same shape, True
+    where the row's regime intervened on the node (its conditional is dropped from the
+    likelihood), or None without interventional data. Shape errors raise ``error``.
+    """
+    x_obs = np.asarray(x_obs, dtype=np.float64)
+    d = x_obs.shape[1]
+    if (x_int is None) != (int_targets is None):
+        raise error("x_int and int_targets must be given together")
+    if x_int is None:
+        return x_obs, None
+    x_int = np.asarray(x_int, dtype=np.float64)
+    int_targets = np.asarray(int_targets, dtype=bool)
+    if x_int.ndim != 3 or x_int.shape[2] != d:
+        raise error(f"x_int must have shape (K, n_int, {d}), got {x_int.shape}")
+    if int_targets.shape != (x_int.shape[0], d):
+        raise error(f"int_targets must have shape ({x_int.shape[0]}, {d}), got {int_targets.shape}")
+    K, n_int = x_int.shape[:2]
+    x = np.concatenate([x_obs, x_int.reshape(K * n_int, d)])
+    mask = np.concatenate([np.zeros_like(x_obs, dtype=bool), np.repeat(int_targets, n_int, axis=0)])
+    return x, mask
+
+
 class CausalPosterior(ABC):
     """Interface of a posterior over causal models of one dataset (see module docstring)."""
 

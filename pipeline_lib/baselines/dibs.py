@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline_lib.baselines.base import AncestralGaussianPosterior
+from pipeline_lib.baselines.base import AncestralGaussianPosterior, stack_known_interventions
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
 from pipeline_lib.baselines.svgd import RMSprop, svgd_direction
 
@@ -160,23 +160,11 @@ def _check_data(x_obs, x_int=None, int_targets=None) -> tuple[np.ndarray, np.nda
         raise DiBSError(f"x_obs must have shape (N >= 2, d >= 1), got {x_obs.shape}")
     if not np.isfinite(x_obs).all():
         raise DiBSError("x_obs contains NaN or inf")
-    n, d = x_obs.shape
-    mask = np.zeros((n, d), bool)
-    if x_int is None and int_targets is None:
-        return x_obs, mask
-    if x_int is None or int_targets is None:
-        raise DiBSError("x_int and int_targets must be given together (targets known for DiBS)")
-    x_int = np.asarray(x_int, dtype=np.float64)
-    int_targets = np.asarray(int_targets, dtype=bool)
-    if x_int.ndim != 3 or x_int.shape[2] != d:
-        raise DiBSError(f"x_int must have shape (K, n_int, {d}), got {x_int.shape}")
-    if int_targets.shape != (x_int.shape[0], d):
-        raise DiBSError(f"int_targets must have shape ({x_int.shape[0]}, {d}), got {int_targets.shape}")
-    if not np.isfinite(x_int).all():
+    x, mask = stack_known_interventions(x_obs, x_int, int_targets, DiBSError)
+    if mask is None:
+        return x_obs, np.zeros(x_obs.shape, bool)
+    if not np.isfinite(x[len(x_obs):]).all():
         raise DiBSError("x_int contains NaN or inf")
-    k, m, _ = x_int.shape
-    x = np.concatenate([x_obs, x_int.reshape(k * m, d)])
-    mask = np.concatenate([mask, np.repeat(int_targets, m, axis=0)])
     return x, mask
 
 

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline_lib.baselines.base import DensityEstimate, GraphMixturePosterior, check_query
+from pipeline_lib.baselines.base import DensityEstimate, GraphMixturePosterior, check_query, stack_known_interventions
 from pipeline_lib.baselines.bge import BGe, BGeError, student_t_logpdf
 from pipeline_lib.baselines.enumeration import (
     MAX_ENUMERATION_NODES,
@@ -372,19 +372,7 @@ class ExactPosterior(BGeMixturePosterior):
             )
         if not edge_penalty >= 0:
             raise BGeError(f"edge_penalty must be >= 0, got {edge_penalty}")
-        x, mask = x_obs, None
-        if (x_int is None) != (int_targets is None):
-            raise BGeError("x_int and int_targets must be given together")
-        if x_int is not None:
-            x_int = np.asarray(x_int, dtype=np.float64)
-            int_targets = np.asarray(int_targets, dtype=bool)
-            if x_int.ndim != 3 or x_int.shape[2] != d:
-                raise BGeError(f"x_int must have shape (K, n_int, {d}), got {x_int.shape}")
-            if int_targets.shape != (x_int.shape[0], d):
-                raise BGeError(f"int_targets must have shape ({x_int.shape[0]}, {d}), got {int_targets.shape}")
-            K, n_int = x_int.shape[:2]
-            x = np.concatenate([x_obs, x_int.reshape(K * n_int, d)])
-            mask = np.concatenate([np.zeros_like(x_obs, dtype=bool), np.repeat(int_targets, n_int, axis=0)])
+        x, mask = stack_known_interventions(x_obs, x_int, int_targets, BGeError)
         bge = bge if bge is not None else BGe()
         real = np.flatnonzero(nm)
         dags_r = enumerate_dags(dr)
