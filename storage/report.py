@@ -99,14 +99,14 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write tables (markdown, JSON), plots and ``report.html`` for each prior section.
 
-    ``sections``: {prior label: {method label: per-task records}}. Returns the paths and
-    the comparison tables (by prior label).
+    ``sections``: {prior label: {method label: per-task records}}. Returns the paths, the
+    comparison tables and the per-task metric arrays (by prior label).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables, plots, body = {}, [], []
+    tables, plots, body, per_prior = {}, [], [], {}
     for prior, recs in sections.items():
-        arrays = metric_arrays(recs)
+        arrays = per_prior[prior] = metric_arrays(recs)
         # raw coverage has no "better" direction: it is plotted; the table ranks calibration_error
         table = comparison_table({m: {k: v for k, v in a.items() if not k.startswith("coverage")}
                                   for m, a in arrays.items() if a})
@@ -132,4 +132,4 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:48%;margin:6px}</style></head>"
             f"<body><h1>{html.escape(title)}</h1><ul>{meta_html}</ul>{''.join(body)}</body></html>")
     (out / "report.html").write_text(page)
-    return {"html": out / "report.html", "plots": plots, "tables": tables, "dir": out}
+    return {"html": out / "report.html", "plots": plots, "tables": tables, "arrays": per_prior, "dir": out}

@@ -51,7 +51,7 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
 @task(retries=2, retry_delay_seconds=[2, 8], persist_result=False)
 def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, run_name: str) -> dict:
     """Write the HTML report and log it, the tables, plots and every metric to one MLflow run."""
-    from storage.report import metric_arrays, write_report
+    from storage.report import write_report
     from storage.tracking import Tracker
 
     tracker = Tracker(root, experiment)
@@ -64,7 +64,7 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
         (out_dir / "records.json").write_text(json.dumps({"sections": sections, "meta": meta}, default=float))
         tracker.log_params({k: v for k, v in meta.items()})
         for prior, recs in sections.items():
-            for method, arrays in metric_arrays(recs).items():
+            for method, arrays in rep["arrays"][prior].items():
                 for metric, values in arrays.items():
                     finite = values[values == values]
                     if len(finite):
