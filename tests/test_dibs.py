@@ -149,21 +149,29 @@ def test_marginal_edge_marginals_close_to_exact_posterior_1000_steps():
     assert np.abs(post.edge_probs() - exact).max() < 0.1
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured: with 1000 rows the BGe posterior is sharp (exact: true MEC, P ~ 0.95) and "
-    "SVGD with the reference defaults converges to a 6-edge I-map of the true graph "
-    "(shd_cpdag 4) at 600 and at 1000 steps (seed 0), and to shd_cpdag-4 graphs at seed 1",
-)
-def test_marginal_recovers_planted_5_node_graph_up_to_mec():
+def planted_5_node_linear(n=1000):
     rng = np.random.default_rng(7)
     W = np.zeros((5, 5))
     W[0, 1], W[0, 2], W[1, 3], W[2, 3], W[3, 4] = 1.0, -1.2, 0.9, 1.1, -1.0
-    x = linear_data(W, 1000, rng)
-    post = fit_dibs_marginal(x, DiBSConfig(steps=600, seed=0))
+    return (W != 0).astype(int), linear_data(W, n, rng)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_marginal_recovers_planted_5_node_graph_up_to_mec(seed):
+    """With 1000 rows the BGe posterior is sharp (exact: P(true MEC) ~ 0.95) and has a strong
+    local optimum, a 6-edge I-map 3.6 nats below the truth (shd_cpdag 4). Measured over seeds
+    0-5: the reference defaults (20 particles, alpha_linear 1) reach the true MEC with the
+    top-weighted particle at 2 of 6 seeds; 50 particles with the slower annealing
+    alpha_linear = 0.1 at 6 of 6. The test runs that configuration (about 10 s a seed)."""
+    true, x = planted_5_node_linear()
+    post = fit_dibs_marginal(x, DiBSConfig(n_particles=50, alpha_linear=0.1, steps=1000, seed=seed))
     best = post.graphs[np.argmax(post.weights)]
-    assert shd_cpdag((W != 0).astype(int), best) <= 1
+    assert shd_cpdag(true, best) <= 1
+    # most of the mixture mass is on the true equivalence class (measured 0.83-0.85 at seeds 1-2;
+    # the exact posterior, which holds all three DAGs of the class, gives 0.95)
+    in_mec = np.array([shd_cpdag(true, g) == 0 for g in post.graphs])
+    assert post.weights[in_mec].sum() > 0.75
 
 
 def test_marginal_empirical_weights_and_bad_input():
@@ -190,6 +198,9 @@ def test_joint_smoke_reproducible_and_densities():
     a, _, _ = run_dibs_joint(x, cfg)
     b, _, _ = run_dibs_joint(x, cfg)
     assert a.z.tobytes() == b.z.tobytes() and a.theta.tobytes() == b.theta.tobytes()
+    # the reference's hard-sample theta gradient is a different estimator: same seed, other theta
+    h, _, _ = run_dibs_joint(x, cfg.model_copy(update={"theta_grad": "hard"}))
+    assert np.isfinite(h.theta).all() and not np.array_equal(h.theta, a.theta)
     post = fit_dibs_joint(x, cfg)
     assert isinstance(post, DiBSJointPosterior)
     assert is_acyclic(post.graphs).all() and np.isclose(post.weights.sum(), 1.0)
@@ -211,17 +222,12 @@ def test_known_target_mask_marks_intervened_rows():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured (1500 steps, 32 MC samples, seed 0; 20 min on the loaded 2-core machine): "
-    "E-SHD 3.0, the mixture weights put ~1.0 on one particle whose graph has SHD 3; not tuned "
-    "further in the time available (candidates: hard graph samples for the theta gradient as "
-    "in the reference, more steps, empirical weights)",
-)
 def test_joint_recovers_planted_5_node_nn_graph():
     rng = np.random.default_rng(1)
     adj = np.zeros((5, 5), np.uint8)
     adj[0, 1] = adj[1, 2] = adj[0, 3] = adj[2, 4] = adj[3, 4] = 1
     x = nn_data(adj, 200, rng)
-    post = fit_dibs_joint(x, DiBSConfig(steps=1500, n_grad_mc=32, seed=0))
+    # 3000 steps (the issue's upper default): at 1500 the true-graph particle exists but its
+    # theta is still far from its MAP fit, so the mixture weights favour a wrong graph (E-SHD 3)
+    post = fit_dibs_joint(x, DiBSConfig(steps=3000, n_grad_mc=32, seed=0))
     assert expected_shd(adj, post.graphs, post.weights) <= 1.5
