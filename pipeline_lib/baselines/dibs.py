@@ -39,9 +39,18 @@ theta by the Gumbel-soft reparameterisation, self-normalised over M soft graph s
 
     grad log E[p(theta, D | G)] ≈ sum_m softmax_m(log p(theta, D | G_tau^m)) grad log p(theta, D | G_tau^m).
 
-Simplification: the reference code uses *hard* Bernoulli graph samples for the theta
-gradient and soft ones for the Z gradient; here one set of soft samples serves both (one
-forward/backward pass instead of two). The soft samples harden as alpha_t grows.
+The theta gradient: ``theta_grad="soft"`` (default) reuses the same Gumbel-soft samples
+(one forward/backward pass). ``theta_grad="hard"`` is the reference code's estimator, with
+*hard* Bernoulli samples ``G_m ~ p(G | Z)``::
+
+    grad_theta log E[p(theta, D | G)] ≈ sum_m softmax_m(log p(theta, D | G_m)) grad_theta log p(theta, D | G_m).
+
+The default departs from the reference because it measured better (planted 5-node NN graph
+of the test suite, 200 rows, 32 MC samples, seed 0: soft E-SHD 3.0 at 1500 steps and 0.0 at
+3000; hard 4.0 at both) and costs one pass instead of two. The soft samples harden as
+alpha_t grows. In both, the mixture weights concentrate on the particle with the best-fitted
+theta, so the run needs enough steps for theta to converge (3000 above; at 1500 the particle
+on the true graph existed but its theta was 87 nats below its MAP fit).
 
 SVGD (:mod:`pipeline_lib.baselines.svgd`): additive RBF kernel with bandwidth ``h_latent = 5``
 on Z and ``h_theta = 500`` on theta, RMSprop with step size 0.005. All particles are one batched
@@ -119,6 +128,7 @@ class DiBSConfig(BaseModel):
     graph_prior: Literal["uniform", "er"] = "uniform"
     edges_per_node: float = Field(1.0, gt=0)
     score_baseline: bool = True
+    theta_grad: Literal["soft", "hard"] = "soft"
     weights: Literal["mixture", "empirical"] = "mixture"
     hidden: tuple[int, ...] = (5,)
     activation: Literal["relu", "sigmoid", "tanh", "leaky_relu"] = "relu"
@@ -412,13 +422,29 @@ def run_dibs_joint(
     theta = mech.init_params(cfg.n_particles, gen, dtype, device)
     opt = RMSprop([z, theta], cfg.step_size)
     P, M = cfg.n_particles, cfg.n_grad_mc
+
+    def log_joint(th: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """log p(theta, D | G) for graphs g: (P, M, d, d) -> (P, M)."""
+        return (mech.log_lik_terms(th, x, g) * keep).sum((-1, -2)) + mech.log_prior(th, g)
+
     for t in range(cfg.steps):
         zz, th = z.detach().requires_grad_(True), theta.detach().requires_grad_(True)
         eps = logistic_noise((P, M, d, d), gen, dtype, device)
         g = model.soft_graphs(zz, eps, t)  # (P, M, d, d)
-        logp = (mech.log_lik_terms(th, x, g) * keep).sum((-1, -2)) + mech.log_prior(th, g)  # (P, M)
+        logp = log_joint(th, g)  # (P, M)
         w = torch.softmax(logp.detach(), dim=1)
-        gz, gth = torch.autograd.grad((w * logp).sum(), (zz, th))
+        if cfg.theta_grad == "soft":
+            gz, gth = torch.autograd.grad((w * logp).sum(), (zz, th))
+        else:
+            (gz,) = torch.autograd.grad((w * logp).sum(), (zz,))
+            with torch.no_grad():
+                p = model.edge_probs(z, t)
+                u = torch.rand(P, M, d, d, generator=gen, dtype=dtype, device=device)
+                g_hard = (u < p[:, None]).to(dtype)  # (P, M, d, d), diagonal of p is 0
+            th_h = theta.detach().requires_grad_(True)
+            logp_h = log_joint(th_h, g_hard)
+            w_h = torch.softmax(logp_h.detach(), dim=1)
+            (gth,) = torch.autograd.grad((w_h * logp_h).sum(), (th_h,))
         gz = gz + model.grad_log_prior(z, t, gen)
         phi_z, phi_th = svgd_direction([z, theta], [gz, gth], [cfg.h_latent, cfg.h_theta])
         opt.ascend([z, theta], [phi_z, phi_th])
