@@ -96,7 +96,7 @@ def predict(method: str = typer.Argument("mace-tnp"),
 
 
 @app.command()
-def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint | bacadi | dcdi | dcdi-unknown"),
+def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint | bacadi | dcdi | dcdi-unknown | empty-graph"),
              prior: str = typer.Option(..., help="prior store path (*.zarr)"),
              tasks: int = typer.Option(10, help="number of test tasks"),
              workers: int = typer.Option(2), root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:

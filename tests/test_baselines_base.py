@@ -74,3 +74,23 @@ def test_query_validation():
         post.interventional_log_density(0, 1.0, 0, np.zeros(2))
     with pytest.raises(ValueError, match="out of range"):
         post.interventional_log_density(5, 1.0, 1, np.zeros(2))
+
+
+def test_empty_graph_reference_is_the_observational_marginal():
+    from pipeline_lib.baselines.registry import UnknownMethodError, fit_baseline
+
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=5000)
+    x = np.stack([x0, 2.0 * x0 + 0.5 * rng.normal(size=5000) + 1.0, rng.normal(size=5000)], axis=1)
+    post = fit_baseline("empty-graph", {"x_obs": x})
+    assert np.all(post.edge_probs() == 0)
+    assert not post.sample_graphs(4, rng).any()
+    pts = np.array([-2.0, 1.0, 3.0])
+    dens = post.interventional_log_density(0, 2.5, 1, pts)
+    # the intervention on the true parent X_0 is ignored: the density is X_1's marginal
+    np.testing.assert_allclose(dens.log_density, post.interventional_log_density(2, -1.0, 1, pts).log_density)
+    np.testing.assert_allclose(dens.mc_stderr, 0.0)
+    ref = stats.norm.logpdf(pts, x[:, 1].mean(), x[:, 1].std())
+    np.testing.assert_allclose(dens.log_density, ref, atol=0.02)
+    with pytest.raises(UnknownMethodError, match="empty-graph"):
+        fit_baseline("empty", {"x_obs": x})

@@ -12,6 +12,14 @@ follows its paper's setting:
 | bacadi        | x_obs + x_int, targets UNKNOWN (inferred)          |
 | dcdi          | x_obs + x_int, targets KNOWN                       |
 | dcdi-unknown  | x_obs + x_int, targets UNKNOWN (inferred)          |
+| empty-graph   | x_obs, BGe under the empty graph only: a non-causal reference |
+
+``empty-graph`` is not a causal discovery method but the floor every method must clear:
+the BGe posterior predictive when the graph is fixed to the empty DAG, so that
+``p(x_i | do(X_j = a), D) = p(x_i | D)``, the Student-t predictive of ``X_i``'s observational
+marginal, whatever the intervention. Its graph metrics are those of predicting no edge. A
+prior whose tables show it close to the exact posterior has interventional distributions
+close to the observational marginals, and does not separate methods by NLPID.
 
 ``config`` holds keyword overrides of the method's pydantic config (e.g. ``{"steps": 300}``).
 """
@@ -21,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-BASELINES = ("exact", "dibs", "dibs-joint", "bacadi", "dcdi", "dcdi-unknown")
+BASELINES = ("exact", "dibs", "dibs-joint", "bacadi", "dcdi", "dcdi-unknown", "empty-graph")
 
 
 class UnknownMethodError(ValueError):
@@ -32,6 +40,18 @@ def _exact(data: dict, config: dict[str, Any]):
     from pipeline_lib.baselines.exact import ExactPosterior
 
     return ExactPosterior.fit(data["x_obs"], **config)
+
+
+def _empty_graph(data: dict, config: dict[str, Any]):
+    from pipeline_lib.baselines.bge import BGe
+    from pipeline_lib.baselines.exact import BGeMixturePosterior
+
+    x = np.asarray(data["x_obs"], dtype=np.float64)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise ValueError(f"x_obs must be a finite (N, d) array, got shape {x.shape}")
+    d = x.shape[1]
+    bge = BGe(**config)
+    return BGeMixturePosterior(x, np.zeros((1, d, d), np.uint8), np.zeros(1), bge=bge)
 
 
 def _dibs(data: dict, config: dict[str, Any]):
@@ -67,6 +87,7 @@ _FIT: dict[str, Callable] = {
     "bacadi": _bacadi,
     "dcdi": _dcdi,
     "dcdi-unknown": lambda data, config: _dcdi(data, config, unknown=True),
+    "empty-graph": _empty_graph,
 }
 
 
