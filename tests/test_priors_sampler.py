@@ -392,7 +392,7 @@ def test_hard_interventional_distribution_is_the_mutilated_scm():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lin-2node", "lin-3node", "nn-3node", "gp-3node", "bge-2node", "bge-3node",
+@pytest.mark.parametrize("name", ["lin-2node", "lin-3node", "lin-3node-strong", "nn-3node", "gp-3node", "bge-2node", "bge-3node",
                                   "er-20node", "grn-10node"])
 def test_shipped_configs_sample_a_full_chunk(name):
     from pathlib import Path
