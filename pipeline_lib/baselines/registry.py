@@ -47,8 +47,10 @@ def _empty_graph(data: dict, config: dict[str, Any]):
     from pipeline_lib.baselines.exact import BGeMixturePosterior
 
     x = np.asarray(data["x_obs"], dtype=np.float64)
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise ValueError(f"x_obs must be a finite (N, d) array, got shape {x.shape}")
+    if x.ndim != 2:
+        raise ValueError(f"x_obs must have shape (N, d), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("x_obs contains NaN or inf")
     d = x.shape[1]
     bge = BGe(**config)
     return BGeMixturePosterior(x, np.zeros((1, d, d), np.uint8), np.zeros(1), bge=bge)
