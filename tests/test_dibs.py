@@ -7,6 +7,7 @@ from pipeline_lib.baselines.dibs import (
     DiBSConfig,
     DiBSError,
     DiBSJointPosterior,
+    LatentGraphModel,
     _check_data,
     acyclicity,
     fit_dibs_joint,
@@ -17,7 +18,7 @@ from pipeline_lib.baselines.dibs import (
 )
 from pipeline_lib.baselines.exact import BGeMixturePosterior, ExactPosterior
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
-from pipeline_lib.baselines.svgd import RMSprop, svgd_direction
+from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
 from pipeline_lib.metrics.graph import expected_shd, shd_cpdag
 
 
@@ -81,6 +82,66 @@ def test_svgd_single_particle_is_plain_gradient_and_rmsprop_step():
     assert torch.allclose(x, torch.tensor([[1.0, -2.0]]) + 0.1 * torch.sign(g) / np.sqrt(0.1), atol=1e-5)
 
 
+def test_self_normalised_grad_streams_chunks_exactly():
+    """Chunked = one-shot sum_m softmax(l)_m grad l_m, per particle, for any chunk size."""
+    gen = torch.Generator().manual_seed(3)
+    P, M, D = 3, 7, 4
+    a = torch.randn(P, D, dtype=torch.float64, generator=gen)
+    feats = torch.randn(P, M, D, dtype=torch.float64, generator=gen) * 3.0
+
+    def log_weight(lo, hi, v):
+        return -((feats[:, lo:hi] - v[:, None]) ** 2).sum(-1) + (v[:, None] * feats[:, lo:hi]).sum(-1) ** 2 / 10
+
+    v = a.clone().requires_grad_(True)
+    lw = log_weight(0, M, v)
+    (ref,) = torch.autograd.grad((torch.softmax(lw.detach(), 1) * lw).sum(), v)
+    # the same quantity as the gradient of log mean_m exp(l_m)
+    v2 = a.clone().requires_grad_(True)
+    (ref2,) = torch.autograd.grad(torch.logsumexp(log_weight(0, M, v2), 1).sum(), v2)
+    assert torch.allclose(ref, ref2, atol=1e-10)
+    for chunk in (1, 2, 3, M, 100):
+        v = a.clone().requires_grad_(True)
+        (got,) = self_normalised_grad(lambda lo, hi: log_weight(lo, hi, v), (v,), M, chunk)
+        assert torch.allclose(got, ref, atol=1e-10), chunk
+    assert mc_chunk_size(128, 250_000, None) == 8 and mc_chunk_size(128, 10, None) == 128
+    assert mc_chunk_size(128, 10**9, None) == 1
+    with pytest.raises(ValueError, match="chunk"):
+        self_normalised_grad(lambda lo, hi: log_weight(lo, hi, v), (v,), M, 0)
+
+
+def test_joint_and_bacadi_chunking_does_not_change_the_run():
+    """MC-sample chunking (memory) leaves the SVGD trajectory unchanged up to float rounding."""
+    from pipeline_lib.baselines.bacadi import BaCaDIConfig, run_bacadi
+
+    rng = np.random.default_rng(1)
+    adj = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]], np.uint8)
+    x = nn_data(adj, 40, rng)
+    cfg = DiBSConfig(n_particles=3, steps=10, n_grad_mc=6, n_acyc_mc=4, seed=2, dtype="float64")
+    one, _, _ = run_dibs_joint(x, cfg)
+    for theta_grad in ("soft", "hard"):
+        one, _, _ = run_dibs_joint(x, cfg.model_copy(update={"theta_grad": theta_grad}))
+        many, _, _ = run_dibs_joint(x, cfg.model_copy(update={"theta_grad": theta_grad, "mc_chunk_elements": 1}))
+        assert np.allclose(one.z, many.z, atol=1e-9) and np.allclose(one.theta, many.theta, atol=1e-9)
+    x_int = x[None, :10].repeat(2, 0) + rng.normal(size=(2, 10, 3))
+    bcfg = BaCaDIConfig(n_particles=3, steps=8, n_grad_mc=5, n_acyc_mc=4, seed=2, dtype="float64")
+    one, _, _ = run_bacadi(x, x_int, bcfg)
+    many, _, _ = run_bacadi(x, x_int, bcfg.model_copy(update={"mc_chunk_elements": 2000}))
+    for f in ("z", "theta", "mu", "gamma"):
+        assert np.allclose(getattr(one, f), getattr(many, f), atol=1e-9), f
+
+
+def test_beta_default_scales_with_rows_for_joint_variants_only():
+    from pipeline_lib.baselines.bacadi import BaCaDIConfig
+
+    cfg = DiBSConfig()
+    assert LatentGraphModel(5, cfg, "marginal", 1000).beta(3) == 3.0  # the reference's 1.0
+    assert LatentGraphModel(5, cfg, "joint", 1000).beta(3) == 30.0  # 1000 rows / 100
+    assert LatentGraphModel(5, cfg, "joint", 40).beta(3) == 3.0  # never below 1
+    assert LatentGraphModel(5, BaCaDIConfig(), "joint", 700).beta(2) == 14.0
+    assert LatentGraphModel(5, DiBSConfig(beta_linear=2.5), "joint", 1000).beta(2) == 5.0
+    assert LatentGraphModel(5, DiBSConfig(beta_linear=0.0), "joint", 1000).beta(2) == 0.0
+
+
 def test_mlp_means_match_per_node_loop_and_mask_non_parents():
     m = MLPGaussian(3, hidden=(4, 2), activation="tanh")
     gen = torch.Generator().manual_seed(0)
@@ -94,6 +155,12 @@ def test_mlp_means_match_per_node_loop_and_mask_non_parents():
     h = torch.tanh((x * G[p, s, :, j]) @ W0[p, j] + b0[p, j])
     h = torch.tanh(h @ W1[p, j] + b1[p, j])
     assert torch.allclose(out[p, s, :, j], (h @ W2[p, j] + b2[p, j])[:, 0])
+    # x given per (particle, graph) batch element: the same network on every row
+    xb = torch.randn(2, 4, 6, 3, dtype=torch.float64, generator=gen)
+    outb = m.means(theta, xb, G)
+    h = torch.tanh((xb[p, s] * G[p, s, :, j]) @ W0[p, j] + b0[p, j])
+    h = torch.tanh(h @ W1[p, j] + b1[p, j])
+    assert torch.allclose(outb[p, s, :, j], (h @ W2[p, j] + b2[p, j])[:, 0])
     # a node without parents has a constant mean
     G0 = torch.zeros(2, 3, 3, dtype=torch.float64)
     const = m.means(theta, x, G0)

@@ -74,7 +74,7 @@ from pipeline_lib.baselines.dibs import (
     logistic_noise,
 )
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian, gaussian_log_pdf
-from pipeline_lib.baselines.svgd import RMSprop, svgd_direction
+from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
 
 __all__ = ["BaCaDIConfig", "BaCaDIParticles", "BaCaDIPosterior", "fit_bacadi", "run_bacadi"]
 
@@ -195,7 +195,7 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     dtype, device, gen = _torch_setup(cfg)
     xo = torch.as_tensor(x_obs_np, dtype=dtype, device=device)
     xi = torch.as_tensor(x_int_np, dtype=dtype, device=device)
-    graph_model = LatentGraphModel(d, cfg, "joint")
+    graph_model = LatentGraphModel(d, cfg, "joint", len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1])
     model = _BaCaDIModel(d, K, cfg)
     P, M = cfg.n_particles, cfg.n_grad_mc
     z = graph_model.init_latents(P, gen, dtype, device)
@@ -211,16 +211,21 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     gamma = cfg.gamma_prior_std * torch.randn(P, K, d, generator=gen, dtype=dtype, device=device)
     # theta and mu share the theta kernel term, as in the reference (mu is part of theta)
     opt = RMSprop([z, theta, mu, gamma], cfg.step_size)
+    n_rows = len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1]
+    chunk = mc_chunk_size(M, P * n_rows * d * max(cfg.hidden), cfg.mc_chunk_elements)
     for t in range(cfg.steps):
         alpha = graph_model.alpha(t)
         zz, th, mm, gg = (v.detach().requires_grad_(True) for v in (z, theta, mu, gamma))
+        # all noise drawn up front: the random stream does not depend on the chunk size
         eps_g = logistic_noise((P, M, d, d), gen, dtype, device)
         eps_i = logistic_noise((P, M, K, d), gen, dtype, device)
-        g = graph_model.soft_graphs(zz, eps_g, t)
-        targets = torch.sigmoid(cfg.tau * (eps_i + alpha / 2 * gg[:, None]))
-        logp = model.log_joint(th, mm, xo, xi, g, targets)  # (P, M)
-        w = torch.softmax(logp.detach(), dim=1)
-        gz, gth, gmu, ggm = torch.autograd.grad((w * logp).sum(), (zz, th, mm, gg))
+
+        def log_weight(a: int, b: int) -> torch.Tensor:
+            g = graph_model.soft_graphs(zz, eps_g[:, a:b], t)
+            targets = torch.sigmoid(cfg.tau * (eps_i[:, a:b] + alpha / 2 * gg[:, None]))
+            return model.log_joint(th, mm, xo, xi, g, targets)  # (P, b - a)
+
+        gz, gth, gmu, ggm = self_normalised_grad(log_weight, (zz, th, mm, gg), M, chunk)
         gz = gz + graph_model.grad_log_prior(z, t, gen)
         ggm = ggm + model.grad_log_prior_gamma(gamma, alpha, gen)
         th_block = torch.cat([theta, mu.flatten(1)], 1)

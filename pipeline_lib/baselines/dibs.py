@@ -54,7 +54,8 @@ on the true graph existed but its theta was 87 nats below its MAP fit).
 
 SVGD (:mod:`pipeline_lib.baselines.svgd`): additive RBF kernel with bandwidth ``h_latent = 5``
 on Z and ``h_theta = 500`` on theta, RMSprop with step size 0.005. All particles are one batched
-tensor; no Python loop over particles or MC samples.
+tensor; no Python loop over particles or MC samples (the joint variant loops over *chunks*
+of MC samples, each holding all particles, to bound memory: ``mc_chunk_elements``).
 
 Posterior
 ---------
@@ -80,7 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.baselines.base import AncestralGaussianPosterior, stack_known_interventions
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
-from pipeline_lib.baselines.svgd import RMSprop, svgd_direction
+from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
 
 __all__ = [
     "DiBSConfig",
@@ -96,6 +97,8 @@ __all__ = [
 
 # reference defaults of alpha_linear (MarginalDiBS / JointDiBS in larslorch/dibs)
 _ALPHA_LINEAR_DEFAULT = {"marginal": 1.0, "joint": 0.05}
+# joint variants: default beta_linear is 1 per this many likelihood rows (DiBSConfig doc)
+_BETA_ROWS_PER_UNIT = 100.0
 
 
 class DiBSError(ValueError):
@@ -108,6 +111,23 @@ class DiBSConfig(BaseModel):
     ``alpha_linear=None`` resolves to 1.0 for the marginal and 0.05 for the joint variant
     (the reference classes' defaults). ``k=None`` means k = d. ``bge_alpha_lambd=None``
     means d + 2. The MLP fields apply to the joint variant only.
+
+    ``beta_linear=None`` (the slope of the acyclicity weight beta_t) resolves to the
+    reference's 1.0 for the marginal variant and to ``max(1, n_rows / 100)`` for the joint
+    variants (DiBS-joint and BaCaDI), n_rows the rows in the likelihood (all regimes).
+    This is a departure from the reference (1.0 at its ~100 rows): the likelihood's pull
+    towards better-fitting cyclic graphs grows linearly in the rows while the penalty
+    beta_t h(G) does not. Measured on er-20node (d = 20, 1000 rows, 300 steps, 4 MC
+    samples): at 1.0 every particle of DiBS-joint and BaCaDI ended cyclic on the tasks
+    tried (BaCaDI 20/20 tasks, and up to 1000-1500 steps), at 10 (the rule's value) 15-20
+    of 20 particles were acyclic on every task. The marginal BGe variant kept acyclic
+    particles at d = 20 with 1.0, so it keeps the reference default.
+
+    ``mc_chunk_elements`` (joint variants; ``None`` = 2^21): the gradient's M Monte Carlo
+    graphs are evaluated in chunks whose largest activation (particles x samples x rows x
+    d x hidden) has about this many elements, with a running log-sum-exp
+    (:func:`pipeline_lib.baselines.svgd.self_normalised_grad`). Memory only: the result is
+    the one-shot estimate up to float rounding. All particles are in every chunk.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -116,10 +136,11 @@ class DiBSConfig(BaseModel):
     steps: int = Field(1000, ge=0)
     k: int | None = Field(None, ge=1)
     alpha_linear: float | None = Field(None, gt=0)
-    beta_linear: float = Field(1.0, ge=0)
+    beta_linear: float | None = Field(None, ge=0)
     tau: float = Field(1.0, gt=0)
     n_grad_mc: int = Field(128, ge=1)
     n_acyc_mc: int = Field(32, ge=1)
+    mc_chunk_elements: int | None = Field(None, ge=1)
     step_size: float = Field(0.005, gt=0)
     h_latent: float = Field(5.0, gt=0)
     h_theta: float = Field(500.0, gt=0)
@@ -143,6 +164,13 @@ class DiBSConfig(BaseModel):
 
     def alpha_slope(self, variant: str) -> float:
         return self.alpha_linear if self.alpha_linear is not None else _ALPHA_LINEAR_DEFAULT[variant]
+
+    def beta_slope(self, variant: str, n_rows: int) -> float:
+        """beta_linear, or its default: 1.0 (the reference) for the marginal variant and
+        ``max(1, n_rows / 100)`` for the joint variants (class docstring)."""
+        if self.beta_linear is not None:
+            return self.beta_linear
+        return 1.0 if variant == "marginal" else max(1.0, n_rows / _BETA_ROWS_PER_UNIT)
 
 
 @dataclass(frozen=True)
@@ -215,11 +243,12 @@ def is_acyclic(graphs: np.ndarray) -> np.ndarray:
 class LatentGraphModel:
     """The generative graph model p(G | Z) and the latent prior p(Z) of DiBS (module docstring)."""
 
-    def __init__(self, d: int, config: DiBSConfig, variant: str):
+    def __init__(self, d: int, config: DiBSConfig, variant: str, n_rows: int = 100):
         self.d = d
         self.k = config.k or d
         self.cfg = config
         self.alpha_linear = config.alpha_slope(variant)
+        self.beta_linear = config.beta_slope(variant, n_rows)
         self.latent_std = config.latent_prior_std or 1.0 / math.sqrt(self.k)
         self._offdiag = None
 
@@ -227,7 +256,7 @@ class LatentGraphModel:
         return self.alpha_linear * t
 
     def beta(self, t: float) -> float:
-        return self.cfg.beta_linear * t
+        return self.beta_linear * t
 
     def offdiag(self, ref: torch.Tensor) -> torch.Tensor:
         return 1.0 - torch.eye(self.d, dtype=ref.dtype, device=ref.device)
@@ -309,7 +338,7 @@ def run_dibs_marginal(
         score = _default_bge(x, cfg)
     interv = mask if mask.any() else None
     dtype, device, gen = _torch_setup(cfg)
-    model = LatentGraphModel(d, cfg, "marginal")
+    model = LatentGraphModel(d, cfg, "marginal", len(x))
     z = model.init_latents(cfg.n_particles, gen, dtype, device)
     opt = RMSprop([z], cfg.step_size)
     P, M = cfg.n_particles, cfg.n_grad_mc
@@ -421,7 +450,7 @@ def run_dibs_joint(
     dtype, device, gen = _torch_setup(cfg)
     x = torch.as_tensor(x_np, dtype=dtype, device=device)
     keep = torch.as_tensor(~mask_np, dtype=dtype, device=device)  # (N, d) likelihood terms kept
-    model = LatentGraphModel(d, cfg, "joint")
+    model = LatentGraphModel(d, cfg, "joint", len(x_np))
     mech = _make_mechanisms(d, cfg)
     z = model.init_latents(cfg.n_particles, gen, dtype, device)
     theta = mech.init_params(cfg.n_particles, gen, dtype, device)
@@ -432,22 +461,22 @@ def run_dibs_joint(
         """log p(theta, D | G) for graphs g: (P, M, d, d) -> (P, M)."""
         return (mech.log_lik_terms(th, x, g) * keep).sum((-1, -2)) + mech.log_prior(th, g)
 
+    chunk = mc_chunk_size(M, P * len(x_np) * d * max(cfg.hidden), cfg.mc_chunk_elements)
     for t in range(cfg.steps):
         zz, th = z.detach().requires_grad_(True), theta.detach().requires_grad_(True)
+        # all noise drawn up front: the random stream does not depend on the chunk size
         eps = logistic_noise((P, M, d, d), gen, dtype, device)
-        g = model.soft_graphs(zz, eps, t)  # (P, M, d, d)
-        logp = log_joint(th, g)  # (P, M)
-        w = torch.softmax(logp.detach(), dim=1)
         if cfg.theta_grad == "soft":
-            gz, gth = torch.autograd.grad((w * logp).sum(), (zz, th))
+            gz, gth = self_normalised_grad(
+                lambda a, b: log_joint(th, model.soft_graphs(zz, eps[:, a:b], t)), (zz, th), M, chunk
+            )
         else:
-            (gz,) = torch.autograd.grad((w * logp).sum(), (zz,))
+            (gz,) = self_normalised_grad(
+                lambda a, b: log_joint(th.detach(), model.soft_graphs(zz, eps[:, a:b], t)), (zz,), M, chunk
+            )
             with torch.no_grad():
                 g_hard = model.sample_graphs(z, t, M, gen)  # (P, M, d, d)
-            th_h = theta.detach().requires_grad_(True)
-            logp_h = log_joint(th_h, g_hard)
-            w_h = torch.softmax(logp_h.detach(), dim=1)
-            (gth,) = torch.autograd.grad((w_h * logp_h).sum(), (th_h,))
+            (gth,) = self_normalised_grad(lambda a, b: log_joint(th, g_hard[:, a:b]), (th,), M, chunk)
         gz = gz + model.grad_log_prior(z, t, gen)
         phi_z, phi_th = svgd_direction([z, theta], [gz, gth], [cfg.h_latent, cfg.h_theta])
         opt.ascend([z, theta], [phi_z, phi_th])
