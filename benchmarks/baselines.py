@@ -141,55 +141,16 @@ def try_fit(name: str, data: dict, config: dict) -> dict:
         return {"seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"}
 
 
-class ParticleCapture:
-    """Keeps the final SVGD particles of the last DiBS / DiBS-joint / BaCaDI fit.
-
-    ``fit_baseline`` raises when every particle is cyclic and returns only the posterior
-    over the acyclic ones otherwise; to say *how* a fit failed (item 3, diagnostics), the
-    SVGD loops ``run_dibs_marginal`` / ``run_dibs_joint`` / ``run_bacadi`` are wrapped in
-    their modules while the benchmark runs (same calls, results unchanged) and the last
-    particles are kept here with the final annealing slope ``alpha_T``.
-    """
-
-    def __init__(self):
-        import pipeline_lib.baselines.bacadi as bacadi_mod
-        import pipeline_lib.baselines.dibs as dibs_mod
-
-        self.last = None
-        for mod, fn in ((dibs_mod, "run_dibs_marginal"), (dibs_mod, "run_dibs_joint"), (bacadi_mod, "run_bacadi")):
-            orig = getattr(mod, fn)
-            if getattr(orig, "_captured", False):
-                continue
-            setattr(mod, fn, self._wrap(orig))
-
-    def _wrap(self, run):
-        import inspect
-
-        sig = inspect.signature(run)
-
-        def wrapped(*a, **kw):
-            out = run(*a, **kw)
-            cfg = sig.bind(*a, **kw).arguments.get("config")
-            steps = getattr(cfg, "steps", None)
-            self.last = {"particles": out[0], "alpha_T": out[1].alpha(steps) if steps is not None else None}
-            return out
-        wrapped._captured = True
-        wrapped.__name__ = run.__name__
-        return wrapped
-
-    def pop(self):
-        last, self.last = self.last, None
-        return last
-
-
-def particle_diagnostics(cap: dict | None, data: dict, failed: bool) -> dict:
+def particle_diagnostics(parts, data: dict, failed: bool) -> dict:
     """Acyclic-particle count and, for a failed fit, scores of the raw final particles
     (cyclic ones included, uniform weights): mean SHD of their hard graphs, edge AUROC of
     the particles' edge frequencies, and for BaCaDI Intv-AUROC of the mean
-    ``sigmoid(alpha_T / 2 * gamma)``. A diagnostic, not the method's posterior."""
-    if cap is None:
+    ``sigmoid(alpha_T / 2 * gamma)``. A diagnostic, not the method's posterior.
+
+    parts: the final SVGD particles, ``posterior.particles`` of a fit or ``.particles`` of
+    the ``DiBSError`` raised when every particle is cyclic; None for other methods."""
+    if parts is None:
         return {}
-    parts = cap["particles"]
     graphs = np.asarray(parts.graphs)
     out = {"n_acyclic_particles": int(np.asarray(parts.acyclic).sum()), "particle_edges": float(graphs.sum((1, 2)).mean())}
     if failed:
@@ -197,8 +158,8 @@ def particle_diagnostics(cap: dict | None, data: dict, failed: bool) -> dict:
         out["diag_particle_shd"] = float(M.expected_shd(true, graphs))
         out["diag_edge_auroc"] = float(M.edge_auroc(true, graphs.mean(0)))
         gamma = getattr(parts, "gamma", None)
-        if gamma is not None and cap["alpha_T"] is not None:
-            probs = (1.0 / (1.0 + np.exp(-cap["alpha_T"] / 2 * np.asarray(gamma, np.float64)))).mean(0)
+        if gamma is not None and np.isfinite(parts.alpha_final):
+            probs = (1.0 / (1.0 + np.exp(-parts.alpha_final / 2 * np.asarray(gamma, np.float64)))).mean(0)
             out["diag_intv_auroc"] = float(M.intervention_auroc(data["int_targets"], probs))
     return out
 
@@ -359,7 +320,6 @@ def bench_quality(args, budgets: dict[str, dict], result: dict, save) -> dict:
                              "budgets": {m: budgets[m] for m in args.quality_methods},
                              "defaults": {m: _default_config(m) for m in args.quality_methods},
                              "per_task": per_method, "references_per_task": refs}
-    capture = ParticleCapture()
     t_start = time.perf_counter()
     for t in range(args.n_tasks):
         data = restrict(task_slice(batch, t))
@@ -367,13 +327,17 @@ def bench_quality(args, budgets: dict[str, dict], result: dict, save) -> dict:
             refs[k].append({"task": t, **v})
         for name in args.quality_methods:
             m = {"task": t, "n_true_edges": int(data["adjacency"].sum())}
-            capture.pop()
+            parts = None
             try:
                 t0 = time.perf_counter()
                 try:
                     post = fit_baseline(name, data, budgets[name])
+                except Exception as e:
+                    parts = getattr(e, "particles", None)  # DiBSError: every particle cyclic
+                    raise
                 finally:  # a failed fit (raised after its loop) is timed too
                     m["seconds"] = time.perf_counter() - t0
+                parts = getattr(post, "particles", None)
                 m.update(fit_info(post))
                 t0 = time.perf_counter()
                 m.update(score_graph(post, data["adjacency"], data["int_targets"], n_graph_samples=100, seed=t))
@@ -384,7 +348,7 @@ def bench_quality(args, budgets: dict[str, dict], result: dict, save) -> dict:
                 m["error"] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
             try:
-                m.update(particle_diagnostics(capture.pop(), data, failed="error" in m))
+                m.update(particle_diagnostics(parts, data, failed="error" in m))
             except Exception as e:  # a diagnostic must not cost the row
                 m["diag_error"] = f"{type(e).__name__}: {e}"
             per_method[name].append(m)

@@ -59,6 +59,12 @@ def test_bacadi_smoke_shapes_and_reproducibility():
     assert isinstance(post, BaCaDIPosterior)
     tp = post.intervention_target_probs()
     assert tp.shape == (3, 3) and ((tp >= 0) & (tp <= 1)).all()
+    # the target probabilities are the weighted particle average at the final alpha_T
+    parts = post.particles
+    assert parts.alpha_final == pytest.approx(0.01 * 20)
+    ok = parts.acyclic
+    sig = 1.0 / (1.0 + np.exp(-parts.alpha_final / 2 * parts.gamma[ok].astype(np.float64)))
+    assert np.allclose(tp, np.einsum("p,pkj->kj", post.weights, sig))
     assert np.isfinite(post.interventional_log_density(0, 1.0, 1, np.zeros(3)).log_density).all()
 
 

@@ -254,6 +254,20 @@ def test_marginal_empirical_weights_and_bad_input():
         DiBSConfig(n_particles=0)
 
 
+def test_final_particles_travel_with_the_posterior_and_the_all_cyclic_error():
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    # steps=0 keeps the prior draws: seed 9 gives two acyclic particles, seed 0 two cyclic ones
+    post = fit_dibs_marginal(x, DiBSConfig(n_particles=2, steps=0, seed=9))
+    assert post.particles.graphs.shape == (2, 3, 3) and post.particles.acyclic.all()
+    assert post.particles.alpha_final == 0.0
+    for fit in (fit_dibs_marginal, fit_dibs_joint):
+        with pytest.raises(DiBSError, match="cyclic") as err:
+            fit(x, DiBSConfig(n_particles=2, steps=0, seed=0))
+        parts = err.value.particles
+        assert parts.graphs.shape == (2, 3, 3) and not parts.acyclic.any()
+        assert not is_acyclic(parts.graphs).any()
+
+
 # ------------------------------------------------------------------ DiBS joint
 
 

@@ -104,7 +104,8 @@ class BaCaDIConfig(DiBSConfig):
 @dataclass(frozen=True)
 class BaCaDIParticles:
     """Final particles: z (P, d, k, 2), theta (P, n_params), mu (P, K, d), gamma (P, K, d),
-    graphs (P, d, d) uint8, acyclic (P,) bool."""
+    graphs (P, d, d) uint8, acyclic (P,) bool, alpha_final: alpha_T of the last step (target
+    probabilities are ``sigmoid(alpha_final / 2 * gamma)``)."""
 
     z: np.ndarray
     theta: np.ndarray
@@ -112,6 +113,7 @@ class BaCaDIParticles:
     gamma: np.ndarray
     graphs: np.ndarray
     acyclic: np.ndarray
+    alpha_final: float = float("nan")
 
 
 class BaCaDIPosterior(DiBSJointPosterior):
@@ -238,7 +240,7 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     graphs = graph_model.hard_graphs(z)
     parts = BaCaDIParticles(
         z=z.cpu().numpy(), theta=theta.cpu().numpy(), mu=mu.cpu().numpy(), gamma=gamma.cpu().numpy(),
-        graphs=graphs, acyclic=is_acyclic(graphs),
+        graphs=graphs, acyclic=is_acyclic(graphs), alpha_final=graph_model.alpha(cfg.steps),
     )
     return parts, graph_model, model
 
@@ -252,7 +254,8 @@ def fit_bacadi(x_obs: np.ndarray, x_int: np.ndarray, config: BaCaDIConfig | None
     if not ok.any():
         raise DiBSError(
             f"all {cfg.n_particles} BaCaDI particles are cyclic after {cfg.steps} steps; "
-            "increase steps or beta_linear"
+            "increase steps or beta_linear",
+            particles=parts,
         )
     graphs = parts.graphs[ok]
     theta, mu, gamma = (a[ok].astype(np.float64) for a in (parts.theta, parts.mu, parts.gamma))
@@ -268,6 +271,7 @@ def fit_bacadi(x_obs: np.ndarray, x_int: np.ndarray, config: BaCaDIConfig | None
     else:
         logw = np.zeros(len(graphs))
     w = np.exp(logw - np.logaddexp.reduce(logw))
-    alpha_final = graph_model.alpha(cfg.steps)
-    probs = np.einsum("p,pkj->kj", w, torch.sigmoid(torch.as_tensor(alpha_final / 2 * gamma)).numpy())
-    return BaCaDIPosterior(graphs, logw, theta, model.mech, probs, n_mc=cfg.n_mc_density)
+    probs = np.einsum("p,pkj->kj", w, torch.sigmoid(torch.as_tensor(parts.alpha_final / 2 * gamma)).numpy())
+    post = BaCaDIPosterior(graphs, logw, theta, model.mech, probs, n_mc=cfg.n_mc_density)
+    post.particles = parts
+    return post

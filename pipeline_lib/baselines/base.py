@@ -115,6 +115,10 @@ class GraphMixturePosterior(CausalPosterior):
     weight -inf are allowed (they never get sampled).
     """
 
+    #: the final SVGD particles (cyclic ones included) where the posterior came from a
+    #: particle method (DiBS, DiBS-joint, BaCaDI); None otherwise
+    particles = None
+
     def __init__(self, graphs: np.ndarray, log_weights: np.ndarray):
         graphs = np.asarray(graphs)
         log_weights = np.asarray(log_weights, dtype=np.float64)

@@ -102,7 +102,12 @@ _BETA_ROWS_PER_UNIT = 100.0
 
 
 class DiBSError(ValueError):
-    """Bad input to DiBS, or a run that produced no acyclic particle."""
+    """Bad input to DiBS, or a run that produced no acyclic particle (then ``particles``
+    holds the final particles, for diagnostics)."""
+
+    def __init__(self, message: str, particles=None):
+        super().__init__(message)
+        self.particles = particles
 
 
 class DiBSConfig(BaseModel):
@@ -176,12 +181,14 @@ class DiBSConfig(BaseModel):
 @dataclass(frozen=True)
 class DiBSParticles:
     """Final SVGD particles. z: (P, d, k, 2); theta: (P, n_params) or None (marginal);
-    graphs: (P, d, d) uint8 hard limits; acyclic: (P,) bool."""
+    graphs: (P, d, d) uint8 hard limits; acyclic: (P,) bool; alpha_final: alpha_T of the
+    last step."""
 
     z: np.ndarray
     theta: np.ndarray | None
     graphs: np.ndarray
     acyclic: np.ndarray
+    alpha_final: float = float("nan")
 
 
 # ---------------------------------------------------------------------------- data checks
@@ -358,7 +365,9 @@ def run_dibs_marginal(
         (phi,) = svgd_direction([z], [grad], [cfg.h_latent])
         opt.ascend([z], [phi])
     graphs = model.hard_graphs(z)
-    parts = DiBSParticles(z=z.cpu().numpy(), theta=None, graphs=graphs, acyclic=is_acyclic(graphs))
+    parts = DiBSParticles(
+        z=z.cpu().numpy(), theta=None, graphs=graphs, acyclic=is_acyclic(graphs), alpha_final=model.alpha(cfg.steps)
+    )
     return parts, model
 
 
@@ -396,7 +405,8 @@ def fit_dibs_marginal(
     if len(graphs) == 0:
         raise DiBSError(
             f"all {cfg.n_particles} DiBS particles are cyclic after {cfg.steps} steps; "
-            "increase steps or beta_linear"
+            "increase steps or beta_linear",
+            particles=parts,
         )
     if cfg.weights == "mixture":
         log_t = np.asarray(score.log_marginal(x, graphs, mask if mask.any() else None), dtype=np.float64)
@@ -404,10 +414,12 @@ def fit_dibs_marginal(
         uniq, logw = _mixture_over_unique(graphs, log_t)
     else:
         uniq, logw = _mixture_over_unique(graphs, None)
-    return BGeMixturePosterior(
+    post = BGeMixturePosterior(
         x, uniq, logw, interv_mask=mask if mask.any() else None, bge=score if hasattr(score, "scorer") else None,
         n_mc=cfg.n_mc_density, seed=cfg.seed,
     )
+    post.particles = parts
+    return post
 
 
 # ---------------------------------------------------------------------------- joint
@@ -482,7 +494,8 @@ def run_dibs_joint(
         opt.ascend([z, theta], [phi_z, phi_th])
     graphs = model.hard_graphs(z)
     parts = DiBSParticles(
-        z=z.cpu().numpy(), theta=theta.cpu().numpy(), graphs=graphs, acyclic=is_acyclic(graphs)
+        z=z.cpu().numpy(), theta=theta.cpu().numpy(), graphs=graphs, acyclic=is_acyclic(graphs),
+        alpha_final=model.alpha(cfg.steps),
     )
     return parts, model, mech
 
@@ -517,11 +530,14 @@ def fit_dibs_joint(
     if not ok.any():
         raise DiBSError(
             f"all {cfg.n_particles} DiBS particles are cyclic after {cfg.steps} steps; "
-            "increase steps or beta_linear"
+            "increase steps or beta_linear",
+            particles=parts,
         )
     graphs, theta = parts.graphs[ok], parts.theta[ok].astype(np.float64)
     if cfg.weights == "mixture":
         logw = joint_log_target(mech, model, x, ~mask, graphs, theta)
     else:
         logw = np.zeros(len(graphs))
-    return DiBSJointPosterior(graphs, logw, theta, mech, n_mc=cfg.n_mc_density)
+    post = DiBSJointPosterior(graphs, logw, theta, mech, n_mc=cfg.n_mc_density)
+    post.particles = parts
+    return post
