@@ -104,7 +104,7 @@ def test_self_normalised_grad_streams_chunks_exactly():
         (got,) = self_normalised_grad(lambda lo, hi: log_weight(lo, hi, v), (v,), M, chunk)
         assert torch.allclose(got, ref, atol=1e-10), chunk
     assert mc_chunk_size(128, 250_000, None) == 8 and mc_chunk_size(128, 10, None) == 128
-    assert mc_chunk_size(128, 10**9, None) == 1
+    assert mc_chunk_size(128, 10**9, None) == 1 and mc_chunk_size(128, 250_000, None, "cuda") == 128
     with pytest.raises(ValueError, match="chunk"):
         self_normalised_grad(lambda lo, hi: log_weight(lo, hi, v), (v,), M, 0)
 

@@ -214,7 +214,7 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     # theta and mu share the theta kernel term, as in the reference (mu is part of theta)
     opt = RMSprop([z, theta, mu, gamma], cfg.step_size)
     n_rows = len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1]
-    chunk = mc_chunk_size(M, P * n_rows * d * max(cfg.hidden), cfg.mc_chunk_elements)
+    chunk = mc_chunk_size(M, P * n_rows * d * max(cfg.hidden), cfg.mc_chunk_elements, device.type)
     for t in range(cfg.steps):
         alpha = graph_model.alpha(t)
         zz, th, mm, gg = (v.detach().requires_grad_(True) for v in (z, theta, mu, gamma))
