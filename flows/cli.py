@@ -99,20 +99,28 @@ def predict(method: str = typer.Argument("mace-tnp"),
 def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint | bacadi | dcdi | dcdi-unknown | empty-graph"),
              prior: str = typer.Option(..., help="prior store path (*.zarr)"),
              tasks: int = typer.Option(10, help="number of test tasks"),
-             workers: int = typer.Option(2), root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
+             workers: int = typer.Option(2), root: Optional[str] = typer.Option(None, help=ROOT_HELP),
+             set_: Optional[list[str]] = typer.Option(
+                 None, "--set", help="config override KEY=VALUE (YAML value), repeatable: --set steps=300")) -> None:
     """Fit a baseline on the test tasks of a stored prior (parallel on Dask); print its metrics."""
     _quiet_env()
-    from pipeline_lib.baselines.registry import UnknownMethodError, check_baseline
+    from pipeline_lib.baselines.registry import BaselineConfigError, UnknownMethodError, check_baseline, check_config
 
     try:
         check_baseline(method)
-    except UnknownMethodError as exc:
+        config = check_config(method, _parse_overrides(set_ or []))
+    except (UnknownMethodError, BaselineConfigError) as exc:
         _fail(str(exc))
     from flows.baselines import run_baselines
     from flows.spec import BaselineRun
+    from storage.prior_store import PriorStore
     from storage.report import metric_arrays
 
-    recs = run_baselines(prior, [BaselineRun(name=method)], tasks, _root(root), workers)
+    try:  # a missing or broken store is refused before the flow (and its server) starts
+        PriorStore.open(prior)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"--prior: {exc}")
+    recs = run_baselines(prior, [BaselineRun(name=method, config=config)], tasks, _root(root), workers)
     from pipeline_lib.metrics import comparison_table
     from rich.console import Console
 
@@ -122,6 +130,22 @@ def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint |
         for r in rs:
             if r["status"] != "ok":
                 typer.secho(f"task {r['task']} failed: {r['error']}", fg="yellow")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """``["steps=300", "hidden=[8, 8]"]`` -> ``{"steps": 300, "hidden": [8, 8]}`` (values as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {key.strip()}: value {value!r} is not valid YAML ({exc.__class__.__name__})")
+    return out
 
 
 def _print_summary(summary: dict) -> None:

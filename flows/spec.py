@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline_lib.baselines.registry import check_baseline
+from pipeline_lib.baselines.registry import check_baseline, check_config
 from pipeline_lib.priors import PriorConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,11 @@ class BaselineRun(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         return check_baseline(v)
+
+    @model_validator(mode="after")
+    def _config_fits_method(self) -> "BaselineRun":
+        check_config(self.name, self.config)
+        return self
 
 
 class BenchmarkSpec(BaseModel):

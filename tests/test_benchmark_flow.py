@@ -49,6 +49,39 @@ def test_spec_validation_and_presets():
         BenchmarkSpec(priors=["no-such-prior"]).prior_configs()
 
 
+
+def test_baseline_config_overrides_are_checked_before_any_fit(tmp_path):
+    """A malformed baseline config fails at submission, naming the field; the CLI exits 2."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from pipeline_lib.baselines.registry import BaselineConfigError, check_config
+
+    assert check_config("bacadi", {"steps": 30, "n_grad_mc": 4}) == {"steps": 30, "n_grad_mc": 4}
+    assert check_config("exact", {"graph_prior": "random_order_er", "edge_prob": 0.5})
+    with pytest.raises(BaselineConfigError, match="'dibs': field 'stepz'"):
+        check_config("dibs", {"stepz": 3})
+    with pytest.raises(BaselineConfigError, match="field 'steps'.*greater than or equal to 0"):
+        check_config("dibs-joint", {"steps": -1})
+    with pytest.raises(BaselineConfigError, match="unknown_targets"):
+        check_config("dcdi", {"unknown_targets": True})
+    with pytest.raises(BaselineConfigError, match="unknown field.*n_mcc.*allowed: edge_penalty"):
+        check_config("exact", {"n_mcc": 3})
+    with pytest.raises(ValueError, match="field 'n_particles'"):
+        BaselineRun(name="bacadi", config={"n_particles": 0})
+    for preset in ("quick", "cpu-3node", "paper-3node"):  # the shipped presets validate
+        assert load_preset(preset).baselines
+
+    runner = CliRunner()
+    missing = str(tmp_path / "absent.zarr")
+    r = runner.invoke(app, ["baseline", "dibs", "--prior", missing, "--set", "stepz=3"])
+    assert r.exit_code == 2 and "field 'stepz'" in r.output
+    r = runner.invoke(app, ["baseline", "dibs", "--prior", missing, "--set", "steps"])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+    r = runner.invoke(app, ["baseline", "dibs", "--prior", missing, "--set", "steps=3"])
+    assert r.exit_code == 2 and "no Zarr prior store" in r.output
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_benchmark_flow_end_to_end(tmp_path):
     import mlflow

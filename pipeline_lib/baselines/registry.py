@@ -36,6 +36,67 @@ class UnknownMethodError(ValueError):
     pass
 
 
+class BaselineConfigError(ValueError):
+    """A baseline config override that the method does not accept (names the field)."""
+
+
+# config keys of the two methods without a pydantic config model (keyword arguments)
+_KWARGS = {
+    "exact": ("edge_penalty", "n_mc", "seed", "graph_prior", "edge_prob"),
+    "empty-graph": ("alpha_mu", "alpha_w", "mean_prior"),
+}
+
+
+def _config_model(name: str):
+    if name in ("dibs", "dibs-joint"):
+        from pipeline_lib.baselines.dibs import DiBSConfig
+
+        return DiBSConfig
+    if name == "bacadi":
+        from pipeline_lib.baselines.bacadi import BaCaDIConfig
+
+        return BaCaDIConfig
+    if name in ("dcdi", "dcdi-unknown"):
+        from pipeline_lib.baselines.dcdi import DCDIConfig
+
+        return DCDIConfig
+    return None
+
+
+def check_config(name: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``config`` overrides for baseline ``name`` before any fit; returns them.
+
+    Raises :class:`BaselineConfigError` naming the field (unknown key, wrong type or range),
+    so that a malformed config fails at submission, not once per task.
+    """
+    from pydantic import ValidationError
+
+    config = dict(config or {})
+    check_baseline(name)
+    if name in ("dcdi", "dcdi-unknown") and "unknown_targets" in config:
+        raise BaselineConfigError(
+            f"config of baseline '{name}': field 'unknown_targets' is set by the method name "
+            "(dcdi: known targets, dcdi-unknown: inferred)"
+        )
+    model = _config_model(name)
+    if model is None:
+        bad = sorted(set(config) - set(_KWARGS[name]))
+        if bad:
+            raise BaselineConfigError(
+                f"config of baseline '{name}': unknown field(s) {', '.join(bad)}; "
+                f"allowed: {', '.join(_KWARGS[name])}"
+            )
+        return config
+    try:
+        model(**config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()
+        )
+        raise BaselineConfigError(f"config of baseline '{name}': {problems}") from None
+    return config
+
+
 def _exact(data: dict, config: dict[str, Any]):
     from pipeline_lib.baselines.exact import ExactPosterior
 
