@@ -31,8 +31,9 @@ def tiny_spec() -> BenchmarkSpec:
         methods=[MethodRun(name="mace-tnp", preset="cpu-small", steps=4, batch_size=4,
                            model={"d_model": 16, "n_heads": 2, "n_components": 3, "n_obs_min": 10,
                                   "n_obs_max": 50})],
-        # the second "exact" gets a config the fit rejects: a recorded failure, not a crash
-        baselines=[BaselineRun(name="exact"), BaselineRun(name="exact", config={"no_such_option": 1})],
+        # the second "exact" gets a config that passes the up-front key check but that the fit
+        # rejects (an unknown graph prior): a recorded failure, not a crash
+        baselines=[BaselineRun(name="exact"), BaselineRun(name="exact", config={"graph_prior": "no_such_prior"})],
         n_test_tasks=2,
         n_workers=2,
     )
@@ -102,7 +103,7 @@ def test_benchmark_flow_end_to_end(tmp_path):
     failed = [json.loads(p.read_text()) for p in results.rglob("task_test_*.json")]
     bad = [r for r in failed if r["status"] == "failed"]
     good = [r for r in failed if r["status"] == "ok" and r["method"] == "exact"]
-    assert len(bad) == 2 and all("no_such_option" in r["error"] for r in bad)
+    assert len(bad) == 2 and all("no_such_prior" in r["error"] for r in bad)
     assert len(good) == 2 and all(math.isfinite(r["metrics"]["nlpid"]) for r in good)
 
     client = mlflow.tracking.MlflowClient(tracking_uri(str(root)))

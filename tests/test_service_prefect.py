@@ -40,8 +40,9 @@ TINY_SPEC = {
     "priors": ["lin-2node"],
     "prior_overrides": {"n_obs": 40, "n_int": 20, "splits": {"train": 4, "val": 2, "test": 2}, "chunk_tasks": 2},
     "methods": [],
-    # the second "exact" carries an option the fit rejects: recorded failures, not a crash
-    "baselines": [{"name": "exact"}, {"name": "exact", "config": {"no_such_option": 1}}],
+    # the second "exact" carries a value the fit rejects (past the up-front key check):
+    # recorded failures, not a crash
+    "baselines": [{"name": "exact"}, {"name": "exact", "config": {"graph_prior": "no_such_prior"}}],
     "n_test_tasks": 2,
     "n_workers": 1,
     "seed": 0,
