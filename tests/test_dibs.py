@@ -310,6 +310,9 @@ def test_joint_smoke_reproducible_and_densities():
     a, _, _ = run_dibs_joint(x, cfg)
     b, _, _ = run_dibs_joint(x, cfg)
     assert a.z.tobytes() == b.z.tobytes() and a.theta.tobytes() == b.theta.tobytes()
+    # a progress bar changes nothing but stderr
+    c, _, _ = run_dibs_joint(x, cfg, progress=True)
+    assert c.z.tobytes() == a.z.tobytes() and c.theta.tobytes() == a.theta.tobytes()
     # the reference's hard-sample theta gradient is a different estimator: same seed, other theta
     h, _, _ = run_dibs_joint(x, cfg.model_copy(update={"theta_grad": "hard"}))
     assert np.isfinite(h.theta).all() and not np.array_equal(h.theta, a.theta)

@@ -74,7 +74,7 @@ from pipeline_lib.baselines.dibs import (
     logistic_noise,
 )
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian, gaussian_log_pdf
-from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
+from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction, svgd_steps
 
 __all__ = ["BaCaDIConfig", "BaCaDIParticles", "BaCaDIPosterior", "fit_bacadi", "run_bacadi"]
 
@@ -189,8 +189,10 @@ class _BaCaDIModel:
         return grad - gamma.detach() / cfg.gamma_prior_std**2
 
 
-def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDIParticles, LatentGraphModel, _BaCaDIModel]:
-    """SVGD over (Z, theta, mu, gamma) (module docstring)."""
+def run_bacadi(
+    x_obs, x_int, config: BaCaDIConfig | None = None, progress: bool = False
+) -> tuple[BaCaDIParticles, LatentGraphModel, _BaCaDIModel]:
+    """SVGD over (Z, theta, mu, gamma) (module docstring); ``progress`` shows a step bar."""
     cfg = config or BaCaDIConfig()
     x_obs_np, x_int_np = _check_bacadi_data(x_obs, x_int)
     K, _, d = x_int_np.shape
@@ -215,7 +217,7 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     opt = RMSprop([z, theta, mu, gamma], cfg.step_size)
     n_rows = len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1]
     chunk = mc_chunk_size(M, P * n_rows * d * max(cfg.hidden), cfg.mc_chunk_elements, device.type)
-    for t in range(cfg.steps):
+    for t in svgd_steps(cfg.steps, progress, "BaCaDI SVGD"):
         alpha = graph_model.alpha(t)
         zz, th, mm, gg = (v.detach().requires_grad_(True) for v in (z, theta, mu, gamma))
         # all noise drawn up front: the random stream does not depend on the chunk size
@@ -245,11 +247,14 @@ def run_bacadi(x_obs, x_int, config: BaCaDIConfig | None = None) -> tuple[BaCaDI
     return parts, graph_model, model
 
 
-def fit_bacadi(x_obs: np.ndarray, x_int: np.ndarray, config: BaCaDIConfig | None = None) -> BaCaDIPosterior:
-    """BaCaDI on ``x_obs: (N, d)`` and ``x_int: (K, n_int, d)`` with unknown targets."""
+def fit_bacadi(
+    x_obs: np.ndarray, x_int: np.ndarray, config: BaCaDIConfig | None = None, progress: bool = False
+) -> BaCaDIPosterior:
+    """BaCaDI on ``x_obs: (N, d)`` and ``x_int: (K, n_int, d)`` with unknown targets;
+    ``progress`` shows a step bar (tqdm) for long fits."""
     cfg = config or BaCaDIConfig()
     x_obs_np, x_int_np = _check_bacadi_data(x_obs, x_int)
-    parts, graph_model, model = run_bacadi(x_obs_np, x_int_np, cfg)
+    parts, graph_model, model = run_bacadi(x_obs_np, x_int_np, cfg, progress=progress)
     ok = parts.acyclic
     if not ok.any():
         raise DiBSError(

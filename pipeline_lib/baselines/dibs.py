@@ -81,7 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.baselines.base import AncestralGaussianPosterior, stack_known_interventions
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
-from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
+from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction, svgd_steps
 
 __all__ = [
     "DiBSConfig",
@@ -332,6 +332,7 @@ def run_dibs_marginal(
     x_int: np.ndarray | None = None,
     int_targets: np.ndarray | None = None,
     score=None,
+    progress: bool = False,
 ) -> tuple[DiBSParticles, LatentGraphModel]:
     """SVGD over Z for the marginal posterior p(G | D) (module docstring).
 
@@ -349,7 +350,7 @@ def run_dibs_marginal(
     z = model.init_latents(cfg.n_particles, gen, dtype, device)
     opt = RMSprop([z], cfg.step_size)
     P, M = cfg.n_particles, cfg.n_grad_mc
-    for t in range(cfg.steps):
+    for t in svgd_steps(cfg.steps, progress, "DiBS SVGD"):
         with torch.no_grad():
             p = model.edge_probs(z, t)  # (P, d, d)
             g = model.sample_graphs(z, t, M, gen)  # (P, M, d, d)
@@ -387,6 +388,7 @@ def fit_dibs_marginal(
     x_int: np.ndarray | None = None,
     int_targets: np.ndarray | None = None,
     score=None,
+    progress: bool = False,
 ):
     """DiBS marginal inference; returns a ``BGeMixturePosterior`` over the particle graphs.
 
@@ -400,7 +402,7 @@ def fit_dibs_marginal(
     x, mask = _check_data(x_obs, x_int, int_targets)
     if score is None:
         score = _default_bge(x, cfg)
-    parts, model = run_dibs_marginal(x_obs, cfg, x_int, int_targets, score=score)
+    parts, model = run_dibs_marginal(x_obs, cfg, x_int, int_targets, score=score, progress=progress)
     graphs = parts.graphs[parts.acyclic]
     if len(graphs) == 0:
         raise DiBSError(
@@ -454,8 +456,10 @@ def run_dibs_joint(
     config: DiBSConfig | None = None,
     x_int: np.ndarray | None = None,
     int_targets: np.ndarray | None = None,
+    progress: bool = False,
 ) -> tuple[DiBSParticles, LatentGraphModel, MLPGaussian]:
-    """SVGD over (Z, theta) for the joint posterior p(G, theta | D) (module docstring)."""
+    """SVGD over (Z, theta) for the joint posterior p(G, theta | D) (module docstring);
+    ``progress`` shows a step bar (tqdm) for long fits."""
     cfg = config or DiBSConfig()
     x_np, mask_np = _check_data(x_obs, x_int, int_targets)
     d = x_np.shape[1]
@@ -474,7 +478,7 @@ def run_dibs_joint(
         return (mech.log_lik_terms(th, x, g) * keep).sum((-1, -2)) + mech.log_prior(th, g)
 
     chunk = mc_chunk_size(M, P * len(x_np) * d * max(cfg.hidden), cfg.mc_chunk_elements, device.type)
-    for t in range(cfg.steps):
+    for t in svgd_steps(cfg.steps, progress, "DiBS-joint SVGD"):
         zz, th = z.detach().requires_grad_(True), theta.detach().requires_grad_(True)
         # all noise drawn up front: the random stream does not depend on the chunk size
         eps = logistic_noise((P, M, d, d), gen, dtype, device)
@@ -518,6 +522,7 @@ def fit_dibs_joint(
     config: DiBSConfig | None = None,
     x_int: np.ndarray | None = None,
     int_targets: np.ndarray | None = None,
+    progress: bool = False,
 ) -> DiBSJointPosterior:
     """DiBS joint inference with MLP-Gaussian mechanisms; returns a :class:`DiBSJointPosterior`.
 
@@ -525,7 +530,7 @@ def fit_dibs_joint(
     """
     cfg = config or DiBSConfig()
     x, mask = _check_data(x_obs, x_int, int_targets)
-    parts, model, mech = run_dibs_joint(x_obs, cfg, x_int, int_targets)
+    parts, model, mech = run_dibs_joint(x_obs, cfg, x_int, int_targets, progress=progress)
     ok = parts.acyclic
     if not ok.any():
         raise DiBSError(

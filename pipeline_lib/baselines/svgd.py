@@ -101,6 +101,15 @@ class RMSprop:
                 p.add_(self.step_size * phi / torch.sqrt(v + self.eps))
 
 
+def svgd_steps(n_steps: int, progress: bool, desc: str):
+    """The step indices 0..n_steps-1, as a tqdm bar (on stderr) when ``progress``."""
+    if not progress:
+        return range(n_steps)
+    from tqdm.auto import trange
+
+    return trange(n_steps, desc=desc, unit="step", leave=False)
+
+
 def mc_chunk_size(n_mc: int, per_sample_elements: int, budget: int | None, device_type: str = "cpu") -> int:
     """MC samples per chunk so that one chunk's largest activation has about ``budget``
     elements; at least 1, at most ``n_mc``. ``None``: 2^21 (~8 MB in float32) on the CPU,
