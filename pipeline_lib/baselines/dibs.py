@@ -128,9 +128,10 @@ class DiBSConfig(BaseModel):
     of 20 particles were acyclic on every task. The marginal BGe variant kept acyclic
     particles at d = 20 with 1.0, so it keeps the reference default.
 
-    ``mc_chunk_elements`` (joint variants; ``None``: 2^21 on the CPU, 2^28 on a GPU): the gradient's M Monte Carlo
-    graphs are evaluated in chunks whose largest activation (particles x samples x rows x
-    d x hidden) has about this many elements, with a running log-sum-exp
+    ``mc_chunk_elements`` (joint variants; ``None``: 2^21 on the CPU, 2^28 on a GPU): the
+    gradient's M Monte Carlo graphs are evaluated in chunks whose largest activation
+    (particles x samples x rows x d x hidden) has about this many elements, with a running
+    log-sum-exp
     (:func:`pipeline_lib.baselines.svgd.self_normalised_grad`). Memory only: the result is
     the one-shot estimate up to float rounding. All particles are in every chunk.
     """
