@@ -199,7 +199,8 @@ def run_bacadi(
     dtype, device, gen = _torch_setup(cfg)
     xo = torch.as_tensor(x_obs_np, dtype=dtype, device=device)
     xi = torch.as_tensor(x_int_np, dtype=dtype, device=device)
-    graph_model = LatentGraphModel(d, cfg, "joint", len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1])
+    n_rows = len(x_obs_np) + K * x_int_np.shape[1]  # likelihood rows, all regimes
+    graph_model = LatentGraphModel(d, cfg, "joint", n_rows)
     model = _BaCaDIModel(d, K, cfg)
     P, M = cfg.n_particles, cfg.n_grad_mc
     z = graph_model.init_latents(P, gen, dtype, device)
@@ -215,7 +216,6 @@ def run_bacadi(
     gamma = cfg.gamma_prior_std * torch.randn(P, K, d, generator=gen, dtype=dtype, device=device)
     # theta and mu share the theta kernel term, as in the reference (mu is part of theta)
     opt = RMSprop([z, theta, mu, gamma], cfg.step_size)
-    n_rows = len(x_obs_np) + x_int_np.shape[0] * x_int_np.shape[1]
     chunk = mc_chunk_size(M, P * n_rows * d * max(cfg.hidden), cfg.mc_chunk_elements, device.type)
     for t in svgd_steps(cfg.steps, progress, "BaCaDI SVGD"):
         alpha = graph_model.alpha(t)

@@ -40,11 +40,21 @@ class BaselineConfigError(ValueError):
     """A baseline config override that the method does not accept (names the field)."""
 
 
-# config keys of the two methods without a pydantic config model (keyword arguments)
-_KWARGS = {
-    "exact": ("edge_penalty", "n_mc", "seed", "graph_prior", "edge_prob"),
-    "empty-graph": ("alpha_mu", "alpha_w", "mean_prior"),
-}
+def _config_kwargs(name: str) -> tuple[str, ...]:
+    """Config keys of the two methods without a pydantic config model: the keyword
+    arguments of what ``config`` is passed to, less the data and object arguments."""
+    import inspect
+
+    if name == "exact":
+        from pipeline_lib.baselines.exact import ExactPosterior
+
+        params = inspect.signature(ExactPosterior.fit).parameters
+        data_args = {"x_obs", "x_int", "int_targets", "node_mask", "bge"}
+    else:  # empty-graph: BGe(**config)
+        from pipeline_lib.baselines.bge import BGe
+
+        params, data_args = inspect.signature(BGe).parameters, set()
+    return tuple(p for p in params if p not in data_args)
 
 
 def _config_model(name: str):
@@ -80,11 +90,11 @@ def check_config(name: str, config: dict[str, Any] | None) -> dict[str, Any]:
         )
     model = _config_model(name)
     if model is None:
-        bad = sorted(set(config) - set(_KWARGS[name]))
+        allowed = _config_kwargs(name)
+        bad = sorted(set(config) - set(allowed))
         if bad:
             raise BaselineConfigError(
-                f"config of baseline '{name}': unknown field(s) {', '.join(bad)}; "
-                f"allowed: {', '.join(_KWARGS[name])}"
+                f"config of baseline '{name}': unknown field(s) {', '.join(bad)}; allowed: {', '.join(allowed)}"
             )
         return config
     try:
