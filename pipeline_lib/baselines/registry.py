@@ -128,27 +128,27 @@ def _empty_graph(data: dict, config: dict[str, Any]):
 
 
 def _dibs(data: dict, config: dict[str, Any]):
-    from pipeline_lib.baselines.dibs import DiBSConfig, fit_dibs_marginal
+    from pipeline_lib.baselines.dibs import fit_dibs_marginal
 
-    return fit_dibs_marginal(data["x_obs"], DiBSConfig(**config))
+    return fit_dibs_marginal(data["x_obs"], _config_model("dibs")(**config))
 
 
 def _dibs_joint(data: dict, config: dict[str, Any]):
-    from pipeline_lib.baselines.dibs import DiBSConfig, fit_dibs_joint
+    from pipeline_lib.baselines.dibs import fit_dibs_joint
 
-    return fit_dibs_joint(data["x_obs"], DiBSConfig(**config))
+    return fit_dibs_joint(data["x_obs"], _config_model("dibs-joint")(**config))
 
 
 def _bacadi(data: dict, config: dict[str, Any]):
-    from pipeline_lib.baselines.bacadi import BaCaDIConfig, fit_bacadi
+    from pipeline_lib.baselines.bacadi import fit_bacadi
 
-    return fit_bacadi(data["x_obs"], data["x_int"], BaCaDIConfig(**config))
+    return fit_bacadi(data["x_obs"], data["x_int"], _config_model("bacadi")(**config))
 
 
 def _dcdi(data: dict, config: dict[str, Any], unknown: bool = False):
-    from pipeline_lib.baselines.dcdi import DCDIConfig, fit_dcdi
+    from pipeline_lib.baselines.dcdi import fit_dcdi
 
-    cfg = DCDIConfig(**{**config, "unknown_targets": unknown})
+    cfg = _config_model("dcdi")(**{**config, "unknown_targets": unknown})
     targets = None if unknown else data["int_targets"]
     return fit_dcdi(data["x_obs"], data["x_int"], targets, cfg)
 
