@@ -27,32 +27,16 @@ in mixture component ``p``; only the parents are sampled, the last step is exact
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from abc import abstractmethod
 
 import numpy as np
 import torch
 
+from pipeline_lib.posterior import (DensityEstimate, GraphPosterior, InterventionalPredictor, TargetPosterior,
+                                    check_query)
 
-@dataclass(frozen=True)
-class DensityEstimate:
-    """Log densities at query points and the Monte Carlo standard error of each.
-
-    ``log_density``: (m,); ``mc_stderr``: (m,), the delta-method standard error of the log
-    density estimate (``sd(p_s) / (sqrt(S) * p_hat)``), exactly zero for closed forms.
-    """
-
-    log_density: np.ndarray
-    mc_stderr: np.ndarray
-
-
-def check_query(j: int, i: int, d: int) -> None:
-    """Validate an intervention query do(X_j = a) with outcome X_i on d nodes."""
-    for name, v in (("intervened node j", j), ("outcome node i", i)):
-        if not 0 <= int(v) < d:
-            raise ValueError(f"{name}={v} is out of range for a graph with {d} nodes")
-    if int(i) == int(j):
-        raise ValueError(f"outcome node i={i} equals the intervened node j; its density is a point mass")
+__all__ = ["AncestralGaussianPosterior", "CausalPosterior", "DensityEstimate", "GraphMixturePosterior",
+           "check_query", "stack_known_interventions"]
 
 
 def stack_known_interventions(x_obs: np.ndarray, x_int: np.ndarray | None, int_targets: np.ndarray | None,
@@ -82,30 +66,15 @@ def stack_known_interventions(x_obs: np.ndarray, x_int: np.ndarray | None, int_t
     return x, mask
 
 
-class CausalPosterior(ABC):
-    """Interface of a posterior over causal models of one dataset (see module docstring)."""
+class CausalPosterior(GraphPosterior, TargetPosterior, InterventionalPredictor):
+    """A posterior over causal models of one dataset: graph, (optional) targets and
+    interventional densities (see module docstring and :mod:`pipeline_lib.posterior`)."""
 
     n_nodes: int
-
-    @abstractmethod
-    def edge_probs(self) -> np.ndarray:
-        """Marginal edge probabilities, (d, d), zero diagonal."""
-
-    @abstractmethod
-    def sample_graphs(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n graph samples, (n, d, d) uint8."""
 
     def intervention_target_probs(self) -> np.ndarray | None:
         """(K, d) target probabilities per regime, for methods that infer targets."""
         return None
-
-    @abstractmethod
-    def interventional_log_density(self, j: int, a: float, i: int, x: np.ndarray) -> DensityEstimate:
-        """log p(x_i | do(X_j = a), D) at the points x (m,)."""
-
-    @abstractmethod
-    def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n joint samples (n, d) from p(x | do(X_j = a), D)."""
 
 
 class GraphMixturePosterior(CausalPosterior):

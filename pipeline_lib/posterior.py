@@ -1,0 +1,153 @@
+"""What a method answers about one dataset: four small capability interfaces.
+
+Every method, amortized (MACE-TNP, MetaCaDI, GIM, Cond-FiP) or per dataset (exact, DiBS,
+BaCaDI, DCDI), answers one dataset with an object implementing the capabilities it has:
+
+* :class:`GraphPosterior`: marginal edge probabilities ``P(i -> j | D)`` ``(d, d)`` and DAG
+  samples ``(n, d, d)`` (uint8, ``A[i, j] = 1`` iff ``i -> j``);
+* :class:`TargetPosterior`: ``(K, d)`` probabilities that node ``v`` is a target of regime
+  ``k`` (methods that infer unknown intervention targets);
+* :class:`InterventionalPredictor`: the (model-averaged) interventional density
+
+      q(x_i | do(X_j = a), D)
+
+  at given points, and joint samples under ``do(X_j = a)``;
+* :class:`SCMGenerator`: a generative SCM: observational, interventional and counterfactual
+  samples from given or fresh exogenous noise, and noise abduction.
+
+Evaluation (``pipeline_lib.evaluation``) picks metrics by :func:`capabilities`; a method
+that lacks a capability gets "-" for its metrics, never a zero. Nodes are the dataset's
+real nodes, numbered ``0..d-1``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DensityEstimate:
+    """Log densities at query points and the Monte Carlo standard error of each.
+
+    ``log_density``: (m,) or (Q, M); ``mc_stderr``: same shape, the delta-method standard
+    error of the log density estimate (``sd(p_s) / (sqrt(S) * p_hat)``), exactly zero for
+    closed forms.
+    """
+
+    log_density: np.ndarray
+    mc_stderr: np.ndarray
+
+
+def check_query(j: int, i: int, d: int) -> None:
+    """Validate an intervention query do(X_j = a) with outcome X_i on d nodes."""
+    for name, v in (("intervened node j", j), ("outcome node i", i)):
+        if not 0 <= int(v) < d:
+            raise ValueError(f"{name}={v} is out of range for a graph with {d} nodes")
+    if int(i) == int(j):
+        raise ValueError(f"outcome node i={i} equals the intervened node j; its density is a point mass")
+
+
+class GraphPosterior(ABC):
+    """A distribution over DAGs on ``n_nodes`` nodes."""
+
+    n_nodes: int
+
+    @abstractmethod
+    def edge_probs(self) -> np.ndarray:
+        """Marginal edge probabilities, (d, d), zero diagonal."""
+
+    @abstractmethod
+    def sample_graphs(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n graph samples, (n, d, d) uint8."""
+
+
+class TargetPosterior(ABC):
+    """Per-regime intervention-target probabilities."""
+
+    @abstractmethod
+    def intervention_target_probs(self) -> np.ndarray | None:
+        """(K, d) probability that node v is a target of regime k; None if not inferred."""
+
+
+class InterventionalPredictor(ABC):
+    """Predictive law of ``X_i`` under ``do(X_j = a)`` given the dataset.
+
+    Subclasses answer one query (:meth:`interventional_log_density`,
+    :meth:`sample_interventional`); the batched forms used by evaluation loop over queries
+    by default and are overridden where a method answers all queries in one pass.
+    """
+
+    n_nodes: int
+
+    @abstractmethod
+    def interventional_log_density(self, j: int, a: float, i: int, x: np.ndarray) -> DensityEstimate:
+        """log q(x_i | do(X_j = a), D) at the points x (m,)."""
+
+    @abstractmethod
+    def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n joint samples (n, d) from q(x | do(X_j = a), D)."""
+
+    def log_density_batch(self, j: np.ndarray, a: np.ndarray, i: np.ndarray, x: np.ndarray) -> DensityEstimate:
+        """Q queries at once: ``j, a, i: (Q,)``, ``x: (Q, M)`` -> log densities ``(Q, M)``."""
+        est = [self.interventional_log_density(int(jq), float(aq), int(iq), xq) for jq, aq, iq, xq in zip(j, a, i, x)]
+        return DensityEstimate(np.stack([e.log_density for e in est]), np.stack([e.mc_stderr for e in est]))
+
+    def quantiles_batch(self, j: np.ndarray, a: np.ndarray, i: np.ndarray, probs: np.ndarray,
+                        rng: np.random.Generator, n_samples: int = 2000) -> np.ndarray:
+        """``(Q, P)`` predictive quantiles of ``X_i`` at levels ``probs`` (empirical, from
+        ``n_samples`` draws per query unless a subclass has them in closed form)."""
+        out = np.empty((len(j), len(probs)))
+        for k, (jq, aq, iq) in enumerate(zip(j, a, i)):
+            out[k] = np.quantile(self.sample_interventional(int(jq), float(aq), n_samples, rng)[:, int(iq)], probs)
+        return out
+
+
+class SCMGenerator(ABC):
+    """A generative structural causal model ``x = F(x, u)`` on ``n_nodes`` nodes.
+
+    ``intervention`` maps node -> value for hard interventions ``do(X_j = a)``. Passing
+    ``noise`` ``(n, d)`` makes samples comparable with a reference generated from the same
+    exogenous noise (Cond-FiP's RMSE protocol); otherwise fresh noise comes from ``rng``.
+    """
+
+    n_nodes: int
+
+    @abstractmethod
+    def sample_observational(self, n: int, rng: np.random.Generator | None = None,
+                             noise: np.ndarray | None = None) -> np.ndarray:
+        """(n, d) observational samples."""
+
+    @abstractmethod
+    def sample_do(self, intervention: Mapping[int, float], n: int, rng: np.random.Generator | None = None,
+                  noise: np.ndarray | None = None) -> np.ndarray:
+        """(n, d) samples under the hard intervention."""
+
+    @abstractmethod
+    def predict_noise(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) exogenous noise abducted from samples ``x: (n, d)``."""
+
+    def counterfactual(self, x: np.ndarray, intervention: Mapping[int, float]) -> np.ndarray:
+        """(n, d) counterfactuals of the factual rows ``x``: abduct the noise, then act."""
+        x = np.asarray(x)
+        return self.sample_do(intervention, len(x), noise=self.predict_noise(x))
+
+
+#: capability name -> interface; the names are those of the report's "answers" column
+CAPABILITIES: dict[str, type] = {
+    "graph": GraphPosterior,
+    "targets": TargetPosterior,
+    "interventional": InterventionalPredictor,
+    "generator": SCMGenerator,
+}
+
+
+def capabilities(answer: object) -> frozenset[str]:
+    """The capabilities ``answer`` implements (a target posterior that returns None, as
+    DCDI does with known targets, does not count)."""
+    caps = {name for name, cls in CAPABILITIES.items() if isinstance(answer, cls)}
+    if "targets" in caps and answer.intervention_target_probs() is None:
+        caps.discard("targets")
+    return frozenset(caps)
