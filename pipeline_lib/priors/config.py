@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +40,15 @@ class PriorConfigError(ValueError):
     """An invalid prior configuration; the message names the offending field."""
 
 
+#: A prior's name becomes a path component of its store (``<root>/priors/<name>-<hash12>.zarr``):
+#: letters, digits and ``-_.``, no leading dot (hidden files, ``.``/``..``) and no ``..`` inside.
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN slips through every `x < bound` check below (all comparisons
+    # with NaN are False) and would yield a "complete" store full of NaN; inf likewise.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class GraphConfig(_Strict):
@@ -377,6 +385,11 @@ class PriorConfig(_Strict):
     def _check(self) -> "PriorConfig":
         if not self.name:
             raise PriorConfigError("name: must be a non-empty string")
+        if not _NAME_RE.fullmatch(self.name) or ".." in self.name:
+            raise PriorConfigError(
+                f"name={self.name!r}: must be a slug of at most 128 letters, digits and '-_.', "
+                "not starting with '.' and without '..' (it names the store's folder)"
+            )
         if self.seed < 0:
             raise PriorConfigError(f"seed={self.seed} is negative (SeedSequence needs >= 0)")
         if self.n_obs < 2:
@@ -463,6 +476,8 @@ def _format_validation_error(err: ValidationError) -> str:
         # our own PriorConfigError surfaces as "Value error, <msg>" already naming the field
         if msg.startswith("Value error, "):
             lines.append(msg[len("Value error, ") :])
+        elif e["type"] == "finite_number":
+            lines.append(f"{loc}={e['input']!r}: {msg}")
         else:
             lines.append(f"{loc}: {msg}")
     return "; ".join(lines)

@@ -49,7 +49,9 @@ Callback = Callable[[dict[str, float]], None]
 class TrainConfig(BaseModel):
     """Optimisation settings (method-specific data settings live in the model config)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: the `gt`/`ge` bounds let inf through and `betas` has none (a NaN beta
+    # poisons every parameter at the first step): non-finite numbers are refused by name.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(..., ge=1)
     batch_size: int = Field(32, ge=1)
