@@ -89,7 +89,8 @@ sys.path.insert(0, str(ROOT))
 from flows.spec import load_prior  # noqa: E402
 from pipeline_lib import metrics as M  # noqa: E402
 from pipeline_lib.baselines.registry import fit_baseline  # noqa: E402
-from pipeline_lib.evaluation import restrict, score_graph, task_slice  # noqa: E402
+from pipeline_lib.evaluation import restrict, score_graph, score_targets, task_slice  # noqa: E402
+from pipeline_lib.posterior import capabilities  # noqa: E402
 from pipeline_lib.priors import sample_split_range  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
@@ -352,7 +353,9 @@ def bench_quality(args, budgets: dict[str, dict], result: dict, save) -> dict:
                 parts = getattr(post, "particles", None)
                 m.update(fit_info(post))
                 t0 = time.perf_counter()
-                m.update(score_graph(post, data["adjacency"], data["int_targets"], n_graph_samples=100, seed=t))
+                m.update(score_graph(post, data["adjacency"], n_graph_samples=100, seed=t))
+                if "targets" in capabilities(post):
+                    m.update(score_targets(post, data["int_targets"]))
                 m["score_seconds"] = time.perf_counter() - t0
                 if hasattr(post, "graphs"):
                     m["n_mixture_components"] = int(len(post.graphs))

@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline_lib.baselines.exact import ExactPosterior  # noqa: E402
-from pipeline_lib.evaluation import MaceTNPPredictor, make_queries, restrict, task_slice  # noqa: E402
+from pipeline_lib.evaluation import make_queries, restrict, task_slice  # noqa: E402
+from pipeline_lib.models.mace_tnp import MaceTNPAnswer  # noqa: E402
 from pipeline_lib.models.registry import get_method  # noqa: E402
 from pipeline_lib.priors import PriorConfig, sample_split_range  # noqa: E402
 from pipeline_lib.training import PoolSource, TrainConfig, prior_stream, train  # noqa: E402
@@ -61,13 +62,17 @@ def exact_log_density(post: ExactPosterior, q, grid: np.ndarray | None = None) -
                      for k in range(len(q))])
 
 
+def _log_density(answer, q):
+    return answer.log_density_batch(q.j, q.a, q.i, q.samples).log_density
+
+
 def evaluate_nlpid(model, tasks: dict, n_tasks: int) -> dict:
     mace, exact, exact_uniform = [], [], []
     for t in range(n_tasks):
         task = task_slice(tasks, t)
         q = make_queries(task)
         data = restrict(task)
-        mace.append(task_nlpid(MaceTNPPredictor(model, data["x_obs"]).log_density(q)))
+        mace.append(task_nlpid(_log_density(MaceTNPAnswer(model, data["x_obs"]), q)))
         exact.append(task_nlpid(exact_log_density(ExactPosterior.fit(data["x_obs"], edge_penalty=math.log(2)), q)))
         exact_uniform.append(task_nlpid(exact_log_density(ExactPosterior.fit(data["x_obs"]), q)))
     mace, exact, exact_uniform = map(np.asarray, (mace, exact, exact_uniform))
@@ -95,12 +100,12 @@ def kl_table(model, tasks: dict, n_tasks: int, n_obs_list: list[int], n_grid: in
             half = 15.0 * np.maximum(q.samples.std(-1), 0.05) + 5.0
             grid = centre[:, None] + half[:, None] * np.linspace(-1.0, 1.0, n_grid)[None, :]
             lp = exact_log_density(post, q, grid)
-            pred = MaceTNPPredictor(model, x)
-            lq = pred.log_density(type(q)(q.j, q.a, q.i, grid))
+            pred = MaceTNPAnswer(model, x)
+            lq = _log_density(pred, type(q)(q.j, q.a, q.i, grid))
             p = np.exp(lp)
             kls.append(np.trapezoid(p * (lp - lq), grid, axis=-1).mean())
             masses.append(np.trapezoid(p, grid, axis=-1).min())
-            nl_m.append(task_nlpid(pred.log_density(q)))
+            nl_m.append(task_nlpid(_log_density(pred, q)))
             nl_e.append(task_nlpid(exact_log_density(post, q)))
         rows[str(n)] = {"kl_exact_to_mace": mean_se(kls), "min_grid_mass_exact": float(np.min(masses)),
                         "nlpid_mace_tnp": mean_se(nl_m), "nlpid_exact": mean_se(nl_e)}

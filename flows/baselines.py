@@ -48,7 +48,7 @@ def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, r
         b = BaselineRun.model_validate(b)
         key = config_key(b.name, b.config)
         keys[key] = b.name
-        jobs += [dict(method=b.name, method_key=key, config=b.config, split="test", index=t) for t in range(n)]
+        jobs += [dict(method=b.name, method_key=key, config=b.typed_config, split="test", index=t) for t in range(n)]
     threads = torch.get_num_threads()
     if n_workers > 1:
         torch.set_num_threads(1)  # one core per concurrent fit, no oversubscription

@@ -1,27 +1,38 @@
-"""Scoring any method on a test task with the field's metrics (one definition each).
+"""Scoring any method's answer on a test task, by what it answers (one metric definition each).
 
-Every method, amortized or per-dataset, is scored on the same **queries** of a test task:
-for each interventional regime ``k`` with a single hard target ``j`` (value ``a``) and each
-real outcome node ``i != j``, the ``M`` true interventional samples ``x_int[k, :, i]``.
+A method answers one task with an object implementing capabilities of
+:mod:`pipeline_lib.posterior`; :func:`evaluate_answer` scores each capability it has:
 
-Per query (DESIGN.md, "NLPID"): ``NLPID = -sum_m log q(x_i^m | do(X_j = a), D_obs)`` (the
-papers' sum convention) and its per-sample mean. A task's value is the mean over its
-queries, so tasks weigh equally whatever their number of regimes and nodes; the table
-aggregates mean +- s.e. over tasks. Calibration: the fraction of true samples inside the
-method's central 50% and 90% predictive intervals (nominal 0.5 / 0.9).
+* **graph** (:class:`GraphPosterior`): E-SHD and E-SID over posterior graph samples, edge
+  AUROC/AUPRC of the marginal edge probabilities (where the task has a true graph);
+* **targets** (:class:`TargetPosterior`): Intv-AUROC/AUPRC over (regime, node);
+* **interventional** (:class:`InterventionalPredictor`): NLPID and calibration on the
+  task's **queries**: for each regime ``k`` with a single hard target ``j`` (value ``a``) and
+  each real outcome node ``i != j``, the ``M`` true interventional samples ``x_int[k, :, i]``.
+  Per query (DESIGN.md, "NLPID"): ``NLPID = -sum_m log q(x_i^m | do(X_j = a), D_obs)`` (the
+  papers' sum convention) and its per-sample mean. A task's value is the mean over its
+  queries, so tasks weigh equally whatever their number of regimes and nodes; calibration is
+  the fraction of true samples inside the central 50% and 90% predictive intervals;
+* **generator** (:class:`SCMGenerator`): RMSE per node, averaged over nodes, of noise
+  prediction (vs ``noise_obs``), sample generation from the true noise (vs ``x_obs``),
+  interventional generation from the true noise (vs ``x_cf``: each hard regime applied to
+  ``x_obs``'s own noise) and counterfactuals with abducted noise (vs ``x_cf``); MMD of fresh
+  observational samples against ``x_obs``.
 
-Graph metrics (methods that return a :class:`~pipeline_lib.baselines.base.CausalPosterior`):
-E-SHD and E-SID over posterior graph samples, edge AUROC/AUPRC of the marginal edge
-probabilities, and Intv-AUROC/AUPRC where the method infers intervention targets.
+A metric a method does not answer is absent from its record (the report prints "-").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from pipeline_lib import metrics as M
+from pipeline_lib.posterior import InterventionalPredictor, capabilities
+from pipeline_lib.taskdata import real_nodes, restrict, task_slice
+
+__all__ = ["Queries", "evaluate_amortized", "evaluate_answer", "evaluate_baseline", "make_queries", "real_nodes",
+           "restrict", "score_generator", "score_graph", "score_interventional", "score_targets", "task_slice"]
 
 COVERAGE_LEVELS = (0.5, 0.9)
 
@@ -41,11 +52,6 @@ class Queries:
 
     def __len__(self) -> int:
         return len(self.j)
-
-
-def real_nodes(task: dict) -> np.ndarray:
-    """Indices of the real (unpadded) nodes of one task."""
-    return np.flatnonzero(np.asarray(task["node_mask"], dtype=bool))
 
 
 def make_queries(task: dict, max_queries: int | None = None, rng: np.random.Generator | None = None) -> Queries:
@@ -75,89 +81,14 @@ def make_queries(task: dict, max_queries: int | None = None, rng: np.random.Gene
     return q
 
 
-class InterventionalPredictor(Protocol):
-    """What a method must answer per query to be scored on NLPID and calibration."""
+def score_interventional(predictor: InterventionalPredictor, q: Queries, seed: int = 0) -> dict[str, float]:
+    """NLPID (sum and per-sample mean) and 50/90% interval coverage for one task.
 
-    def log_density(self, q: Queries) -> np.ndarray:
-        """(Q, M) log q(samples | do(X_j = a), D_obs)."""
-
-    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        """Central predictive interval of X_i per query for each level: {level: (lower (Q,), upper (Q,))}."""
-
-
-class MaceTNPPredictor:
-    """Adapter: a trained MACE-TNP answers all queries of a task in one batched forward pass.
-
-    ``x_obs: (N, d_real)`` the task's observational data on its real nodes (the same data
-    the baselines see); quantiles by bisection on the predicted mixture CDF.
+    ``nlpid_mc_stderr`` (where the densities are Monte Carlo estimates): the root mean
+    square over queries of the standard error of each query's summed log density.
     """
-
-    def __init__(self, model, x_obs: np.ndarray):
-        self.model = model
-        self.x_obs = np.asarray(x_obs, dtype=np.float32)
-
-    def _mog(self, q: Queries):
-        import torch
-
-        x = torch.as_tensor(self.x_obs)[None].expand(len(q), *self.x_obs.shape)
-        return self.model.predict(x, None, torch.as_tensor(q.j), torch.as_tensor(q.a, dtype=torch.float32),
-                                  torch.as_tensor(q.i))
-
-    def log_density(self, q: Queries) -> np.ndarray:
-        import torch
-
-        mog = self._mog(q)
-        with torch.no_grad():
-            y = torch.as_tensor(q.samples, dtype=mog.means.dtype, device=mog.means.device)
-            return mog.log_prob(y).double().cpu().numpy()
-
-    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        import torch
-
-        mog = self._mog(q)  # one forward pass serves every level
-        out = {}
-        with torch.no_grad():
-            for level in levels:
-                lo = mog.quantile((1 - level) / 2).reshape(-1).double().cpu().numpy()
-                hi = mog.quantile((1 + level) / 2).reshape(-1).double().cpu().numpy()
-                out[level] = (lo, hi)
-        return out
-
-
-class PosteriorPredictor:
-    """Adapter: a CausalPosterior (exact, DiBS, BaCaDI, DCDI) answers queries one by one.
-
-    Intervals come from ``n_samples`` draws of ``sample_interventional`` (empirical
-    quantiles): the posteriors have no closed-form quantiles in general.
-    """
-
-    def __init__(self, posterior, n_samples: int = 2000, seed: int = 0):
-        self.posterior = posterior
-        self.n_samples = n_samples
-        self.seed = seed
-        self.mc_stderr: list[float] = []
-
-    def log_density(self, q: Queries) -> np.ndarray:
-        out = np.empty_like(q.samples)
-        for k in range(len(q)):
-            est = self.posterior.interventional_log_density(int(q.j[k]), float(q.a[k]), int(q.i[k]), q.samples[k])
-            out[k] = est.log_density
-            self.mc_stderr.append(float(np.sqrt(np.sum(np.asarray(est.mc_stderr) ** 2))))
-        return out
-
-    def intervals(self, q: Queries, levels: tuple[float, ...]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        probs = [p for level in levels for p in ((1 - level) / 2, (1 + level) / 2)]
-        bounds = np.empty((len(q), len(probs)))
-        rng = np.random.default_rng(self.seed)
-        for k in range(len(q)):  # one draw per query serves every level
-            xs = self.posterior.sample_interventional(int(q.j[k]), float(q.a[k]), self.n_samples, rng)[:, int(q.i[k])]
-            bounds[k] = np.quantile(xs, probs)
-        return {level: (bounds[:, 2 * n], bounds[:, 2 * n + 1]) for n, level in enumerate(levels)}
-
-
-def score_interventional(predictor: InterventionalPredictor, q: Queries) -> dict[str, float]:
-    """NLPID (sum and per-sample mean) and 50/90% interval coverage for one task."""
-    logp = predictor.log_density(q)  # (Q, M)
+    est = predictor.log_density_batch(q.j, q.a, q.i, q.samples)
+    logp = np.asarray(est.log_density)  # (Q, M)
     if not np.all(np.isfinite(logp)):
         raise FloatingPointError("log densities of the true interventional samples are not finite")
     per_query = [M.nlpid(lp) for lp in logp]
@@ -165,7 +96,13 @@ def score_interventional(predictor: InterventionalPredictor, q: Queries) -> dict
         "nlpid": float(np.mean([r.sum for r in per_query])),
         "nlpid_per_sample": float(np.mean([r.mean for r in per_query])),
     }
-    for level, (lo, hi) in predictor.intervals(q, COVERAGE_LEVELS).items():
+    err = np.sqrt(np.sum(np.asarray(est.mc_stderr) ** 2, axis=1))  # (Q,)
+    if np.any(err > 0):
+        out["nlpid_mc_stderr"] = float(np.sqrt(np.mean(err**2)))
+    probs = np.array([p for level in COVERAGE_LEVELS for p in ((1 - level) / 2, (1 + level) / 2)])
+    bounds = predictor.quantiles_batch(q.j, q.a, q.i, probs, np.random.default_rng(seed))  # one pass, all levels
+    for n, level in enumerate(COVERAGE_LEVELS):
+        lo, hi = bounds[:, 2 * n], bounds[:, 2 * n + 1]
         inside = (q.samples >= lo[:, None]) & (q.samples <= hi[:, None])
         out[f"coverage_{int(level * 100)}"] = float(inside.mean())
     # one number for the table: mean absolute deviation of coverage from nominal
@@ -173,84 +110,131 @@ def score_interventional(predictor: InterventionalPredictor, q: Queries) -> dict
     return out
 
 
-def score_graph(posterior, true_adj: np.ndarray, true_targets: np.ndarray | None = None,
-                n_graph_samples: int = 100, seed: int = 0) -> dict[str, float]:
-    """E-SHD, E-SID, edge AUROC/AUPRC and, where targets are inferred, Intv-AUROC/AUPRC.
-
-    ``true_adj``/``true_targets`` restricted to the real nodes, like the posterior.
-    """
-    rng = np.random.default_rng(seed)
-    graphs = posterior.sample_graphs(n_graph_samples, rng)
-    probs = posterior.edge_probs()
-    out = {
-        "e_shd": float(M.expected_shd(true_adj, graphs)),
-        "e_sid": float(M.expected_sid(true_adj, graphs)),
-    }
+def score_graph(posterior, true_adj: np.ndarray, n_graph_samples: int = 100, seed: int = 0) -> dict[str, float]:
+    """E-SHD, E-SID and edge AUROC/AUPRC; ``true_adj`` restricted to the real nodes, like the answer."""
+    graphs = posterior.sample_graphs(n_graph_samples, np.random.default_rng(seed))
+    out = {"e_shd": float(M.expected_shd(true_adj, graphs)), "e_sid": float(M.expected_sid(true_adj, graphs))}
     if true_adj.shape[0] > 1:
+        probs = posterior.edge_probs()
         out["edge_auroc"] = float(M.edge_auroc(true_adj, probs))
         out["edge_auprc"] = float(M.edge_auprc(true_adj, probs))
-    tprobs = posterior.intervention_target_probs()
-    if tprobs is not None and true_targets is not None:
-        out["intv_auroc"] = float(M.intervention_auroc(true_targets, tprobs))
-        out["intv_auprc"] = float(M.intervention_auprc(true_targets, tprobs))
     return out
 
 
-def task_slice(batch: dict, t: int) -> dict:
-    """The arrays of task ``t`` of a batch dict (drops the T axis)."""
-    return {k: np.asarray(v[t]) for k, v in batch.items()}
+def score_targets(answer, true_targets: np.ndarray) -> dict[str, float]:
+    """Intv-AUROC / Intv-AUPRC of ``(K, d)`` target probabilities against the true targets."""
+    probs = np.asarray(answer.intervention_target_probs())
+    if probs.shape != true_targets.shape:
+        raise ValueError(f"target probabilities have shape {probs.shape}, the task's int_targets {true_targets.shape}")
+    return {"intv_auroc": float(M.intervention_auroc(true_targets, probs)),
+            "intv_auprc": float(M.intervention_auprc(true_targets, probs))}
 
 
-def restrict(task: dict) -> dict:
-    """One task's data restricted to its real nodes: what per-dataset baselines see."""
-    nodes = real_nodes(task)
-    return {
-        "x_obs": np.asarray(task["x_obs"], dtype=np.float64)[:, nodes],
-        "x_int": np.asarray(task["x_int"], dtype=np.float64)[..., nodes],
-        "int_targets": np.asarray(task["int_targets"], dtype=bool)[:, nodes],
-        "int_values": np.asarray(task["int_values"])[:, nodes],
-        "adjacency": np.asarray(task["adjacency"])[np.ix_(nodes, nodes)].astype(np.uint8),
-    }
+def _hard_single_regimes(int_targets: np.ndarray, int_values: np.ndarray) -> list[tuple[int, int, float]]:
+    """(regime, node, value) of every regime with one hard target."""
+    out = []
+    for k in np.flatnonzero(int_targets.sum(1) == 1):
+        j = int(np.flatnonzero(int_targets[k])[0])
+        if np.isfinite(int_values[k, j]):
+            out.append((int(k), j, float(int_values[k, j])))
+    return out
 
 
+def score_generator(answer, data: dict, seed: int = 0) -> dict[str, float]:
+    """Generator metrics of the module docstring; ``data`` = ``restrict(task)``.
 
-def evaluate_baseline(name: str, config: dict | None, task: dict, *, max_queries: int | None = None,
+    Interventional and counterfactual RMSE skip the intervened node (it is set, not
+    generated) and need ``x_cf`` in the task; noise and sample RMSE need ``noise_obs``.
+    """
+    x, out = data["x_obs"], {}
+    d = x.shape[1]
+    if "noise_obs" in data:
+        u = data["noise_obs"]
+        out["noise_rmse"] = float(np.mean(M.rmse(answer.predict_noise(x), u, axis=0)))
+        out["sample_rmse"] = float(np.mean(M.rmse(answer.sample_observational(len(x), noise=u), x, axis=0)))
+        if "x_cf" in data:
+            int_err, cf_err = [], []
+            for k, j, a in _hard_single_regimes(data["int_targets"], data["int_values"]):
+                keep = np.arange(d) != j
+                gen = answer.sample_do({j: a}, len(x), noise=u)
+                int_err.append(np.mean(M.rmse(gen[:, keep], data["x_cf"][k][:, keep], axis=0)))
+                cf = answer.counterfactual(x, {j: a})
+                cf_err.append(np.mean(M.rmse(cf[:, keep], data["x_cf"][k][:, keep], axis=0)))
+            if int_err:
+                out["int_rmse"], out["cf_rmse"] = float(np.mean(int_err)), float(np.mean(cf_err))
+    fresh = answer.sample_observational(len(x), rng=np.random.default_rng(seed))
+    out["mmd_obs"] = float(M.mmd_rbf(fresh, x))
+    return out
+
+
+def evaluate_answer(answer, task: dict, *, max_queries: int | None = None, seed: int = 0,
+                    n_graph_samples: int = 100) -> dict[str, float]:
+    """Score every capability ``answer`` has on ONE task (arrays without the task axis).
+
+    Graph and target metrics need the task's truth arrays (absent for imported data); a
+    task without single-target hard regimes has no NLPID query and gets no NLPID.
+    """
+    caps = capabilities(answer)
+    data = restrict(task)
+    out: dict[str, float] = {}
+    if "graph" in caps and "adjacency" in data:
+        out.update(score_graph(answer, data["adjacency"], n_graph_samples, seed))
+    if "targets" in caps:
+        out.update(score_targets(answer, data["int_targets"]))
+    if "interventional" in caps and _hard_single_regimes(data["int_targets"], data["int_values"]):
+        out.update(score_interventional(answer, make_queries(task, max_queries, np.random.default_rng(seed)), seed))
+    if "generator" in caps:
+        out.update(score_generator(answer, data, seed))
+    return out
+
+
+def answer_summary(answer) -> dict[str, np.ndarray]:
+    """Arrays worth persisting next to a record: edge and target probabilities where answered."""
+    caps, out = capabilities(answer), {}
+    if "graph" in caps:
+        out["edge_probs"] = np.asarray(answer.edge_probs())
+    if "targets" in caps:
+        out["target_probs"] = np.asarray(answer.intervention_target_probs())
+    return out
+
+
+def evaluate_baseline(name: str, config, task: dict, *, max_queries: int | None = None,
                       seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Fit baseline ``name`` on one task (real nodes only) and score it.
+    """Fit baseline ``name`` on one task (real nodes only) and score what it answers.
 
-    Returns (metrics, summary arrays to persist: edge probabilities and, where inferred,
-    target probabilities). ``runtime_s`` is the fit time; scoring is not timed.
+    Returns (metrics, summary arrays to persist). ``runtime_s`` is the fit time; scoring is
+    not timed.
     """
     import time
 
     from pipeline_lib.baselines.registry import fit_baseline
 
-    data = restrict(task)
     t0 = time.perf_counter()
-    post = fit_baseline(name, data, config)
-    fit_s = time.perf_counter() - t0
-    metrics = {"runtime_s": fit_s}
-    metrics.update(score_graph(post, data["adjacency"], data["int_targets"], seed=seed))
-    q = make_queries(task, max_queries, np.random.default_rng(seed))
-    pred = PosteriorPredictor(post, seed=seed)
-    metrics.update(score_interventional(pred, q))
-    if pred.mc_stderr:
-        metrics["nlpid_mc_stderr"] = float(np.sqrt(np.mean(np.square(pred.mc_stderr))))
-    summary = {"edge_probs": post.edge_probs()}
-    tp = post.intervention_target_probs()
-    if tp is not None:
-        summary["target_probs"] = np.asarray(tp)
-    return metrics, summary
+    answer = fit_baseline(name, restrict(task), config)
+    metrics = {"runtime_s": time.perf_counter() - t0}
+    metrics.update(evaluate_answer(answer, task, max_queries=max_queries, seed=seed))
+    return metrics, answer_summary(answer)
 
 
-def evaluate_amortized(model, task: dict, *, max_queries: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Score an amortized interventional model (MACE-TNP) on one task; ``runtime_s`` is inference time."""
+def evaluate_amortized(method: str, model, task: dict, *, max_queries: int | None = None,
+                       seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Score a trained amortized ``method`` on one task through its registered ``predict``.
+
+    ``runtime_s`` is inference time: ``predict`` plus, for interventional predictors, one
+    pass answering every query of the task (the forward pass a user waits for).
+    """
     import time
 
-    data = restrict(task)
-    q = make_queries(task, max_queries, np.random.default_rng(seed))
-    pred = MaceTNPPredictor(model, data["x_obs"])
+    from pipeline_lib.models.registry import get_method
+
+    spec = get_method(method)
     t0 = time.perf_counter()
-    pred.log_density(q)
-    runtime = time.perf_counter() - t0
-    return {"runtime_s": runtime, **score_interventional(pred, q)}
+    answer = spec.predict(model, task)
+    if "interventional" in capabilities(answer):
+        data = restrict(task)
+        if _hard_single_regimes(data["int_targets"], data["int_values"]):
+            q = make_queries(task, max_queries, np.random.default_rng(seed))
+            answer.log_density_batch(q.j, q.a, q.i, q.samples)
+    metrics = {"runtime_s": time.perf_counter() - t0}
+    metrics.update(evaluate_answer(answer, task, max_queries=max_queries, seed=seed))
+    return metrics, answer_summary(answer)

@@ -5,8 +5,10 @@ import time
 import traceback
 
 from prefect import get_run_logger, task
+from pydantic import BaseModel
 
-from pipeline_lib.evaluation import evaluate_baseline, task_slice
+from pipeline_lib.evaluation import evaluate_baseline
+from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
 
@@ -14,7 +16,7 @@ __all__ = ["fit_baseline_task"]
 
 
 @task(retries=2, retry_delay_seconds=[1, 4], persist_result=False, task_run_name="{method}-{split}-{index}")
-def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, config: dict,
+def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, config: BaseModel,
                       split: str, index: int, max_queries: int | None, seed: int) -> dict:
     """Fit ``method`` on task ``index`` of ``split`` and write its result record.
 
@@ -28,7 +30,8 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     if done is not None and done.get("status") == "ok":
         return done
     task_data = task_slice(PriorStore.open(store_path).read(split, index, index + 1), 0)
-    record = {"method": method, "method_key": method_key, "split": split, "task": index, "config": config}
+    record = {"method": method, "method_key": method_key, "split": split, "task": index,
+              "config": config.model_dump(mode="json")}
     t0 = time.perf_counter()
     try:
         metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed + index)

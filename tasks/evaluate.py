@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from pipeline_lib.evaluation import evaluate_amortized, task_slice
+from pipeline_lib.evaluation import evaluate_amortized
+from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
 
@@ -37,13 +38,14 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
             rec = {"method": method, "method_key": key, "split": "test", "task": t, "version": version}
             try:
                 task_data = task_slice(store.read("test", t, t + 1), 0)
-                rec.update(status="ok", error=None,
-                           metrics=evaluate_amortized(model, task_data, max_queries=max_queries, seed=seed + t))
+                metrics, arrays = evaluate_amortized(method, model, task_data, max_queries=max_queries, seed=seed + t)
+                rec.update(status="ok", error=None, metrics=metrics)
             except Exception as exc:
+                arrays = None
                 rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={},
                            traceback=traceback.format_exc(limit=5))
                 get_run_logger().warning("%s failed on test[%d]: %s", key, t, rec["error"])
-            results.save(key, "test", t, rec)
+            results.save(key, "test", t, rec, arrays)
         records.append(rec)
     return records
 

@@ -58,7 +58,8 @@ def test_baseline_config_overrides_are_checked_before_any_fit(tmp_path):
     from flows.cli import app
     from pipeline_lib.baselines.registry import BaselineConfigError, check_config
 
-    assert check_config("bacadi", {"steps": 30, "n_grad_mc": 4}) == {"steps": 30, "n_grad_mc": 4}
+    typed = check_config("bacadi", {"steps": 30, "n_grad_mc": 4})
+    assert (typed.steps, typed.n_grad_mc, type(typed).__name__) == (30, 4, "BaCaDIConfig")
     assert check_config("exact", {"graph_prior": "random_order_er", "edge_prob": 0.5})
     with pytest.raises(BaselineConfigError, match="'dibs': field 'stepz'"):
         check_config("dibs", {"stepz": 3})
@@ -66,7 +67,7 @@ def test_baseline_config_overrides_are_checked_before_any_fit(tmp_path):
         check_config("dibs-joint", {"steps": -1})
     with pytest.raises(BaselineConfigError, match="unknown_targets"):
         check_config("dcdi", {"unknown_targets": True})
-    with pytest.raises(BaselineConfigError, match="unknown field.*n_mcc.*allowed: edge_penalty"):
+    with pytest.raises(BaselineConfigError, match="'exact': field 'n_mcc'"):
         check_config("exact", {"n_mcc": 3})
     with pytest.raises(ValueError, match="field 'n_particles'"):
         BaselineRun(name="bacadi", config={"n_particles": 0})

@@ -10,7 +10,7 @@ import torch
 
 from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, preset
 from pipeline_lib.models.mog import MixtureOfGaussians
-from pipeline_lib.training.batching import mace_tnp_batch
+from pipeline_lib.models.mace_tnp import mace_tnp_batch
 from tests.linear_scm import two_node_linear_tasks
 
 
@@ -238,7 +238,7 @@ def test_meta_trained_model_approaches_the_exact_bge_posterior(tmp_path):
     from pathlib import Path
 
     from pipeline_lib.baselines.exact import ExactPosterior
-    from pipeline_lib.evaluation import MaceTNPPredictor, make_queries, restrict, task_slice
+    from pipeline_lib.evaluation import make_queries, restrict, task_slice
     from pipeline_lib.models.registry import get_method
     from pipeline_lib.priors import PriorConfig, sample_split_range
     from pipeline_lib.training import TrainConfig, prior_stream, train
@@ -257,7 +257,7 @@ def test_meta_trained_model_approaches_the_exact_bge_posterior(tmp_path):
     for t in range(30):
         task = task_slice(test, t)
         q, x = make_queries(task), restrict(task)["x_obs"]
-        mace.append(-MaceTNPPredictor(model, x).log_density(q).sum(-1).mean())
+        mace.append(-spec.predict(model, task).log_density_batch(q.j, q.a, q.i, q.samples).log_density.sum(-1).mean())
         post = ExactPosterior.fit(x, edge_penalty=math.log(2))
         exact.append(-np.mean([post.interventional_log_density(int(q.j[k]), float(q.a[k]), int(q.i[k]),
                                                                q.samples[k]).log_density.sum()

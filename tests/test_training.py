@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, mace_tnp_loss
-from pipeline_lib.training import PoolSource, StreamSource, TrainConfig, lr_multiplier, mace_tnp_batch, train
+from pipeline_lib.models.mace_tnp import mace_tnp_batch
+from pipeline_lib.training import PoolSource, StreamSource, TrainConfig, lr_multiplier, train
 from pipeline_lib.training.checkpoint import LAST, load_checkpoint
 from tests.linear_scm import two_node_linear_tasks
 

@@ -1,119 +1,173 @@
-"""Baselines by name: which data each one sees, and how it is fitted.
+"""Per-dataset methods by name: one :class:`BaselineSpec` entry each.
 
-All baselines take one task restricted to its real nodes (``pipeline_lib.evaluation.restrict``)
-and return a :class:`~pipeline_lib.baselines.base.CausalPosterior`. What a method may see
-follows its paper's setting:
+A baseline fits ONE task restricted to its real nodes (:func:`pipeline_lib.taskdata.restrict`)
+and answers with an object implementing the capabilities of :mod:`pipeline_lib.posterior`
+(all built-in ones return a :class:`~pipeline_lib.baselines.base.CausalPosterior`). Each
+entry names the arrays the method may see, following its paper's setting; the fit function
+receives only those:
 
-| name          | data                                               |
-|---------------|----------------------------------------------------|
-| exact         | x_obs (the MACE-TNP setting: D_obs only), BGe, DAG enumeration (d <= 5) |
-| dibs          | x_obs, DiBS marginal (BGe)                         |
-| dibs-joint    | x_obs, DiBS joint (nonlinear Gaussian MLPs)        |
-| bacadi        | x_obs + x_int, targets UNKNOWN (inferred)          |
-| dcdi          | x_obs + x_int, targets KNOWN                       |
-| dcdi-unknown  | x_obs + x_int, targets UNKNOWN (inferred)          |
-| empty-graph   | x_obs, BGe under the empty graph only: a non-causal reference |
+| name          | sees                                  | setting |
+|---------------|---------------------------------------|---------|
+| exact         | x_obs                                 | BGe, DAG enumeration (d <= 5): the MACE-TNP setting |
+| dibs          | x_obs                                 | DiBS marginal (BGe) |
+| dibs-joint    | x_obs                                 | DiBS joint (nonlinear Gaussian MLPs) |
+| bacadi        | x_obs, x_int                          | targets UNKNOWN (inferred) |
+| dcdi          | x_obs, x_int, int_targets             | targets KNOWN |
+| dcdi-unknown  | x_obs, x_int                          | targets UNKNOWN (inferred) |
+| empty-graph   | x_obs                                 | non-causal reference |
 
-``empty-graph`` is not a causal discovery method but the floor every method must clear:
+``empty-graph`` is not a causal discovery method but the reference every method must clear:
 the BGe posterior predictive when the graph is fixed to the empty DAG, so that
 ``p(x_i | do(X_j = a), D) = p(x_i | D)``, the Student-t predictive of ``X_i``'s observational
-marginal, whatever the intervention. Its graph metrics are those of predicting no edge. A
-prior whose tables show it close to the exact posterior has interventional distributions
-close to the observational marginals, and does not separate methods by NLPID.
+marginal, whatever the intervention. Its graph metrics are those of predicting no edge.
 
-``config`` holds keyword overrides of the method's pydantic config (e.g. ``{"steps": 300}``).
+A config is validated once into its typed class at the edge (:func:`check_config`, used
+by the CLI and the benchmark spec) and travels typed; a new baseline is its own module plus
+one :func:`register_baseline` call.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-BASELINES = ("exact", "dibs", "dibs-joint", "bacadi", "dcdi", "dcdi-unknown", "empty-graph")
+from pipeline_lib.models.registry import UnknownMethodError
 
+__all__ = ["BASELINES", "BaselineConfigError", "BaselineSpec", "UnknownMethodError", "check_baseline",
+           "check_config", "fit_baseline", "get_baseline", "register_baseline"]
 
-class UnknownMethodError(ValueError):
-    pass
+#: every array a per-dataset method may be given (the keys of ``restrict(task)``)
+DATA_FIELDS = ("x_obs", "x_int", "int_targets", "int_values", "noise_obs", "x_cf", "perturbation", "adjacency")
 
 
 class BaselineConfigError(ValueError):
     """A baseline config override that the method does not accept (names the field)."""
 
 
-def _config_kwargs(name: str) -> tuple[str, ...]:
-    """Config keys of the two methods without a pydantic config model: the keyword
-    arguments of what ``config`` is passed to, less the data and object arguments."""
-    import inspect
+@dataclass(frozen=True)
+class BaselineSpec:
+    """One per-dataset method.
 
-    if name == "exact":
-        from pipeline_lib.baselines.exact import ExactPosterior
-
-        params = inspect.signature(ExactPosterior.fit).parameters
-        data_args = {"x_obs", "x_int", "int_targets", "node_mask", "bge"}
-    else:  # empty-graph: BGe(**config)
-        from pipeline_lib.baselines.bge import BGe
-
-        params, data_args = inspect.signature(BGe).parameters, set()
-    return tuple(p for p in params if p not in data_args)
-
-
-def _config_model(name: str):
-    if name in ("dibs", "dibs-joint"):
-        from pipeline_lib.baselines.dibs import DiBSConfig
-
-        return DiBSConfig
-    if name == "bacadi":
-        from pipeline_lib.baselines.bacadi import BaCaDIConfig
-
-        return BaCaDIConfig
-    if name in ("dcdi", "dcdi-unknown"):
-        from pipeline_lib.baselines.dcdi import DCDIConfig
-
-        return DCDIConfig
-    return None
-
-
-def check_config(name: str, config: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate ``config`` overrides for baseline ``name`` before any fit; returns them.
-
-    Raises :class:`BaselineConfigError` naming the field (unknown key, wrong type or range),
-    so that a malformed config fails at submission, not once per task.
+    ``fit(data, config) -> answer``: ``data`` holds exactly the arrays in ``sees`` (those the
+    task has), ``config`` is a ``config_cls`` instance. ``fixed``: config fields that the entry
+    sets itself (refused as user overrides). ``reference``: a non-causal reference row.
     """
-    from pydantic import ValidationError
 
-    config = dict(config or {})
-    check_baseline(name)
-    if name in ("dcdi", "dcdi-unknown") and "unknown_targets" in config:
-        raise BaselineConfigError(
-            f"config of baseline '{name}': field 'unknown_targets' is set by the method name "
-            "(dcdi: known targets, dcdi-unknown: inferred)"
-        )
-    model = _config_model(name)
-    if model is None:
-        allowed = _config_kwargs(name)
-        bad = sorted(set(config) - set(allowed))
+    name: str
+    config_cls: type[BaseModel]
+    fit: Callable[[dict[str, np.ndarray], BaseModel], Any]
+    sees: tuple[str, ...] = ("x_obs",)
+    description: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    reference: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sees if s not in DATA_FIELDS]
         if bad:
-            raise BaselineConfigError(
-                f"config of baseline '{name}': unknown field(s) {', '.join(bad)}; allowed: {', '.join(allowed)}"
-            )
-        return config
+            raise ValueError(f"baseline {self.name!r}: unknown data fields {bad}; known: {', '.join(DATA_FIELDS)}")
+
+
+_REGISTRY: dict[str, BaselineSpec] = {}
+
+
+def register_baseline(spec: BaselineSpec, *, replace: bool = False) -> BaselineSpec:
+    """Add ``spec`` to the registry (``replace=True`` to overwrite an entry of that name)."""
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"baseline {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def baseline_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_baseline(name: str) -> BaselineSpec:
+    if name not in _REGISTRY:
+        raise UnknownMethodError(f"baseline '{name}' is unknown; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def check_baseline(name: str) -> str:
+    return get_baseline(name).name
+
+
+def check_config(name: str, config: BaseModel | dict[str, Any] | None) -> BaseModel:
+    """Validate ``config`` overrides for baseline ``name`` into its typed config, before any fit.
+
+    Raises :class:`BaselineConfigError` naming the field (unknown key, wrong type or range,
+    or a field the method name sets), so that a malformed config fails at submission, not
+    once per task. An instance of the config class passes through (its fixed fields checked).
+    """
+    spec = get_baseline(name)
+    if isinstance(config, spec.config_cls):
+        overrides = config.model_dump(exclude_unset=True)
+    elif isinstance(config, BaseModel):
+        raise BaselineConfigError(f"config of baseline '{name}': expected {spec.config_cls.__name__}, "
+                                  f"got {type(config).__name__}")
+    else:
+        overrides = dict(config or {})
+    clash = sorted(set(overrides) & set(spec.fixed))
+    if clash and any(overrides[k] != spec.fixed[k] for k in clash):
+        raise BaselineConfigError(
+            f"config of baseline '{name}': field(s) {', '.join(clash)} are set by the method name "
+            f"({', '.join(f'{k}={spec.fixed[k]!r}' for k in clash)})")
     try:
-        model(**config)
+        return spec.config_cls(**{**overrides, **spec.fixed})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors())
         raise BaselineConfigError(f"config of baseline '{name}': {problems}") from None
-    return config
 
 
-def _exact(data: dict, config: dict[str, Any]):
+def overrides_of(name: str, config: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
+    """The user-set fields of a config (what result keys and records store), JSON-able."""
+    typed = check_config(name, config)
+    fixed = get_baseline(name).fixed
+    return {k: v for k, v in typed.model_dump(mode="json", exclude_unset=True).items() if k not in fixed}
+
+
+def fit_baseline(name: str, data: dict[str, np.ndarray], config: BaseModel | dict[str, Any] | None = None):
+    """Fit baseline ``name`` on one task's data (real nodes only); returns its answer.
+
+    The fit sees only the arrays its entry lists in ``sees``.
+    """
+    spec = get_baseline(name)
+    cfg = check_config(name, config)
+    return spec.fit({k: data[k] for k in spec.sees if k in data}, cfg)
+
+
+# --- the built-in entries ---------------------------------------------------------------
+
+
+class ExactConfig(BaseModel):
+    """Settings of the exact enumeration posterior (``ExactPosterior.fit`` keywords)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    edge_penalty: float = 0.0
+    n_mc: int = Field(256, ge=1)
+    seed: int = 0
+    graph_prior: str = "uniform"
+    edge_prob: float = Field(0.5, gt=0, lt=1)
+
+
+class EmptyGraphConfig(BaseModel):
+    """BGe hyperparameters of the empty-graph reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alpha_mu: float = Field(1.0, gt=0)
+    alpha_w: float | None = None
+    mean_prior: float = 0.0
+
+
+def _exact(data: dict, cfg: ExactConfig):
     from pipeline_lib.baselines.exact import ExactPosterior
 
-    return ExactPosterior.fit(data["x_obs"], **config)
+    return ExactPosterior.fit(data["x_obs"], **cfg.model_dump())
 
 
-def _empty_graph(data: dict, config: dict[str, Any]):
+def _empty_graph(data: dict, cfg: EmptyGraphConfig):
     from pipeline_lib.baselines.bge import BGe
     from pipeline_lib.baselines.exact import BGeMixturePosterior
 
@@ -123,53 +177,73 @@ def _empty_graph(data: dict, config: dict[str, Any]):
     if not np.isfinite(x).all():
         raise ValueError("x_obs contains NaN or inf")
     d = x.shape[1]
-    bge = BGe(**config)
-    return BGeMixturePosterior(x, np.zeros((1, d, d), np.uint8), np.zeros(1), bge=bge)
+    return BGeMixturePosterior(x, np.zeros((1, d, d), np.uint8), np.zeros(1), bge=BGe(**cfg.model_dump()))
 
 
-def _dibs(data: dict, config: dict[str, Any]):
+def _dibs(data: dict, cfg):
     from pipeline_lib.baselines.dibs import fit_dibs_marginal
 
-    return fit_dibs_marginal(data["x_obs"], _config_model("dibs")(**config))
+    return fit_dibs_marginal(data["x_obs"], cfg)
 
 
-def _dibs_joint(data: dict, config: dict[str, Any]):
+def _dibs_joint(data: dict, cfg):
     from pipeline_lib.baselines.dibs import fit_dibs_joint
 
-    return fit_dibs_joint(data["x_obs"], _config_model("dibs-joint")(**config))
+    return fit_dibs_joint(data["x_obs"], cfg)
 
 
-def _bacadi(data: dict, config: dict[str, Any]):
+def _bacadi(data: dict, cfg):
     from pipeline_lib.baselines.bacadi import fit_bacadi
 
-    return fit_bacadi(data["x_obs"], data["x_int"], _config_model("bacadi")(**config))
+    return fit_bacadi(data["x_obs"], data["x_int"], cfg)
 
 
-def _dcdi(data: dict, config: dict[str, Any], unknown: bool = False):
+def _dcdi(data: dict, cfg):
     from pipeline_lib.baselines.dcdi import fit_dcdi
 
-    cfg = _config_model("dcdi")(**{**config, "unknown_targets": unknown})
-    targets = None if unknown else data["int_targets"]
-    return fit_dcdi(data["x_obs"], data["x_int"], targets, cfg)
+    return fit_dcdi(data["x_obs"], data["x_int"], data.get("int_targets"), cfg)
 
 
-_FIT: dict[str, Callable] = {
-    "exact": _exact,
-    "dibs": _dibs,
-    "dibs-joint": _dibs_joint,
-    "bacadi": _bacadi,
-    "dcdi": _dcdi,
-    "dcdi-unknown": lambda data, config: _dcdi(data, config, unknown=True),
-    "empty-graph": _empty_graph,
-}
+def _register_builtin() -> None:
+    from pipeline_lib.baselines.bacadi import BaCaDIConfig
+    from pipeline_lib.baselines.dcdi import DCDIConfig
+    from pipeline_lib.baselines.dibs import DiBSConfig
+
+    for spec in (
+        BaselineSpec("exact", ExactConfig, _exact, ("x_obs",),
+                     "exact BGe posterior by DAG enumeration (d <= 5)"),
+        BaselineSpec("dibs", DiBSConfig, _dibs, ("x_obs",), "DiBS, marginal (BGe) likelihood, SVGD"),
+        BaselineSpec("dibs-joint", DiBSConfig, _dibs_joint, ("x_obs",),
+                     "DiBS, joint nonlinear-Gaussian (MLP) likelihood, SVGD"),
+        BaselineSpec("bacadi", BaCaDIConfig, _bacadi, ("x_obs", "x_int"),
+                     "BaCaDI: DiBS with unknown intervention targets"),
+        BaselineSpec("dcdi", DCDIConfig, _dcdi, ("x_obs", "x_int", "int_targets"),
+                     "DCDI-G with known targets", fixed={"unknown_targets": False}),
+        BaselineSpec("dcdi-unknown", DCDIConfig, _dcdi, ("x_obs", "x_int"),
+                     "DCDI-G with unknown targets", fixed={"unknown_targets": True}),
+        BaselineSpec("empty-graph", EmptyGraphConfig, _empty_graph, ("x_obs",),
+                     "non-causal reference: the observational marginal", reference=True),
+    ):
+        register_baseline(spec)
 
 
-def check_baseline(name: str) -> str:
-    if name not in _FIT:
-        raise UnknownMethodError(f"baseline '{name}' is unknown; choose one of {', '.join(BASELINES)}")
-    return name
+_register_builtin()
 
 
-def fit_baseline(name: str, data: dict[str, np.ndarray], config: dict[str, Any] | None = None):
-    """Fit baseline ``name`` on one task's data (real nodes only); returns its posterior."""
-    return _FIT[check_baseline(name)](data, dict(config or {}))
+class _Names:
+    """``BASELINES``: the registered names, always current (a view, not a snapshot)."""
+
+    def __iter__(self):
+        return iter(_REGISTRY)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _REGISTRY
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(tuple(_REGISTRY))
+
+
+BASELINES = _Names()

@@ -1,31 +1,40 @@
-"""Method name -> model class, config class, loss and example builder.
+"""Amortized methods by name: one :class:`MethodSpec` entry each.
 
-One entry per amortized method; flows and tasks look methods up here by the
-names used in configs, MLflow (``causalmeta-<method>``) and result tables.
-Later issues add ``metacadi``, ``gim`` and ``cond-fip``.
+Flows, tasks, the CLI and the Prefect forms look methods up here by the names used in
+configs, MLflow (``causalmeta-<method>``) and result tables; nothing else names a method.
+A new amortized method is its own module or package under ``pipeline_lib/models/`` (model,
+config, loss, batch builder, answer, presets) plus one :func:`register_method` call below,
+or from user code before a flow runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 from pydantic import BaseModel
 from torch import nn
 
-from pipeline_lib.models.mace_tnp import PRESETS as MACE_TNP_PRESETS
-from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, mace_tnp_loss
-from pipeline_lib.training.batching import mace_tnp_batch
+from pipeline_lib.posterior import CAPABILITIES
+
+
+class UnknownMethodError(ValueError):
+    """A method name that no registry holds (the message lists the registered ones)."""
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """How to build, train and feed one amortized method.
+    """How to build, train, feed and query one amortized method.
 
-    ``make_batch(config)`` returns the ``(task dict, rng) -> batch`` function
-    that turns prior tasks into this method's training examples.
+    * ``model_cls(config)`` builds the network from a ``config_cls`` instance (a pydantic
+      model: stored with the weights, so a registered model is rebuilt without pickles);
+    * ``loss_fn(model, batch) -> loss | (loss, metrics)`` for the training loop;
+    * ``make_batch(config)`` returns the ``(tasks, rng) -> batch`` function that turns prior
+      tasks (arrays with a leading task axis) into this method's training examples;
+    * ``predict(model, task) -> answer`` answers ONE task (arrays without the task axis) with
+      an object implementing the capabilities of :mod:`pipeline_lib.posterior`;
+    * ``answers``: the capability names the answer implements (shown by the CLI and forms).
     """
 
     name: str
@@ -33,8 +42,18 @@ class MethodSpec:
     config_cls: type[BaseModel]
     loss_fn: Callable
     make_batch: Callable[[BaseModel], Callable[[dict, np.random.Generator], dict]]
-    presets: dict[str, dict]
-    default_preset: str
+    predict: Callable[[nn.Module, dict], Any]
+    presets: dict[str, dict] = field(default_factory=lambda: {"default": {}})
+    default_preset: str = "default"
+    answers: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.answers if a not in CAPABILITIES]
+        if bad:
+            raise ValueError(f"method {self.name!r}: unknown capabilities {bad}; known: {sorted(CAPABILITIES)}")
+        if self.default_preset not in self.presets:
+            raise ValueError(f"method {self.name!r}: default_preset {self.default_preset!r} is not in its presets")
 
     def config(self, preset: str | None = None, **overrides) -> BaseModel:
         name = preset or self.default_preset
@@ -50,26 +69,38 @@ class MethodSpec:
         return self.model_cls(config)
 
 
-def _mace_tnp_batcher(cfg: MaceTNPConfig):
-    return partial(mace_tnp_batch, n_obs_min=cfg.n_obs_min, n_obs_max=cfg.n_obs_max, n_query=cfg.n_query,
-                   log_uniform=cfg.n_obs_log_uniform, per_batch=cfg.n_obs_per_batch)
+METHODS: dict[str, MethodSpec] = {}
 
 
-METHODS: dict[str, MethodSpec] = {
-    "mace-tnp": MethodSpec(
-        name="mace-tnp",
-        model_cls=MaceTNP,
-        config_cls=MaceTNPConfig,
-        loss_fn=mace_tnp_loss,
-        make_batch=_mace_tnp_batcher,
-        presets={"default": {}, **MACE_TNP_PRESETS},
-        default_preset="default",
-    ),
-}
+def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
+    """Add ``spec`` to the registry (``replace=True`` to overwrite an entry of that name)."""
+    if spec.name in METHODS and not replace:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+    return spec
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` registered under ``name``."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+        raise UnknownMethodError(f"method '{name}' is unknown; registered amortized methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def _register_builtin() -> None:
+    from pipeline_lib.models import mace_tnp
+
+    register_method(MethodSpec(
+        name="mace-tnp",
+        model_cls=mace_tnp.MaceTNP,
+        config_cls=mace_tnp.MaceTNPConfig,
+        loss_fn=mace_tnp.mace_tnp_loss,
+        make_batch=mace_tnp.make_batch,
+        predict=mace_tnp.predict,
+        presets={"default": {}, **mace_tnp.PRESETS},
+        answers=("interventional",),
+        description="MACE-TNP: model-averaged interventional distributions from D_obs (arXiv 2507.05526)",
+    ))
+
+
+_register_builtin()

@@ -1,6 +1,6 @@
 """Generic meta-training: batch sources, the training loop and checkpoints."""
 
-from pipeline_lib.training.batching import PoolSource, StreamSource, mace_tnp_batch, prior_stream
+from pipeline_lib.training.batching import PoolSource, StreamSource, prior_stream
 from pipeline_lib.training.loop import TrainConfig, TrainResult, evaluate, lr_multiplier, train
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "lr_multiplier",
-    "mace_tnp_batch",
     "prior_stream",
     "train",
 ]

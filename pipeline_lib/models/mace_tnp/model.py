@@ -81,7 +81,7 @@ class MaceTNPConfig(BaseModel):
     ``n_obs ~ U{n_obs_min..n_obs_max}`` observational rows; ``n_query`` is the
     number of interventional samples of the outcome scored per example
     (``None``: all of them); ``n_obs_log_uniform``/``n_obs_per_batch``: see
-    :func:`pipeline_lib.training.batching.mace_tnp_batch`.
+    :func:`pipeline_lib.models.mace_tnp.batching.mace_tnp_batch`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
