@@ -41,7 +41,7 @@ def benchmark(spec: BenchmarkSpec | None = None, preset: str | None = "quick", r
         store = generate_prior(config, root, spec.n_workers)
         models = [meta_train(method=m.name, prior=store, root=root, steps=m.steps, batch_size=m.batch_size,
                              lr=m.lr, device=m.device, preset=m.preset, model=m.model, force=spec.force_retrain,
-                             seed=spec.seed) for m in spec.methods]
+                             seed=spec.seed, data=m.data) for m in spec.methods]
         keys = {config_key(b.name, b.config): b.name for b in spec.baselines}
         if spec.baselines:
             run_baselines(store, spec.baselines, spec.n_test_tasks, root, spec.n_workers,

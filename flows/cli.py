@@ -54,6 +54,8 @@ def train(method: str = typer.Argument("mace-tnp"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           preset: Optional[str] = typer.Option(None, help="model size preset, e.g. cpu-small, paper-3node"),
           force: bool = typer.Option(False, help="retrain even if a model for this prior hash is registered"),
+          data: str = typer.Option("store", help="store: the stored train split (generated if needed) | "
+                                                 "stream: fresh draws from the prior every step"),
           root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     """Meta-train an amortized method on a prior; register it in MLflow as causalmeta-<method>."""
     _quiet_env()
@@ -67,43 +69,70 @@ def train(method: str = typer.Argument("mace-tnp"),
     from flows.train import meta_train
 
     typer.echo(json.dumps(meta_train(method=method, prior=prior, root=_root(root), steps=steps,
-                                     batch_size=batch_size, device=device, preset=preset, force=force), indent=1))
+                                     batch_size=batch_size, device=device, preset=preset, force=force,
+                                     data=data), indent=1))
 
 
 @app.command()
-def predict(method: str = typer.Argument("mace-tnp"),
-            model: str = typer.Option("latest", help="registered version number or 'latest'"),
+def predict(method: str = typer.Argument("mace-tnp", help="a registered amortized method or a baseline"),
+            model: str = typer.Option("latest", help="registered version number or 'latest' (amortized methods)"),
             data: str = typer.Option(..., help="prior store path (*.zarr)"),
-            task: int = typer.Option(0, help="test task index"),
+            task: int = typer.Option(0, help="task index in --split"),
+            split: str = typer.Option("test", help="train | val | test"),
+            set_: Optional[list[str]] = typer.Option(None, "--set", help="baseline config override KEY=VALUE"),
             root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
-    """Predict the interventional distributions of one stored test task; print summary statistics."""
+    """Answer one stored task with any registered method; print what it answers.
+
+    Amortized methods load the registered model and answer in one pass; baselines are fitted
+    on the task. One table per capability: graph, targets, interventional predictions,
+    generated samples.
+    """
     _quiet_env()
-    from pipeline_lib.evaluation import MaceTNPPredictor, make_queries, restrict, task_slice
+    from pipeline_lib.baselines.registry import BaselineConfigError, baseline_names, check_config
+    from pipeline_lib.models.registry import METHODS, get_method
+    from pipeline_lib.posterior import capabilities
+    from pipeline_lib.taskdata import task_slice
     from storage.prior_store import PriorStore
-    from storage.tracking import Tracker
 
-    net = Tracker(_root(root)).load_registered_model(method, model if model == "latest" else int(model))
-    t = task_slice(PriorStore.open(data).read("test", task, task + 1), 0)
-    q = make_queries(t)
-    pred = MaceTNPPredictor(net, restrict(t)["x_obs"])
-    mog = pred._mog(q)
-    lo, hi = pred.intervals(q, (0.9,))[0.9]
-    logp = pred.log_density(q)
+    if method not in METHODS and method not in baseline_names():
+        _fail(f"method '{method}' is unknown; amortized: {', '.join(METHODS)}; "
+              f"baselines: {', '.join(baseline_names())}")
+    try:
+        store = PriorStore.open(data)
+        n = store.n_tasks(split)
+        if not 0 <= task < n:
+            _fail(f"--task {task}: split '{split}' of {Path(data).name} has tasks 0..{n - 1}")
+        t = task_slice(store.read(split, task, task + 1), 0)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(f"--data: {exc}")
+    if method in METHODS:
+        from storage.tracking import Tracker
+
+        net = Tracker(_root(root)).load_registered_model(method, model if model == "latest" else int(model))
+        answer = get_method(method).predict(net, t)
+        label = f"{method} ({model})"
+    else:
+        from pipeline_lib.baselines.registry import fit_baseline
+        from pipeline_lib.taskdata import restrict
+
+        try:
+            config = check_config(method, _parse_overrides(set_ or []))
+        except BaselineConfigError as exc:
+            _fail(str(exc))
+        answer = fit_baseline(method, restrict(t), config)
+        label = method
     from rich.console import Console
-    from rich.table import Table
 
-    tab = Table(title=f"{method} ({model}) on test task {task}: q(x_i | do(x_j = a), D_obs)")
-    for c in ("j", "a", "i", "pred mean", "pred sd", "90% interval", "true mean", "NLPID/sample"):
-        tab.add_column(c)
-    sd = mog.var.sqrt().cpu().numpy()
-    for k in range(len(q)):
-        tab.add_row(str(q.j[k]), f"{q.a[k]:.3f}", str(q.i[k]), f"{float(mog.mean[k]):.3f}", f"{sd[k]:.3f}",
-                    f"[{lo[k]:.2f}, {hi[k]:.2f}]", f"{q.samples[k].mean():.3f}", f"{-logp[k].mean():.3f}")
-    Console().print(tab)
+    from flows.present import answer_tables
+
+    con = Console()
+    con.print(f"{label} on {split} task {task}: answers {', '.join(sorted(capabilities(answer))) or 'nothing'}")
+    for tab in answer_tables(answer, t):
+        con.print(tab)
 
 
 @app.command()
-def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint | bacadi | dcdi | dcdi-unknown | empty-graph"),
+def baseline(method: str = typer.Argument(..., help="a registered baseline (see `causalmeta methods`)"),
              prior: str = typer.Option(..., help="prior store path (*.zarr)"),
              tasks: int = typer.Option(10, help="number of test tasks"),
              workers: int = typer.Option(2), root: Optional[str] = typer.Option(None, help=ROOT_HELP),
@@ -115,7 +144,8 @@ def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint |
 
     try:
         check_baseline(method)
-        config = check_config(method, _parse_overrides(set_ or []))
+        _overrides = _parse_overrides(set_ or [])
+        check_config(method, _overrides)
     except (UnknownMethodError, BaselineConfigError) as exc:
         _fail(str(exc))
     from flows.baselines import run_baselines
@@ -127,7 +157,7 @@ def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint |
         PriorStore.open(prior)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"--prior: {exc}")
-    recs = run_baselines(prior, [BaselineRun(name=method, config=config)], tasks, _root(root), workers)
+    recs = run_baselines(prior, [BaselineRun(name=method, config=_overrides)], tasks, _root(root), workers)
     from pipeline_lib.metrics import comparison_table
     from rich.console import Console
 
@@ -137,6 +167,26 @@ def baseline(method: str = typer.Argument(..., help="exact | dibs | dibs-joint |
         for r in rs:
             if r["status"] != "ok":
                 typer.secho(f"task {r['task']} failed: {r['error']}", fg="yellow")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered amortized methods and baselines, and what each answers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline_lib.baselines.registry import baseline_names, get_baseline
+    from pipeline_lib.models.registry import METHODS
+
+    tab = Table(title="Registered methods")
+    for c in ("name", "kind", "answers / sees", "description"):
+        tab.add_column(c)
+    for spec in METHODS.values():
+        tab.add_row(spec.name, "amortized", ", ".join(spec.answers), spec.description)
+    for name in baseline_names():
+        b = get_baseline(name)
+        tab.add_row(name, "reference" if b.reference else "baseline", "sees " + ", ".join(b.sees), b.description)
+    Console(width=max(80, Console().width)).print(tab)
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -254,5 +304,25 @@ def report(run_id: str = typer.Argument(..., help="MLflow run id of a benchmark 
     typer.echo(rep["html"])
 
 
+def _exit_on_termination_signals() -> None:
+    """SIGTERM / SIGHUP end the CLI through SystemExit instead of killing it outright.
+
+    Killed by the default handler, the process skips its ``finally`` blocks and atexit hooks:
+    Prefect's temporary API server (a child process stopped at exit) stays running and the
+    MLflow run stays RUNNING. Raised as SystemExit (exit status 128 + signal, as the shell
+    reports a signalled process), both are closed: the run ends KILLED, the server stops.
+    Prefect's engine swaps its own SIGTERM handler in during a flow run and re-sends the
+    signal to this one when the flow has been marked crashed.
+    """
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
 def main() -> None:
+    _exit_on_termination_signals()
     app()

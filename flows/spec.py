@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -56,6 +56,7 @@ class MethodRun(BaseModel):
     lr: float = Field(5e-4, gt=0)
     device: str = Field("auto", description="auto | cpu | cuda")
     model: dict[str, Any] = Field(default_factory=dict, description="overrides of the model config")
+    data: Literal["store", "stream"] = Field("store", description="training tasks: the stored train split or fresh draws")
 
     @field_validator("model")
     @classmethod

@@ -34,8 +34,11 @@ def resolve_prior(prior: str | PriorConfig) -> tuple[PriorConfig, str | None]:
 def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = ".causalmeta",
                steps: int = 300, batch_size: int = 16, lr: float = 5e-4, device: str = "auto",
                preset: str | None = None, model: dict[str, Any] | None = None, force: bool = False,
-               experiment: str = "meta-train", seed: int = 0) -> dict:
+               experiment: str = "meta-train", seed: int = 0, data: str = "store") -> dict:
     """Meta-train ``method`` on ``prior``; reuse the registered model trained on the same prior hash.
+
+    ``data``: ``store`` trains on the stored train split (generated first when ``prior`` names
+    a config rather than a store), ``stream`` on fresh draws from the prior every step.
 
     Returns ``{"method", "version", "run_id", "prior_hash", ..., "reused"}``.
     """
@@ -51,7 +54,11 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
             logger.info("causalmeta-%s v%s is already trained on prior %s (%s): reused", method, version,
                         config.name, prior_hash[:12])
             return {"method": method, "version": str(version), "prior_hash": prior_hash, "reused": True}
+    if data == "store" and store_path is None:
+        from flows.generate import generate_prior
+
+        store_path = generate_prior(config, root, 2)
     train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
                      checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
     return train_method_task(method, config.to_json(), store_path, root, experiment, train_cfg, preset,
-                             dict(model or {}))
+                             dict(model or {}), data)

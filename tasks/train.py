@@ -10,19 +10,54 @@ from prefect import get_run_logger, task
 
 from pipeline_lib.models.registry import get_method
 from pipeline_lib.priors import PriorConfig
-from pipeline_lib.training.batching import PoolSource, prior_stream
+from pipeline_lib.training.batching import ChunkedSource, PoolSource, prior_stream
+from pipeline_lib.training.checkpoint import LAST
 from pipeline_lib.training.loop import TrainConfig, train
 
 __all__ = ["train_method_task"]
 
 
+DATA_SOURCES = ("store", "stream")
+
+
+def _batch_source(data: str, prior: PriorConfig, store_path: str | None, make_batch, cfg: TrainConfig):
+    if data == "stream":
+        return prior_stream(prior, make_batch, cfg.batch_size, cfg.seed)
+    if data != "store":
+        raise ValueError(f"data={data!r}: choose one of {', '.join(DATA_SOURCES)}")
+    if not store_path:
+        raise ValueError("data='store' needs a stored prior: pass a store path (or data='stream')")
+    from storage.prior_store import PriorStore
+
+    store = PriorStore.open(store_path)
+    bounds = [store.chunk_range("train", c) for c in range(store.n_chunks("train"))]
+    return ChunkedSource(lambda a, b: store.read("train", a, b), bounds, make_batch, cfg.batch_size, cfg.seed)
+
+
+def build_seeded(spec, model_cfg, seed: int):
+    """The model with initial weights that are a function of ``seed`` alone.
+
+    The global torch RNG is seeded right before the build: otherwise the weights depend on
+    whatever drew from it earlier in the process (another task of the same Dask worker, an
+    import), and two runs with one seed differ from step 1.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    return spec.build(model_cfg)
+
+
 @task(retries=1, retry_delay_seconds=[5], persist_result=False, task_run_name="train-{method}")
 def train_method_task(method: str, prior_json: str, store_path: str | None, root: str, experiment: str,
-                      train_cfg: dict[str, Any], preset: str | None, model_overrides: dict[str, Any]) -> dict:
+                      train_cfg: dict[str, Any], preset: str | None, model_overrides: dict[str, Any],
+                      data: str = "store") -> dict:
     """Train, log and register; resumes from the checkpoint folder after a crash (same seed -> same state).
 
-    Data: fresh draws from the prior every step (the streaming sampler); validation on the
-    stored ``val`` split when a store is given.
+    Data: ``store`` (default) reads the stored ``train`` split chunk by chunk
+    (:class:`~pipeline_lib.training.batching.ChunkedSource`: a seeded permutation per epoch,
+    background prefetch, the batch of a step a pure function of the step, so a resumed run
+    continues at the exact batch); ``stream`` draws fresh tasks from the prior every step
+    (unlimited tasks). Validation on the stored ``val`` split when a store is given.
     """
     from storage.tracking import Tracker
 
@@ -30,32 +65,41 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
     prior = PriorConfig.model_validate_json(prior_json)
     spec = get_method(method)
     model_cfg = spec.config(preset, **model_overrides)
-    model = spec.build(model_cfg)
     cfg = TrainConfig(**train_cfg)
+    model = build_seeded(spec, model_cfg, cfg.seed)
     make_batch = spec.make_batch(model_cfg)
-    source = prior_stream(prior, make_batch, cfg.batch_size, cfg.seed)
+    source = _batch_source(data, prior, store_path, make_batch, cfg)
     val_source = None
     if store_path:
         from storage.prior_store import PriorStore
 
         val = PriorStore.open(store_path).read("val")
         val_source = PoolSource(val, make_batch, min(cfg.batch_size, len(val["x_obs"])), cfg.seed, shuffle=False)
-    run_key = hashlib.sha256(json.dumps([model_cfg.model_dump(), cfg.model_dump()], sort_keys=True,
+    run_key = hashlib.sha256(json.dumps([model_cfg.model_dump(), cfg.model_dump(), data], sort_keys=True,
                                         default=str).encode()).hexdigest()[:8]
     ckpt_dir = Path(root) / "checkpoints" / f"{method}-{prior.content_hash()[:12]}-{run_key}"
     tracker = Tracker(root, experiment)
-    with tracker.start_run(run_name=f"{method}-{prior.name}-{prior.content_hash()[:8]}",
-                           tags={"method": method, "prior_hash": prior.content_hash(), "prior_name": prior.name}):
+    # a checkpoint means a killed run is resumed: it continues that run's MLflow run (storage/tracking.py)
+    with tracker.training_run(ckpt_dir, resume=(ckpt_dir / LAST).is_file(),
+                              run_name=f"{method}-{prior.name}-{prior.content_hash()[:8]}",
+                              tags={"method": method, "prior_hash": prior.content_hash(), "prior_name": prior.name}):
         tracker.log_params({"method": method, "prior_hash": prior.content_hash(), "prior_name": prior.name,
-                            "model": model_cfg.model_dump(), "train": cfg.model_dump()})
+                            "model": model_cfg.model_dump(), "train": cfg.model_dump(), "data_source": data,
+                            **({"store": str(store_path)} if store_path else {})})
         every = max(1, cfg.steps // 100)
 
         def log_step(rec: dict) -> None:
             if rec["step"] % every == 0 or "val_loss" in rec:
                 tracker.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
-        result = train(model, spec.loss_fn, source, cfg, checkpoint_dir=ckpt_dir, val_source=val_source,
-                       callbacks=[log_step], progress=True)
+        try:
+            result = train(model, spec.loss_fn, source, cfg, checkpoint_dir=ckpt_dir, val_source=val_source,
+                           callbacks=[log_step], progress=True)
+        finally:
+            if isinstance(source, ChunkedSource):
+                source.close()
+        if isinstance(source, ChunkedSource):
+            tracker.log_metrics({"epochs": source.epochs_at(result.step), "train_tasks": float(source.n_tasks)})
         tracker.log_metrics({"final_loss": result.history[-1]["loss"], "throughput_tasks_per_s": result.throughput,
                              **({"best_val_loss": result.best_val} if result.best_val is not None else {})})
         tracker.log_loss_curve_png(result.history)
@@ -63,10 +107,10 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
                           "train": cfg.model_dump()}, "config.json")
         if (ckpt_dir / "last.pt").is_file():
             tracker.log_artifact(ckpt_dir / "last.pt")
-        version = tracker.log_and_register_model(model, method, prior.content_hash(), prior.name)
+        version = tracker.log_and_register_model(model, method, prior.content_hash(), prior.name, config=model_cfg)
         run_id = tracker.run_id
     logger.info("%s trained on %s: %d steps, %.1f tasks/s, registered version %s", method, prior.name,
                 result.step, result.throughput, version)
     return {"method": method, "version": str(version), "run_id": run_id, "prior_hash": prior.content_hash(),
             "steps": result.step, "throughput_tasks_per_s": result.throughput, "device": result.device,
-            "final_loss": result.history[-1]["loss"], "reused": False}
+            "final_loss": result.history[-1]["loss"], "reused": False, "data": data}

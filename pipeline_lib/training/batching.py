@@ -111,3 +111,110 @@ def prior_stream(prior_config, make_batch: MakeBatch, batch_size: int, seed: int
     from pipeline_lib.priors import sample_tasks
 
     return StreamSource(lambda n, rng: sample_tasks(prior_config, n, rng), make_batch, batch_size, seed)
+
+
+class ChunkedSource:
+    """Batches from a stored split read chunk by chunk, with a background prefetch.
+
+    The split is a list of chunks ``bounds[c] = (start, stop)`` read by
+    ``read_range(start, stop) -> task dict`` (a Zarr store: one read per chunk, never a
+    random gather across chunks). Epoch ``e`` visits the chunks in the order
+    ``pi_e = default_rng([seed, e]).permutation(C)``; consecutive chunks of ``pi_e`` form
+    windows of ``window_chunks`` chunks, the tasks of window ``w`` are shuffled by
+    ``default_rng([seed, e, w])``, and each window yields ``floor(n_w / B)`` batches of ``B``
+    consecutive shuffled tasks (the remainder of a window is skipped this epoch, a different
+    remainder in the next). Example construction for step ``s`` uses ``default_rng([seed, s, 1])``.
+
+    So the batch of step ``s`` is a pure function of ``(seed, s)``: a run resumed at step
+    ``s`` reads exactly the window it needs, whatever was prefetched before the crash.
+    While window ``w`` is consumed, window ``w + 1`` is read in a background thread.
+    """
+
+    def __init__(self, read_range: Callable[[int, int], TaskDict], bounds: list[tuple[int, int]],
+                 make_batch: MakeBatch, batch_size: int, seed: int, window_chunks: int = 4):
+        if not bounds:
+            raise ValueError("the stored split has no chunks")
+        sizes = np.array([b - a for a, b in bounds])
+        if batch_size < 1 or window_chunks < 1:
+            raise ValueError(f"batch_size and window_chunks must be >= 1, got {batch_size}, {window_chunks}")
+        if sizes.sum() < batch_size:
+            raise ValueError(f"batch_size={batch_size} exceeds the {int(sizes.sum())} tasks of the split")
+        self.read_range, self.bounds, self.sizes = read_range, list(bounds), sizes
+        self.make_batch, self.batch_size, self.seed = make_batch, batch_size, seed
+        self.window_chunks = window_chunks if sizes[:window_chunks].sum() >= batch_size else len(bounds)
+        self._epochs: list[tuple[np.ndarray, np.ndarray]] = []  # (chunk order, batches per window)
+        self._cum = [0]  # batches before epoch e
+        self._cache: dict[tuple[int, int], dict] = {}
+        self._pending: dict[tuple[int, int], object] = {}
+        self._pool = None
+        self.windows_read = 0
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.sizes.sum())
+
+    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(self._epochs) <= e:
+            order = np.random.default_rng([self.seed, len(self._epochs)]).permutation(len(self.bounds))
+            windows = [order[w:w + self.window_chunks] for w in range(0, len(order), self.window_chunks)]
+            per = np.array([int(self.sizes[win].sum()) // self.batch_size for win in windows])
+            self._epochs.append((order, per))
+            self._cum.append(self._cum[-1] + int(per.sum()))
+        return self._epochs[e]
+
+    def locate(self, step: int) -> tuple[int, int, int]:
+        """(epoch, window, batch offset in the window) of ``step``."""
+        e = 0
+        while True:
+            _, per = self._epoch(e)
+            if step < self._cum[e + 1]:
+                break
+            e += 1
+        r = step - self._cum[e]
+        w = int(np.searchsorted(np.cumsum(per), r, side="right"))
+        return e, w, r - int(np.concatenate([[0], np.cumsum(per)])[w])
+
+    def epochs_at(self, step: int) -> float:
+        """Fraction of epochs completed after ``step`` batches."""
+        e, w, off = self.locate(step)
+        _, per = self._epoch(e)
+        return e + (int(per[:w].sum()) + off) / max(1, int(per.sum()))
+
+    def _load(self, e: int, w: int) -> dict:
+        order, _ = self._epoch(e)
+        chunks = order[w * self.window_chunks:(w + 1) * self.window_chunks]
+        parts = [self.read_range(*self.bounds[c]) for c in chunks]
+        tasks = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+        perm = np.random.default_rng([self.seed, e, w]).permutation(len(tasks[next(iter(tasks))]))
+        self.windows_read += 1
+        return {k: v[perm] for k, v in tasks.items()}
+
+    def _next_window(self, e: int, w: int) -> tuple[int, int]:
+        _, per = self._epoch(e)
+        return (e, w + 1) if w + 1 < len(per) else (e + 1, 0)
+
+    def _window(self, e: int, w: int) -> dict:
+        key = (e, w)
+        if key not in self._cache:
+            fut = self._pending.pop(key, None)
+            self._cache = {key: fut.result() if fut is not None else self._load(e, w)}
+        nxt = self._next_window(e, w)
+        self._epoch(nxt[0])  # epochs are built here, in the caller's thread only
+        if nxt not in self._pending and nxt not in self._cache:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+            self._pending = {nxt: self._pool.submit(self._load, *nxt)}
+        return self._cache[key]
+
+    def __call__(self, step: int) -> Batch:
+        e, w, off = self.locate(step)
+        tasks = self._window(e, w)
+        sub = {k: v[off * self.batch_size:(off + 1) * self.batch_size] for k, v in tasks.items()}
+        return self.make_batch(sub, np.random.default_rng([self.seed, step, 1]))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
