@@ -2,7 +2,11 @@
 
 Pipeline::
 
-    PriorConfig ──> PriorStore.create_or_open ──(complete?)──> return path (no work)
+    PriorConfig ──> store_lock ──> PriorStore.create_or_open
+                          v
+          damaged_chunks: re-check every marked chunk (file, decoding, digest);
+          invalidate the bad ones (a finalized store loses its checksums first)
+                          ──(complete and intact?)──> return path (no work)
                           │ pending chunks
                           v
           subflow "generate-prior-chunks" on a DaskTaskRunner(n_workers)
@@ -16,9 +20,14 @@ flow (deployable, parameters validated) that runs the chunk tasks in a subflow r
 call with ``generate_prior_chunks.with_options(task_runner=make_task_runner(n_workers))``.
 The runner is threaded Dask workers locally, or the scheduler at $DASK_SCHEDULER_ADDRESS.
 
-Resume: completed chunks carry markers in the store, so re-running after a crash or a
-cancelled run only samples the chunks still pending; the bytes equal those of an
+Resume and repair: completed chunks carry markers and digests in the store, so re-running
+after a crash, a cancelled run or damage to the files (deleted, truncated or altered chunks)
+samples only the chunks still pending or failing their digests; the bytes equal those of an
 uninterrupted run because every task is seeded by its own index.
+
+One run per store at a time: the whole run holds :func:`storage.prior_store.store_lock`, so a
+second run of the same config (another process or thread) waits, then finds the store
+complete and writes nothing. The lock is per run, not per chunk: chunk tasks run inside it.
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from prefect.futures import as_completed
 
 from flows.runtime import make_task_runner
 from pipeline_lib.priors import PriorConfig
-from storage.prior_store import PriorStore
+from storage.prior_store import PriorStore, store_lock, store_path
 from tasks.generate import generate_chunk
 
 __all__ = ["PRIOR_UPDATED_EVENT", "generate_prior", "generate_prior_chunks", "prior_resource"]
@@ -72,16 +81,32 @@ def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, i
 def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: int = 2) -> str:
     """Generate (or resume, or just locate) the store of `config` under `root`; return its path.
 
-    A complete store returns at once without running any chunk task. Otherwise every
-    pending chunk is sampled on `n_workers` Dask workers, the store is finalized
-    (checksums written last) and the event ``causalmeta.prior.updated`` is emitted with
-    resource :func:`prior_resource`.
+    A complete store whose chunks all pass their digests returns without running any chunk
+    task. Otherwise every pending or damaged chunk is sampled on `n_workers` Dask workers,
+    the store is finalized (checksums written last) and the event
+    ``causalmeta.prior.updated`` is emitted with resource :func:`prior_resource`.
     """
     logger = get_run_logger()
     root = str(Path(root).resolve())  # workers (threads or remote) must see one absolute root
+    with store_lock(
+        store_path(root, config),
+        on_wait=lambda holder: logger.info("another generate run holds the store lock (%s); waiting", holder),
+    ):
+        return _generate_locked(config, root, n_workers)
+
+
+def _generate_locked(config: PriorConfig, root: str, n_workers: int) -> str:
+    logger = get_run_logger()
     store = PriorStore.create_or_open(root, config)
+    damaged = store.damaged_chunks()
+    if damaged:
+        logger.warning(
+            "prior %s: %d damaged chunk(s) will be regenerated: %s", config.name, len(damaged),
+            "; ".join(problem for _, _, problem in damaged[:10]),
+        )
+        store.invalidate([(split, c) for split, c, _ in damaged])
     if store.is_complete:
-        logger.info("prior %s already complete at %s", config.name, store.path)
+        logger.info("prior %s already complete and intact at %s", config.name, store.path)
         return str(store.path)
     pending = store.pending_chunks()
     total = sum(store.n_chunks(s) for s in ("train", "val", "test"))

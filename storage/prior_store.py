@@ -23,11 +23,28 @@ chunk, so chunk c of a split covers the task range ``[c * C, min((c + 1) * C, T)
 exactly one Zarr chunk of every array. Writers of different chunks therefore touch
 disjoint keys, which makes concurrent writes from Dask workers (threads or processes) safe.
 
-Completion bookkeeping. A finished chunk sets its own element of `chunk_done` *after* its
-data; `chunk_done` has chunk size 1, so each marker is its own key and no two writers ever
-read-modify-write the same object (a shared attribute list would lose updates under
-concurrency). A writer that dies half-way leaves no marker and its chunk is rewritten on
-resume; a chunk with a marker is never rewritten.
+Completion bookkeeping. A finished chunk writes its data, then its digests, then sets its
+own element of `chunk_done`; `chunk_done` has chunk size 1, so each marker is its own key and
+no two writers ever read-modify-write the same object (a shared attribute list would lose
+updates under concurrency). A writer that dies half-way leaves no marker and its chunk is
+rewritten on resume; a chunk with a marker is never rewritten by `write_chunk`. Resume
+(`damaged_chunks` + `invalidate`) re-checks every marked chunk against its digests, so a
+marker never certifies a chunk that was lost or damaged after it was written.
+
+Per-chunk digests. ``<split>/chunk_sha256`` (n_chunks, n_arrays, 32) uint8, chunk (1, ...),
+holds for every chunk c and data array a (in the order of its ``arrays`` attribute)
+
+    sha256( "<split>/<a>[<c>]|<t.str>|<shape>|" ‖ bytes(a[start:stop]) )
+
+of the chunk's decoded values, written by the chunk's own writer after its data and before
+its marker. Every `read` re-checks the chunks it touches: marker set, digest present, chunk
+file present (Zarr would silently return the fill value for a missing one; data arrays are
+written with ``write_empty_chunks`` so every chunk has a file), decodable, digest equal.
+Anything else raises :class:`StoreCorruptedError` naming split, array, chunk and task range;
+no value of a damaged chunk is ever returned. Stores written before digests existed
+("legacy", no ``chunk_sha256``) are checked against the whole-array checksums on the first
+read of each split instead, and get digests on the next `generate` (their chunks are
+regenerated, byte-identical).
 
 Root attributes: ``config`` (the PriorConfig as JSON), ``hash`` (full sha256 content hash),
 ``generator_version``, ``created_at``, and, written by :meth:`PriorStore.finalize` only,
@@ -42,20 +59,31 @@ Checksum definition: for an array ``a`` of shape ``(T, ...)`` and dtype ``t``,
 where ``bytes`` is the C-order little/native-endian buffer of the *decoded* values. Hashing
 decoded values (rather than compressed chunk files) keeps checksums independent of the
 Blosc build while any change of a stored value, or an undecodable chunk, is detected.
+:attr:`PriorStore.content_digest` (sha256 over the sorted checksums) names the bytes of a
+whole store; the result cache is keyed by it (storage.results).
+
+Concurrency between runs: :func:`store_lock` is an exclusive ``fcntl.flock`` on
+``<store>.zarr.lock`` beside the store; the generate flow holds it for a whole run, so a second
+run of the same config waits and then finds the store complete (local filesystems only).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.sync import sync as _zarr_sync
 
 if TYPE_CHECKING:  # storage -> pipeline_lib for types only; imported lazily at runtime
     from pipeline_lib.priors import PriorConfig
@@ -69,6 +97,7 @@ __all__ = [
     "StoreConfigMismatchError",
     "StoreCorruptedError",
     "prior_layout",
+    "store_lock",
     "store_path",
 ]
 
@@ -76,9 +105,14 @@ log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _DONE = "chunk_done"
+_DIGEST = "chunk_sha256"
+_BOOKKEEPING = frozenset({_DONE, _DIGEST})
 # zstd + bitshuffle at a moderate level: float32 samples barely compress, so higher levels
 # cost writer time for a few percent of disk.
 _COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# Zarr 3 skips writing chunks equal to the fill value by default; then a deleted chunk file
+# and an all-zero chunk look the same. Writing every chunk makes "file missing" an error.
+_WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 
 
 class PriorStoreError(ValueError):
@@ -94,7 +128,7 @@ class StoreConfigMismatchError(PriorStoreError):
 
 
 class StoreCorruptedError(PriorStoreError):
-    """Recomputed checksums differ from the stored ones."""
+    """Stored bytes fail their checks: a chunk is missing, undecodable or differs from its digest."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +144,48 @@ class ArraySpec:
 
 
 def store_path(root: str | Path, config: "PriorConfig") -> Path:
-    """`<root>/priors/<name>-<hash[:12]>.zarr` for `config`."""
-    return Path(root) / "priors" / f"{config.name}-{config.content_hash()[:12]}.zarr"
+    """`<root>/priors/<name>-<hash[:12]>.zarr` for `config`.
+
+    Raises :class:`PriorStoreError` when the name would place the store anywhere but directly
+    in ``<root>/priors`` (``..``, ``/`` or an absolute name). The store's parent directory is
+    resolved, not the store itself, so a store that is a symlink to another disk stays valid.
+    """
+    priors = Path(root) / "priors"
+    path = priors / f"{config.name}-{config.content_hash()[:12]}.zarr"
+    if path.parent.resolve() != priors.resolve() or path.name in ("", ".", ".."):
+        raise PriorStoreError(
+            f"config name {config.name!r}: its store {path} resolves to {path.parent.resolve() / path.name}, "
+            f"outside {priors.resolve()}; a prior name must not contain '/' or '..'"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def store_lock(path: str | Path, on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on the store at `path` (``<path>.lock``, fcntl.flock) while inside.
+
+    Blocks until the lock is free; `on_wait` is called once, with what the lock file says about
+    its holder, if another run holds it. The lock is released when the holder exits or dies
+    (the kernel drops flock locks of closed descriptors), so a killed run never leaves a
+    stale lock. The lock file is kept: deleting it would let two runs lock different inodes.
+    """
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def prior_layout(config: "PriorConfig") -> dict[str, ArraySpec]:
@@ -147,9 +221,22 @@ def _chunk_bounds(n_tasks: int, chunk_tasks: int, chunk_index: int) -> tuple[int
     return start, min(start + chunk_tasks, n_tasks)
 
 
+def _chunk_digest(split: str, name: str, chunk_index: int, values: np.ndarray) -> bytes:
+    """sha256 of one chunk's decoded values; split/array/chunk in the prefix, so a chunk file
+    copied over another one (same shape, other place) does not match."""
+    values = np.ascontiguousarray(values)
+    h = hashlib.sha256(f"{split}/{name}[{chunk_index}]|{values.dtype.str}|{values.shape}|".encode())
+    h.update(values.view(np.uint8).data if values.dtype == np.bool_ else values.data)
+    return h.digest()
+
+
+def _checksum_hasher(arr: zarr.Array) -> "hashlib._Hash":
+    return hashlib.sha256(f"{arr.dtype.str}|{tuple(arr.shape)}|".encode())
+
+
 def _array_checksum(arr: zarr.Array) -> str:
     """sha256 over dtype, shape and the decoded values, streamed one chunk at a time."""
-    h = hashlib.sha256(f"{arr.dtype.str}|{tuple(arr.shape)}|".encode())
+    h = _checksum_hasher(arr)
     step = arr.chunks[0]
     for start in range(0, arr.shape[0], step):
         block = np.ascontiguousarray(arr[start : start + step])
@@ -157,12 +244,19 @@ def _array_checksum(arr: zarr.Array) -> str:
     return h.hexdigest()
 
 
+def _chunk_file_exists(arr: zarr.Array, chunk_index: int) -> bool:
+    """Whether the store holds the key of chunk `chunk_index` (along the task axis) of `arr`."""
+    key = arr.metadata.encode_chunk_key((chunk_index,) + (0,) * (arr.ndim - 1))
+    sp = arr.store_path
+    return bool(_zarr_sync(sp.store.exists(f"{sp.path}/{key}" if sp.path else key)))
+
+
 class PriorStore:
     """Read/write access to one prior's Zarr store.
 
     Create (or resume) with :meth:`create_or_open`, fill with :meth:`write_chunk` for every
     entry of :meth:`pending_chunks`, then :meth:`finalize`. Readers use :meth:`open`, which
-    refuses stores that are not finalized.
+    refuses stores that are not finalized; :meth:`read` verifies every chunk it returns.
     """
 
     def __init__(self, path: Path, group: zarr.Group, config: "PriorConfig | None" = None):
@@ -170,6 +264,10 @@ class PriorStore:
         self._group = group
         self._attrs: dict[str, Any] = dict(group.attrs)
         self._config = config
+        self._digest_order: dict[str, dict[str, int]] = {}
+        self._legacy_checked: set[str] = set()
+        # Opening a Zarr array reads its metadata file; shapes never change, so open each once.
+        self._handles: dict[str, dict[str, zarr.Array]] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,8 +275,9 @@ class PriorStore:
         """Open the store of `config` under `root`, creating groups and arrays if absent.
 
         Idempotent: a store whose creation was interrupted is completed, an existing store is
-        opened as it is. Raises :class:`StoreConfigMismatchError` *before writing anything*
-        when the directory holds a store of another config.
+        opened as it is (a legacy store gains empty digest arrays: its chunks then count as
+        damaged until regenerated). Raises :class:`StoreConfigMismatchError` *before writing
+        anything* when the directory holds a store of another config.
         """
         path = store_path(root, config)
         full_hash = config.content_hash()
@@ -206,6 +305,7 @@ class PriorStore:
             )
         for split in SPLITS:
             n_tasks = int(getattr(config.splits, split))
+            n_chunks = math.ceil(n_tasks / config.chunk_tasks)
             sg = group.require_group(split)
             existing_arrays = set(sg.array_keys())
             for name, spec in layout.items():
@@ -228,8 +328,14 @@ class PriorStore:
                     fill_value=np.zeros((), spec.dtype).item(),
                 )
             if _DONE not in existing_arrays:
-                n_chunks = math.ceil(n_tasks / config.chunk_tasks)
                 sg.create_array(_DONE, shape=(n_chunks,), chunks=(1,), dtype=np.uint8, fill_value=0)
+            if _DIGEST not in existing_arrays:
+                names = sorted(layout)
+                # all-zero row (the fill value) = "no digest": no sha256 output is all zeros in practice
+                sg.create_array(
+                    _DIGEST, shape=(n_chunks, len(names), 32), chunks=(1, len(names), 32),
+                    dtype=np.uint8, fill_value=0, attributes={"arrays": names},
+                )
         return cls(path, group, config)
 
     @classmethod
@@ -302,19 +408,33 @@ class PriorStore:
             raise IncompleteStoreError(f"{self.path}: attribute 'checksums' absent")
         return dict(self._attrs["checksums"])
 
+    @property
+    def content_digest(self) -> str:
+        """sha256 hex over the sorted per-array checksums: names the bytes of the whole store.
+
+        Two finalized stores have the same digest iff every array has the same checksum;
+        a store regenerated with other bytes gets another one.
+        """
+        blob = json.dumps(self.checksums, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
     def array_names(self, split: str) -> list[str]:
         """Data arrays of `split` (bookkeeping excluded), sorted."""
-        return sorted(k for k in self._split(split).array_keys() if k != _DONE)
+        return sorted(k for k in self._arrays(split) if k not in _BOOKKEEPING)
 
     def n_tasks(self, split: str) -> int:
-        return int(self._split(split)["adjacency"].shape[0])
+        return int(self._arrays(split)["adjacency"].shape[0])
 
     def n_chunks(self, split: str) -> int:
-        return int(self._split(split)[_DONE].shape[0])
+        return int(self._arrays(split)[_DONE].shape[0])
 
     @property
     def chunk_tasks(self) -> int:
         return int(self._attrs["chunk_tasks"])
+
+    def has_chunk_digests(self, split: str) -> bool:
+        """False for legacy stores, written before per-chunk digests existed."""
+        return _DIGEST in self._arrays(split)
 
     # ------------------------------------------------------------------ writing
     def chunk_range(self, split: str, chunk_index: int) -> tuple[int, int]:
@@ -325,35 +445,42 @@ class PriorStore:
 
     def chunk_is_done(self, split: str, chunk_index: int) -> bool:
         self.chunk_range(split, chunk_index)
-        return bool(self._split(split)[_DONE][chunk_index])
+        return bool(self._markers(split, chunk_index)[0])
 
     def write_chunk(self, split: str, chunk_index: int, arrays: Mapping[str, np.ndarray]) -> bool:
-        """Write the tasks of chunk `chunk_index` of `split`, then mark it done.
+        """Write the tasks of chunk `chunk_index` of `split`, its digests, then mark it done.
 
         `arrays` maps every stored array name to values of shape ``(stop - start, ...)`` with
         the stored dtype. Returns False (writing nothing) if the chunk is already marked done:
         completed chunks are never rewritten, so retried tasks are harmless.
         """
         start, stop = self.chunk_range(split, chunk_index)
-        sg = self._split(split)
-        if bool(sg[_DONE][chunk_index]):
+        sg = self._arrays(split)
+        if bool(self._markers(split, chunk_index)[0]):
             return False
-        names = set(self.array_names(split))
-        missing, extra = names - set(arrays), set(arrays) - names
+        names = self.array_names(split)
+        missing, extra = set(names) - set(arrays), set(arrays) - set(names)
         if missing or extra:
             raise PriorStoreError(
                 f"write_chunk({split!r}, {chunk_index}): missing arrays {sorted(missing)}, "
                 f"unexpected arrays {sorted(extra)}"
             )
-        for name in sorted(names):
+        for name in names:
             arr, value = sg[name], np.asarray(arrays[name])
             expected = (stop - start, *arr.shape[1:])
             if value.shape != expected:
                 raise PriorStoreError(f"{split}/{name}: shape {value.shape}, expected {expected} (tasks {start}:{stop})")
             if value.dtype != arr.dtype:
                 raise PriorStoreError(f"{split}/{name}: dtype {value.dtype}, expected {arr.dtype}")
-        for name in sorted(names):
-            sg[name][start:stop] = np.ascontiguousarray(arrays[name])
+        order = self._order(split)
+        digests = np.zeros((len(order), 32), np.uint8)
+        for name in names:
+            value = np.ascontiguousarray(arrays[name])
+            sg[name].with_config(_WRITE_ALL_CHUNKS)[start:stop] = value
+            if order:
+                digests[order[name]] = np.frombuffer(_chunk_digest(split, name, chunk_index, value), np.uint8)
+        if order:  # after the data: a digest never vouches for a chunk not yet written
+            sg[_DIGEST][chunk_index] = digests
         # The marker goes last: a crash before this line leaves the chunk pending.
         sg[_DONE][chunk_index] = 1
         return True
@@ -362,24 +489,58 @@ class PriorStore:
         """(split, chunk_index, start, stop) of every chunk without a completion marker."""
         out = []
         for split in SPLITS:
-            done = self._split(split)[_DONE][:]
+            done = self._markers(split)
             n = self.n_tasks(split)
             for c in np.flatnonzero(done == 0).tolist():
                 out.append((split, c, *_chunk_bounds(n, self.chunk_tasks, c)))
         return out
 
+    def damaged_chunks(self) -> list[tuple[str, int, str]]:
+        """(split, chunk_index, what is wrong) of every chunk marked done that fails its checks.
+
+        Reads every marked chunk once (decode + sha256). A chunk of a legacy split (no digest
+        recorded) counts as damaged: regenerating it is the way it gets its digests.
+        """
+        out = []
+        for split in SPLITS:
+            done = self._markers(split)
+            for c in np.flatnonzero(done != 0).tolist():
+                problems = self._check_chunk(split, c)[1]
+                if problems:
+                    out.append((split, c, "; ".join(problems)))
+        return out
+
+    def invalidate(self, chunks: list[tuple[str, int]]) -> None:
+        """Mark chunks pending again, so generation rewrites them (byte-identical: seeded per task).
+
+        A finalized store first loses its ``checksums``: from then on readers refuse it as
+        incomplete until it is finalized again, and a crash half-way leaves it resumable.
+        """
+        if not chunks:
+            return
+        if self.is_complete:
+            del self._group.attrs["checksums"]
+            self._attrs = dict(self._group.attrs)
+        for split, c in chunks:
+            self.chunk_range(split, c)
+            self._arrays(split)[_DONE][c] = 0
+
     def compute_checksums(self) -> dict[str, str]:
-        """Fresh checksums ("<split>/<array>" -> sha256 hex) of every data array."""
-        return {
-            f"{split}/{name}": _array_checksum(self._split(split)[name])
-            for split in SPLITS
-            for name in self.array_names(split)
-        }
+        """Fresh checksums ("<split>/<array>" -> sha256 hex) of every data array.
+
+        Every chunk is verified on the way (see :meth:`read`); raises
+        :class:`StoreCorruptedError` naming the chunks that fail.
+        """
+        checksums, problems = self._scan()
+        if problems:
+            raise StoreCorruptedError(f"{self.path}: " + "; ".join(problems))
+        return checksums
 
     def finalize(self) -> dict[str, str]:
-        """Check every chunk is done, write the checksums as the very last attribute.
+        """Check every chunk is done and intact, write the checksums as the very last attribute.
 
-        Returns the checksums. Raises :class:`IncompleteStoreError` listing pending chunks.
+        Returns the checksums. Raises :class:`IncompleteStoreError` listing pending chunks and
+        :class:`StoreCorruptedError` naming damaged ones: a marker alone never certifies a chunk.
         A store that is already complete is left untouched.
         """
         if self.is_complete:
@@ -403,22 +564,18 @@ class PriorStore:
         return checksums
 
     def verify(self, *, raise_error: bool = False) -> bool:
-        """Recompute every checksum and compare with the stored ones.
+        """Re-check every chunk (marker, file, decoding, digest) and every array checksum.
 
-        Returns True if all match. On a mismatch (or an undecodable chunk) logs which arrays
-        differ and returns False, or raises :class:`StoreCorruptedError` if `raise_error`.
+        Returns True if all pass. Otherwise logs what fails (split, array, chunk) and returns
+        False, or raises :class:`StoreCorruptedError` if `raise_error`.
         """
-        stored = self.checksums
-        bad: list[str] = []
-        for key, expected in stored.items():
-            split, name = key.split("/", 1)
-            try:
-                actual = _array_checksum(self._split(split)[name])
-            except Exception as exc:  # a truncated/garbled chunk fails to decode
-                bad.append(f"{key} (unreadable: {exc})")
-                continue
-            if actual != expected:
-                bad.append(f"{key} (stored {expected[:12]}..., recomputed {actual[:12]}...)")
+        checksums, bad = self._scan()
+        if not bad and self.is_complete:
+            stored = self.checksums
+            for key in sorted(set(stored) | set(checksums)):
+                expected, actual = stored.get(key), checksums.get(key)
+                if expected != actual:
+                    bad.append(f"{key} (stored checksum {str(expected)[:12]}..., recomputed {str(actual)[:12]}...)")
         if bad:
             msg = f"{self.path}: checksum mismatch in {', '.join(bad)}"
             if raise_error:
@@ -429,24 +586,179 @@ class PriorStore:
 
     # ------------------------------------------------------------------ reading
     def read(self, split: str, start: int = 0, stop: int | None = None, as_torch: bool = False) -> dict:
-        """Arrays of tasks ``start:stop`` of `split` (numpy, or torch tensors if `as_torch`)."""
+        """Arrays of tasks ``start:stop`` of `split` (numpy, or torch tensors if `as_torch`).
+
+        Every chunk touched is read whole and checked against its digest before any of its
+        values is returned; a missing, undecodable or altered chunk (or one not marked done)
+        raises :class:`StoreCorruptedError` naming split, array, chunk and task range.
+        """
         n = self.n_tasks(split)
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
             raise PriorStoreError(f"read({split!r}, {start}, {stop}): range outside [0, {n}]")
-        sg = self._split(split)
-        out = {name: sg[name][start:stop] for name in self.array_names(split)}
+        sg = self._arrays(split)
+        names = self.array_names(split)
+        if not self.has_chunk_digests(split):
+            self._check_legacy_split(split)
+            out = {name: sg[name][start:stop] for name in names}
+        else:
+            arrays = {name: sg[name] for name in names}
+            out = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in arrays.items()}
+            step = self.chunk_tasks
+            for c in range(start // step, -(-stop // step)):
+                blocks = self._read_chunk(split, c, arrays)
+                c0, c1 = _chunk_bounds(n, step, c)
+                lo, hi = max(start, c0), min(stop, c1)
+                for name, block in blocks.items():
+                    out[name][lo - start : hi - start] = block[lo - c0 : hi - c0]
         if as_torch:
             import torch
 
             out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
         return out
 
+    # ------------------------------------------------------------------ checking
+    def _order(self, split: str) -> dict[str, int]:
+        """Array name -> column of the digest array (empty for a legacy split)."""
+        if split not in self._digest_order:
+            sg = self._arrays(split)
+            names = sg[_DIGEST].attrs["arrays"] if _DIGEST in sg else []
+            self._digest_order[split] = {name: i for i, name in enumerate(names)}
+        return self._digest_order[split]
+
+    def _where(self, split: str, name: str, c: int) -> str:
+        c0, c1 = _chunk_bounds(self.n_tasks(split), self.chunk_tasks, c)
+        return f"{split}/{name} chunk {c} (tasks {c0}:{c1})"
+
+    def _check_chunk(
+        self, split: str, c: int, arrays: Mapping[str, zarr.Array] | None = None, *, first_only: bool = False
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Decoded, verified blocks of chunk `c` and the problems found (an empty list: all good)."""
+        sg = self._arrays(split)
+        c0, c1 = _chunk_bounds(self.n_tasks(split), self.chunk_tasks, c)
+        arrays = arrays if arrays is not None else {name: sg[name] for name in self.array_names(split)}
+        order = self._order(split)
+        if not order:
+            return {}, [f"{split} chunk {c} (tasks {c0}:{c1}): no per-chunk digests (store written before them)"]
+        try:
+            done = int(sg[_DONE][c])
+            digests = sg[_DIGEST][c]
+        except Exception as exc:  # a garbled bookkeeping chunk fails to decode
+            return {}, [f"{self._where(split, _DONE + '/' + _DIGEST, c)}: unreadable ({type(exc).__name__}: {exc})"]
+        if not done:
+            return {}, [f"{self._where(split, _DONE, c)}: not marked done (never written, interrupted or marker lost)"]
+        blocks, problems = {}, []
+        for name, arr in arrays.items():
+            problem = None
+            expected = digests[order[name]].tobytes() if name in order else bytes(32)
+            if expected == bytes(32):
+                problem = "no digest recorded"
+            elif arr.size and not _chunk_file_exists(arr, c):
+                problem = "chunk file missing (Zarr would return fill values)"
+            else:
+                try:
+                    block = arr[c0:c1]
+                except Exception as exc:  # truncated / garbled chunk file
+                    problem = f"undecodable ({type(exc).__name__}: {exc})"
+                else:
+                    actual = _chunk_digest(split, name, c, block)
+                    if actual != expected:
+                        problem = f"digest mismatch (stored {expected.hex()[:12]}..., read {actual.hex()[:12]}...)"
+                    else:
+                        blocks[name] = block
+            if problem is not None:
+                problems.append(f"{self._where(split, name, c)}: {problem}")
+                if first_only:
+                    break
+        return blocks, problems
+
+    def _read_chunk(self, split: str, c: int, arrays: Mapping[str, zarr.Array]) -> dict[str, np.ndarray]:
+        blocks, problems = self._check_chunk(split, c, arrays, first_only=True)
+        if problems:
+            raise StoreCorruptedError(
+                f"{self.path}: {problems[0]}; no data returned. Re-run `causalmeta generate` on its "
+                "config to regenerate the damaged chunks"
+            )
+        return blocks
+
+    def _scan(self) -> tuple[dict[str, str], list[str]]:
+        """Checksums of all data arrays, computed from verified chunks, and every problem found."""
+        checksums: dict[str, str] = {}
+        problems: list[str] = []
+        for split in SPLITS:
+            sg = self._arrays(split)
+            arrays = {name: sg[name] for name in self.array_names(split)}
+            if not self.has_chunk_digests(split):  # legacy: whole-array checksums only
+                for name, arr in arrays.items():
+                    try:
+                        checksums[f"{split}/{name}"] = _array_checksum(arr)
+                    except Exception as exc:
+                        problems.append(f"{split}/{name} (unreadable: {exc})")
+                continue
+            hashers = {name: _checksum_hasher(arr) for name, arr in arrays.items()}
+            split_ok = True
+            for c in range(self.n_chunks(split)):
+                blocks, found = self._check_chunk(split, c, arrays)
+                problems.extend(found)
+                split_ok &= not found
+                if split_ok:
+                    for name, block in blocks.items():
+                        hashers[name].update(np.ascontiguousarray(block).tobytes())
+            if split_ok:
+                checksums.update({f"{split}/{name}": h.hexdigest() for name, h in hashers.items()})
+        return checksums, problems
+
+    def _check_legacy_split(self, split: str) -> None:
+        """A split without digests is verified whole, once per handle, before its first read."""
+        if split in self._legacy_checked:
+            return
+        log.warning("%s: split %r has no per-chunk digests; verifying its array checksums before reading "
+                    "(re-run generate to add digests)", self.path, split)
+        stored = self.checksums
+        bad = []
+        for name in self.array_names(split):
+            key = f"{split}/{name}"
+            try:
+                actual = _array_checksum(self._arrays(split)[name])
+            except Exception as exc:
+                bad.append(f"{key} (unreadable: {exc})")
+                continue
+            if actual != stored.get(key):
+                bad.append(f"{key} (checksum differs from the stored one)")
+        if bad:
+            raise StoreCorruptedError(f"{self.path}: {', '.join(bad)}; no data returned")
+        self._legacy_checked.add(split)
+
     # ------------------------------------------------------------------ helpers
     def _split(self, split: str) -> zarr.Group:
         if split not in SPLITS:
             raise PriorStoreError(f"split must be one of {SPLITS}, got {split!r}")
         return self._group[split]
+
+    def _markers(self, split: str, chunk_index: int | None = None) -> np.ndarray:
+        """Completion markers of all chunks of `split` (or of one); an unreadable marker reads 0.
+
+        A garbled marker file must not stop generation: its chunk is simply pending again,
+        and rewriting it replaces the file (chunk size 1: no read-modify-write).
+        """
+        done = self._arrays(split)[_DONE]
+        index = range(done.shape[0]) if chunk_index is None else [chunk_index]
+        try:
+            return done[:] if chunk_index is None else done[chunk_index : chunk_index + 1]
+        except Exception:
+            out = np.zeros(len(index), np.uint8)
+            for i, c in enumerate(index):
+                try:
+                    out[i] = done[c]
+                except Exception as exc:
+                    log.warning("%s: %s/%s[%d] unreadable (%s); chunk counts as pending", self.path, split, _DONE, c, exc)
+            return out
+
+    def _arrays(self, split: str) -> dict[str, zarr.Array]:
+        """All arrays of `split` (data and bookkeeping) by name, opened once per handle."""
+        if split not in self._handles:
+            self._handles[split] = dict(self._split(split).arrays())
+        return self._handles[split]
 
     def __repr__(self) -> str:
         state = "complete" if self.is_complete else "incomplete"
@@ -455,6 +767,4 @@ class PriorStore:
 
 def _json_plain(config: "PriorConfig") -> Any:
     """The config as plain JSON types (Zarr attributes reject numpy scalars)."""
-    import json
-
     return json.loads(config.to_json())

@@ -1,9 +1,15 @@
 """Per-task evaluation results, next to the prior they were computed on.
 
-Layout: ``<root>/results/<prior-name>-<hash12>/<method key>/task_<split>_<index>.json`` (+ ``.npz``
-with summary arrays such as edge probabilities). A method key pins what produced the
+Layout: ``<root>/results/<prior-name>-<hash12>/bytes-<content16>/<method key>/task_<split>_<index>.json``
+(+ ``.npz`` with summary arrays such as edge probabilities). ``content16`` is the start of the
+store's :attr:`~storage.prior_store.PriorStore.content_digest` (a hash over its per-array
+checksums), so results are tied to the bytes they were computed from, not to the store's
+name: a store regenerated with other bytes gets a fresh namespace, while a repair that
+restores the same bytes keeps its results. A method key pins what produced the
 numbers: ``<baseline>-<config hash8>`` or ``<method>-v<registered model version>``, so results
-are reused exactly when (method version, prior hash) match, and recomputed otherwise.
+are reused exactly when (method version, prior bytes) match, and recomputed otherwise.
+Records written before this layout (directly under ``<prior-name>-<hash12>/<method key>``)
+stay on disk but are not reused: nothing says which bytes they were computed from.
 A record holds ``status`` (``ok`` | ``failed``), ``error`` (the message when failed) and the
 metrics; failed records are kept (never silently dropped) and retried on the next run.
 """
@@ -24,15 +30,21 @@ def config_key(name: str, config: dict[str, Any] | None) -> str:
 
 
 class ResultStore:
-    """Per-task JSON records of one prior (by store directory name)."""
+    """Per-task JSON records of one prior (``prior_dir_name``: a relative folder under results/)."""
 
-    def __init__(self, root: str | Path, prior_dir_name: str):
+    def __init__(self, root: str | Path, prior_dir_name: str | Path):
         self.dir = Path(root) / "results" / prior_dir_name
 
     @classmethod
     def for_store(cls, root: str | Path, store_path: str | Path) -> "ResultStore":
-        """Results of a prior store live under its directory name (``<name>-<hash12>``, no ``.zarr``)."""
-        return cls(root, Path(store_path).name.removesuffix(".zarr"))
+        """Results of a finalized prior store, keyed by its name and its content digest.
+
+        Opens the store (refusing an incomplete one) to read its checksums.
+        """
+        from storage.prior_store import PriorStore
+
+        digest = PriorStore.open(store_path).content_digest
+        return cls(root, Path(Path(store_path).name.removesuffix(".zarr")) / f"bytes-{digest[:16]}")
 
     def _path(self, method_key: str, split: str, index: int, ext: str) -> Path:
         return self.dir / method_key / f"task_{split}_{index:05d}.{ext}"

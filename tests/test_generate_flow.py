@@ -1,4 +1,5 @@
-"""The Prefect flow `generate_prior`: worker-count invariance, no-op on complete stores, event."""
+"""The Prefect flow `generate_prior`: worker-count invariance, no-op on complete stores, event,
+repair of a damaged store, one run at a time per store (issue 12, items 5 and 7)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from pathlib import Path
+
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +116,83 @@ def test_complete_store_does_no_work_and_partial_store_resumes(generated, monkey
     assert sorted(written) == [("test", 0), ("train", 1)]
     assert PriorStore.open(path).checksums == ref_checksums
     assert len(events) == 1 and events[0]["payload"]["n_chunks_written"] == 2
+
+
+def chunk_file(path: str | Path, split: str, name: str, c: int) -> Path:
+    arr = zarr.open_array(str(Path(path) / split / name), mode="r")
+    return Path(path) / split / name / arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
+
+
+def store_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of the store except the root zarr.json (it holds timestamps)."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p != path / "zarr.json"}
+
+
+def test_rerun_repairs_damaged_store_byte_identically(tmp_path, monkeypatch):
+    """Issue 12 item 5: a complete store with lost or altered chunks is repaired, not re-certified."""
+    from storage.prior_store import StoreCorruptedError
+
+    config = small_config()
+    monkeypatch.setattr(generate_flow, "emit_event", lambda **kw: None)
+    path = generate_flow.generate_prior(config, root=str(tmp_path), n_workers=1)
+    reference, ref_checksums = store_files(path), PriorStore.open(path).checksums
+
+    chunk_file(path, "train", "x_obs", 1).unlink()
+    raw = bytearray(chunk_file(path, "test", "x_int", 0).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk_file(path, "test", "x_int", 0).write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptedError, match="train/x_obs chunk 1"):
+        PriorStore.open(path).read("train")
+
+    written: list[tuple[str, int]] = []
+    real_write = PriorStore.write_chunk
+    monkeypatch.setattr(PriorStore, "write_chunk",
+                        lambda self, s, c, a: written.append((s, c)) or real_write(self, s, c, a))
+    assert generate_flow.generate_prior(config, root=str(tmp_path), n_workers=1) == path
+    assert sorted(written) == [("test", 0), ("train", 1)]  # only the damaged chunks
+    repaired = PriorStore.open(path)
+    assert repaired.verify() and repaired.checksums == ref_checksums
+    assert store_files(path) == reference
+
+
+def test_concurrent_runs_of_one_config_do_the_work_once(tmp_path, monkeypatch):
+    """Issue 12 item 7: the second of two simultaneous runs waits for the store lock, then finds
+    the store complete; every chunk is sampled exactly once."""
+    import tasks.generate as generate_task
+
+    config = small_config()
+    monkeypatch.setattr(generate_flow, "emit_event", lambda **kw: None)
+    # Prefect ships the chunk task (and the globals it uses) by value: a list would be copied,
+    # so the calls are recorded in a file
+    log_file = tmp_path / "sampled.log"
+    real_sample = generate_task.sample_split_range
+
+    def slow_sample(cfg, split, start, stop):
+        with open(log_file, "a") as f:
+            f.write(f"{split} {start}\n")
+        time.sleep(0.3)  # widen the window in which two runs would both sample a chunk
+        return real_sample(cfg, split, start, stop)
+
+    monkeypatch.setattr(generate_task, "sample_split_range", slow_sample)
+    paths, errors = [], []
+
+    def run():
+        try:
+            paths.append(generate_flow.generate_prior(config, root=str(tmp_path), n_workers=2))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(paths) == 2 and paths[0] == paths[1]
+    sampled = log_file.read_text().split("\n")[:-1]
+    assert len(sampled) == 5 and len(set(sampled)) == 5  # each of the 5 chunks sampled once
+    assert PriorStore.open(paths[0]).verify()
 
 
 def test_make_task_runner(monkeypatch):
