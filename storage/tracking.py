@@ -17,13 +17,23 @@ Conventions:
 * a trained model is registered as ``causalmeta-<method>``; every model version
   carries the tags ``prior_hash`` and ``prior_name``, which is how
   :meth:`Tracker.registered_model_for_prior` answers "is the registered model
-  trained on this prior?". Loading a registered model needs the causalmeta
-  package importable (the model is pickled with its class references).
+  trained on this prior?";
+* a registered model is **data, never a pickle**: the version's artifact folder
+  ``model/`` holds ``state_dict.pt`` (tensors only, read with
+  ``torch.load(weights_only=True)``) and ``model.json`` (method, the typed model
+  config, the state dict's sha256). Loading rebuilds the module from the method
+  registry (``get_method(method).build(config)``) and loads the tensors into it,
+  so whoever can register a version can change weights, not run code. Versions
+  logged as pickles (``mlflow.pytorch``) by earlier code are refused;
+* a training run keeps its run id next to its checkpoints (``mlflow_run.json``,
+  :meth:`Tracker.training_run`): a run resumed from a checkpoint continues the
+  same MLflow run, so one run holds the whole curve.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -40,6 +50,8 @@ from storage.settings import ENV_MLFLOW_URI, default_tracking_uri  # noqa: E402
 BENCHMARK_EXPERIMENT = "benchmarks"
 MODEL_PREFIX = "causalmeta-"
 _PARAM_MAX = 6000  # MLflow's limit on one parameter value
+MODEL_FORMAT = "causalmeta-state-dict/1"
+RUN_FILE = "mlflow_run.json"  # next to a training run's checkpoints: the MLflow run they belong to
 
 
 class TrackingError(ValueError):
@@ -71,14 +83,12 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _pip_requirements() -> list[str]:
-    """Explicit requirements: MLflow's inference of them costs seconds per logged model."""
-    import numpy
-    import pydantic
-    import torch
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
-            f"pydantic=={pydantic.__version__}"]
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class Tracker:
@@ -141,22 +151,75 @@ class Tracker:
 
     @contextmanager
     def start_run(self, run_name: str | None = None, tags: Mapping[str, str] | None = None,
-                  experiment: str | None = None) -> Iterator["Tracker"]:
-        """Context manager: an active MLflow run; the run ends FAILED if the body raises."""
+                  experiment: str | None = None, run_id: str | None = None) -> Iterator["Tracker"]:
+        """Context manager: an active MLflow run (a new one, or run ``run_id`` continued).
+
+        The run ends FAILED if the body raises an error, KILLED if it is interrupted
+        (KeyboardInterrupt, SystemExit, Prefect's TerminationSignal on SIGTERM: BaseExceptions
+        that are not errors of the run itself).
+        """
         self._use()
-        exp_id = self.experiment_id(experiment)
-        run = self._mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                                     tags={k: str(v) for k, v in (tags or {}).items()})
+        str_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if run_id is not None:
+            run = self._mlflow.start_run(run_id=run_id)
+            if str_tags:
+                self._mlflow.set_tags(str_tags)
+        else:
+            run = self._mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
+                                         tags=str_tags)
         self._run = run
         status = "FINISHED"
         try:
             yield self
-        except BaseException:
+        except Exception:
             status = "FAILED"
+            raise
+        except BaseException:
+            status = "KILLED"
             raise
         finally:
             self._mlflow.end_run(status=status)
             self._run = None
+
+    @contextmanager
+    def training_run(self, folder: str | Path, resume: bool, run_name: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> Iterator["Tracker"]:
+        """:meth:`start_run` for a training whose checkpoints live in ``folder``.
+
+        The run id is kept in ``folder/mlflow_run.json``. With ``resume`` (the caller found a
+        checkpoint there) and that run still unfinished (RUNNING after a SIGKILL, FAILED or
+        KILLED), the same run is continued: its curve goes on from the checkpoint step (steps
+        between the checkpoint and the crash are logged again, with the same values on CPU).
+        Otherwise a new run starts; an old run left RUNNING is marked KILLED and the new one
+        carries its id in the tag ``causalmeta.previous_run``.
+        """
+        from mlflow.exceptions import MlflowException
+
+        folder = Path(folder)
+        marker = folder / RUN_FILE
+        previous = None
+        try:
+            recorded = json.loads(marker.read_text())
+            if recorded.get("tracking_uri") == self.uri:
+                previous = self.client.get_run(str(recorded["run_id"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, MlflowException):
+            previous = None  # no (readable) record, or a run this backend does not know
+        if resume and previous is not None and previous.info.status != "FINISHED":
+            with self.start_run(run_id=previous.info.run_id,
+                                tags={**(tags or {}), "causalmeta.resumed": "true"}) as tracker:
+                yield tracker
+            return
+        extra = {}
+        if previous is not None:
+            extra["causalmeta.previous_run"] = previous.info.run_id
+            if previous.info.status == "RUNNING":  # its process died without ending it
+                self.client.set_terminated(previous.info.run_id, status="KILLED")
+        with self.start_run(run_name=run_name, tags={**(tags or {}), **extra}) as tracker:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": self.uri}))
+            os.replace(tmp, marker)
+            yield tracker
 
     @property
     def run_id(self) -> str:
@@ -232,36 +295,54 @@ class Tracker:
 
     # ------------------------------------------------------------ registry
     def log_and_register_model(self, model, method: str, prior_hash: str, prior_name: str,
-                               input_example: Any = None) -> int:
-        """Log ``model`` (torch) to the active run and register it as ``causalmeta-<method>``.
+                               config: Any = None) -> int:
+        """Log ``model``'s state dict and typed config to the active run; register a version.
 
-        The new model version is tagged ``prior_hash``/``prior_name`` (and
-        ``method``). A CPU copy is logged so the model loads on any machine.
+        ``config`` (a pydantic model or dict) defaults to ``model.config``; it must validate
+        as the registered method's config class, or the version could not be rebuilt. The
+        version of ``causalmeta-<method>`` is tagged ``prior_hash``/``prior_name``/``method``/
+        ``run_id``. Tensors are copied to the CPU so the model loads on any machine.
 
         Returns:
             The registered version number.
         """
         self._require_run("log_and_register_model")
-        import mlflow.pytorch
+        import torch
+
+        from pipeline_lib.models.registry import get_method
 
         name = registered_name(method)
-        cpu_model = copy.deepcopy(model).cpu().eval()
-        info = mlflow.pytorch.log_model(
-            cpu_model,
-            name="model",
-            registered_model_name=name,
-            # pickle, not the pt2 export: forward takes a dict and returns a distribution object
-            serialization_format="pickle",
-            pip_requirements=_pip_requirements(),
-            input_example=input_example,
-        )
-        version = info.registered_model_version
-        if version is None:
+        spec = get_method(method)
+        config = config if config is not None else getattr(model, "config", None)
+        if config is None:
+            raise TrackingError(f"config: {type(model).__name__} has no .config; pass config= explicitly")
+        raw = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+        typed = spec.config_cls.model_validate(raw)  # refuse now what could not be rebuilt later
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            folder.mkdir()
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            torch.save(state, folder / "state_dict.pt")
+            meta = {"format": MODEL_FORMAT, "method": method,
+                    "config_class": f"{spec.config_cls.__module__}.{spec.config_cls.__qualname__}",
+                    "config": typed.model_dump(mode="json"), "torch": torch.__version__,
+                    "state_dict_sha256": _sha256(folder / "state_dict.pt")}
+            (folder / "model.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+            self._mlflow.log_artifacts(str(folder), artifact_path="model")
+        source = f"{self._run.info.artifact_uri.rstrip('/')}/model"
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:  # exists (or was created concurrently)
+            pass
+        tags = {"prior_hash": prior_hash, "prior_name": prior_name, "method": method, "run_id": self.run_id,
+                "format": MODEL_FORMAT}
+        mv = self.client.create_model_version(name, source=source, run_id=self.run_id,
+                                              tags={k: str(v) for k, v in tags.items()})
+        if mv.version is None:
             raise TrackingError(f"log_and_register_model: registration of {name} returned no version")
-        for key, value in {"prior_hash": prior_hash, "prior_name": prior_name, "method": method,
-                           "run_id": self.run_id}.items():
-            self.client.set_model_version_tag(name, str(version), key, str(value))
-        return int(version)
+        return int(mv.version)
 
     def _versions(self, method: str) -> list:
         from mlflow.exceptions import MlflowException
@@ -281,19 +362,58 @@ class Tracker:
         return max(hits) if hits else None
 
     def load_registered_model(self, method: str, version: int | str = "latest", map_location: str = "cpu"):
-        """The registered torch model ``causalmeta-<method>`` at ``version`` (int or "latest"), in eval mode."""
-        import mlflow.pytorch
+        """The registered model ``causalmeta-<method>`` at ``version`` (int or "latest"), in eval mode.
 
+        Rebuilt from the method registry with the stored config; the weights are read with
+        ``torch.load(weights_only=True)``. Nothing else of the version is loaded: a version
+        without ``model.json`` (e.g. a pickled ``mlflow.pytorch`` model) is refused.
+        """
+        import torch
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        from pipeline_lib.models.registry import get_method
+
+        name = registered_name(method)
         if version == "latest":
             version = self.latest_version(method)
             if version is None:
-                raise TrackingError(f"method: no registered model {registered_name(method)} under {self.uri}")
+                raise TrackingError(f"method: no registered model {name} under {self.uri}")
         elif not isinstance(version, int) and not str(version).isdigit():
             raise TrackingError(f"version: expected an int or 'latest', got {version!r}")
-        self._use()
-        model = mlflow.pytorch.load_model(f"models:/{registered_name(method)}/{int(version)}",
-                                          map_location=map_location)
-        return model.eval()
+        label = f"{name} version {int(version)}"
+        try:
+            mv = self.client.get_model_version(name, str(int(version)))
+        except MlflowException:
+            raise TrackingError(f"version: {label} is not registered under {self.uri}") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = Path(download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=self.uri))
+            except (MlflowException, OSError) as exc:
+                raise TrackingError(f"{label}: artifacts at {mv.source} unreadable ({exc})") from None
+            meta_path, weights = local / "model.json", local / "state_dict.pt"
+            if not meta_path.is_file() or not weights.is_file():
+                raise TrackingError(
+                    f"{label} is not a state dict + config (model.json, state_dict.pt) but "
+                    f"{sorted(p.name for p in local.iterdir()) if local.is_dir() else local.name}; "
+                    "pickled models are refused: retrain it (causalmeta train --force)"
+                )
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != MODEL_FORMAT or meta.get("method") != method:
+                raise TrackingError(f"{label}: model.json has format {meta.get('format')!r} / method "
+                                    f"{meta.get('method')!r}, expected {MODEL_FORMAT!r} / {method!r}")
+            if _sha256(weights) != meta.get("state_dict_sha256"):
+                raise TrackingError(f"{label}: state_dict.pt does not match the sha256 in model.json")
+            try:
+                state = torch.load(weights, map_location=map_location, weights_only=True)
+            except Exception as exc:  # UnpicklingError for anything but tensors and containers
+                raise TrackingError(f"{label}: state_dict.pt refused by torch.load(weights_only=True): "
+                                    f"{str(exc).splitlines()[-1] if str(exc) else type(exc).__name__}") from None
+        spec = get_method(method)
+        with torch.random.fork_rng(devices=[]):  # the discarded initial weights must not move the caller's RNG
+            model = spec.build(spec.config_cls.model_validate(meta["config"]))
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location).eval()
 
     def list_registered_models(self) -> list[dict[str, Any]]:
         """Every version of every ``causalmeta-*`` model: name, method, version, tags, run id."""

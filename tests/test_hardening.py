@@ -54,10 +54,8 @@ def test_slug_names_pass(name):
 
 
 def test_every_shipped_prior_name_is_still_valid():
-    from flows.spec import load_prior
-
     for path in sorted((REPO / "configs" / "priors").glob("*.yaml")):
-        assert load_prior(str(path)).name == path.stem
+        assert PriorConfig.from_yaml(path).name == path.stem
 
 
 # ------------------------------------------------------------------- 8: finite numbers only
@@ -166,3 +164,311 @@ def test_a_config_file_without_yaml_suffix_is_read_as_a_file(tmp_path, monkeypat
     assert load_prior("lin-3node").name == "lin-3node"  # a bare shipped name still works
     with pytest.raises(SpecError, match="neither a file nor a shipped prior"):
         load_prior("no-such-prior")
+
+
+# ------------------------------------------------------------------- 3: no pickles
+class _RunsCode:
+    """Unpickling this object runs code (writes ``marker``): what a crafted file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    import torch
+
+    from pipeline_lib.training.checkpoint import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "ckpt" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"model": {}, "step": 1, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+    # train() resuming from that folder refuses before touching the model
+    from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, mace_tnp_loss
+    from pipeline_lib.training.loop import TrainConfig, train
+
+    model = MaceTNP(MaceTNPConfig(d_model=8, n_heads=1, n_layers=1, n_components=1))
+    with pytest.raises(CheckpointError):
+        train(model, mace_tnp_loss, lambda s: {}, TrainConfig(steps=2, device="cpu"),
+              checkpoint_dir=path.parent, progress=False)
+    assert not marker.exists()
+    # the payload is real: a full unpickle runs it
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_training_checkpoints_load_with_plain_weights_only(tmp_path):
+    """What train() writes needs no allow-listed globals: tensors and plain containers only."""
+    from functools import partial
+
+    import numpy as np
+    import torch
+
+    from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig, mace_tnp_batch, mace_tnp_loss
+    from pipeline_lib.training import StreamSource, TrainConfig, train
+    from pipeline_lib.training.checkpoint import restore_rng_state
+    from tests.linear_scm import two_node_linear_tasks
+
+    source = StreamSource(lambda n, rng: two_node_linear_tasks(rng, n, 16, 4, noise=0.5),
+                          partial(mace_tnp_batch, n_obs_min=8, n_obs_max=12), batch_size=2, seed=0)
+    model = MaceTNP(MaceTNPConfig(d_model=8, n_heads=1, n_layers=1, n_components=1))
+    train(model, mace_tnp_loss, source, TrainConfig(steps=2, batch_size=2, device="cpu", checkpoint_every=1),
+          checkpoint_dir=tmp_path, val_source=source, progress=False)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / name, weights_only=True)
+        assert state["step"] == 2 or name == "best.pt"
+    np.random.seed(5)
+    expected = np.random.rand(3)
+    np.random.seed(5)
+    from pipeline_lib.training.checkpoint import capture_rng_state
+
+    snap = torch.load(_roundtrip(tmp_path / "rng.pt", capture_rng_state()), weights_only=True)
+    np.random.rand(7)  # move on, then restore
+    restore_rng_state(snap)
+    assert np.random.rand(3).tolist() == expected.tolist()
+
+
+def _roundtrip(path, obj):
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tracker_root(tmp_path_factory):
+    """One MLflow backend for the module (creating the sqlite schema costs seconds)."""
+    base = tmp_path_factory.mktemp("hardening-mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(base)
+        yield base / "cm"
+
+
+def _tiny_mace():
+    import torch
+
+    from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPConfig
+
+    torch.manual_seed(0)
+    return MaceTNP(MaceTNPConfig(d_model=8, n_heads=1, n_layers=1, n_components=2))
+
+
+def _artifact_dir(tracker, method, version) -> Path:
+    from urllib.parse import urlparse
+
+    source = tracker.client.get_model_version(f"causalmeta-{method}", str(version)).source
+    assert source.startswith("file://"), source
+    return Path(urlparse(source).path)
+
+
+def test_registered_model_is_a_state_dict_and_its_config(tracker_root):
+    import torch
+
+    from storage.tracking import Tracker
+
+    model = _tiny_mace()
+    tracker = Tracker(tracker_root, "hardening")
+    with tracker.start_run(run_name="register"):
+        version = tracker.log_and_register_model(model, "mace-tnp", "hash-a", "prior-a")
+    folder = _artifact_dir(tracker, "mace-tnp", version)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "state_dict.pt"]
+    weights = torch.load(folder / "state_dict.pt", weights_only=True)
+    assert set(weights) == set(model.state_dict())
+    rng = torch.get_rng_state()
+    loaded = tracker.load_registered_model("mace-tnp", version)
+    assert torch.equal(rng, torch.get_rng_state())  # rebuilding did not move the caller's RNG
+    assert type(loaded) is type(model) and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert tracker.registered_model_for_prior("mace-tnp", "hash-a") == version
+
+
+def test_a_tampered_registered_version_runs_no_code(tracker_root, tmp_path):
+    import hashlib
+    import json
+
+    import torch
+
+    from storage.tracking import Tracker, TrackingError
+
+    tracker = Tracker(tracker_root, "hardening")
+    with tracker.start_run(run_name="to-tamper"):
+        version = tracker.log_and_register_model(_tiny_mace(), "mace-tnp", "hash-b", "prior-b")
+    folder = _artifact_dir(tracker, "mace-tnp", version)
+    marker = tmp_path / "pwned"
+    torch.save({"weight": _RunsCode(marker)}, folder / "state_dict.pt")
+    meta = json.loads((folder / "model.json").read_text())
+    # whoever can write the artifacts can write the checksum too
+    meta["state_dict_sha256"] = hashlib.sha256((folder / "state_dict.pt").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TrackingError, match="weights_only"):
+        tracker.load_registered_model("mace-tnp", version)
+    assert not marker.exists()
+
+
+def test_a_pickled_registered_version_is_refused(tracker_root, tmp_path):
+    """A version in the old mlflow.pytorch layout (MLmodel + a pickled module) is not loaded."""
+    import torch
+
+    from storage.tracking import Tracker, TrackingError
+
+    marker = tmp_path / "pwned"
+    legacy = tmp_path / "legacy-model"
+    (legacy / "data").mkdir(parents=True)
+    (legacy / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+    torch.save(_RunsCode(marker), legacy / "data" / "model.pth")
+    tracker = Tracker(tracker_root, "hardening")
+    with tracker.start_run(run_name="legacy") as t:
+        run_id = t.run_id
+    try:
+        tracker.client.create_registered_model("causalmeta-mace-tnp")
+    except Exception:
+        pass
+    mv = tracker.client.create_model_version("causalmeta-mace-tnp", source=legacy.as_uri(), run_id=run_id)
+    with pytest.raises(TrackingError, match="pickled models are refused"):
+        tracker.load_registered_model("mace-tnp", int(mv.version))
+    with pytest.raises(TrackingError, match="pickled models are refused"):
+        tracker.load_registered_model("mace-tnp", "latest")
+    assert not marker.exists()
+
+
+def test_registering_needs_the_typed_config(tracker_root):
+    import torch
+
+    from storage.tracking import Tracker, TrackingError
+
+    tracker = Tracker(tracker_root, "hardening")
+    with tracker.start_run(run_name="no-config"):
+        with pytest.raises(TrackingError, match="config"):
+            tracker.log_and_register_model(torch.nn.Linear(2, 2), "mace-tnp", "h", "p")
+        model = _tiny_mace()
+        version = tracker.log_and_register_model(model, "mace-tnp", "hash-c", "prior-c",
+                                                 config=model.config.model_dump())
+    assert tracker.load_registered_model("mace-tnp", version).config == model.config
+
+
+# ------------------------------------------------------------------- 11: same seed, same bytes
+_SEED_SCRIPT = r"""
+import hashlib, sys
+import torch
+torch.set_num_threads(1)
+from pipeline_lib.models.registry import get_method
+from pipeline_lib.priors import PriorConfig
+from pipeline_lib.training.batching import prior_stream
+from pipeline_lib.training.loop import TrainConfig, train
+from tasks.train import build_seeded
+spec = get_method("mace-tnp")
+model_cfg = spec.config("cpu-small", n_obs_min=8, n_obs_max=16)
+prior = PriorConfig.from_yaml("configs/priors/lin-2node.yaml")
+torch.rand(int(sys.argv[1]))  # what earlier work in the process drew from the global RNG
+for seed in map(int, sys.argv[2:]):  # several trainings in one process, one after the other
+    cfg = TrainConfig(steps=2, batch_size=2, device="cpu", seed=seed)
+    model = build_seeded(spec, model_cfg, cfg.seed)
+    train(model, spec.loss_fn, prior_stream(prior, spec.make_batch(model_cfg), cfg.batch_size, cfg.seed), cfg,
+          progress=False)
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    print(seed, h.hexdigest())
+"""
+
+
+def test_one_seed_gives_the_same_trained_bytes_across_processes():
+    """Process a trains seed 3 first thing; process b draws 1000 numbers, trains seed 4, then
+    seed 3: the seed-3 bytes must agree (the code before drew the weights from whatever state
+    the global RNG was in), and seed 4 must differ from them (the seed reaches the weights)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    argv = {"a": ["0", "3"], "b": ["1000", "4", "3"]}
+    procs = {k: subprocess.Popen([sys.executable, "-c", _SEED_SCRIPT, *a], cwd=REPO, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, a in argv.items()}
+    digests = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        digests[key] = dict(line.split() for line in out.strip().splitlines()[-len(argv[key]) + 1:])
+    assert digests["a"]["3"] == digests["b"]["3"], "same seed, different bytes"
+    assert digests["b"]["4"] != digests["b"]["3"]
+
+
+# ------------------------------------------------------------------- 12: killed runs
+def test_an_interrupted_run_ends_killed_not_failed(tracker_root):
+    from storage.tracking import Tracker
+
+    tracker = Tracker(tracker_root, "hardening")
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.start_run(run_name="ctrl-c"):
+            rid = tracker.run_id
+            raise KeyboardInterrupt
+    assert tracker.client.get_run(rid).info.status == "KILLED"
+
+
+_DIE_MID_RUN = r"""
+import os, sys
+from storage.tracking import Tracker
+tracker = Tracker(sys.argv[1], "hardening")
+with tracker.training_run(sys.argv[2], resume=False, run_name="dies"):
+    for step in range(1, 5):
+        tracker.log_metrics({"loss": 10.0 - step}, step=step)
+    open(os.path.join(sys.argv[2], "last.pt"), "wb").close()
+    os._exit(9)  # as SIGKILL: no finally, the run stays RUNNING
+"""
+
+
+@pytest.fixture(scope="module")
+def dead_runs(tracker_root, tmp_path_factory):
+    """Two checkpoint folders whose training process died (os._exit) with its run RUNNING."""
+    from storage.tracking import Tracker
+
+    Tracker(tracker_root, "hardening").experiment_id()  # schema + experiment exist before the two race
+    folders = [tmp_path_factory.mktemp(f"ckpt-{i}") for i in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", _DIE_MID_RUN, str(tracker_root), str(f)], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True) for f in folders]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 9, err[-3000:]
+    return folders
+
+
+def test_resume_continues_the_killed_mlflow_run(tracker_root, dead_runs):
+    import json
+
+    from storage.tracking import RUN_FILE, Tracker
+
+    folder = dead_runs[0]
+    dead_id = json.loads((folder / RUN_FILE).read_text())["run_id"]
+    tracker = Tracker(tracker_root, "hardening")
+    assert tracker.client.get_run(dead_id).info.status == "RUNNING"
+    with tracker.training_run(folder, resume=True, run_name="resumed") as t:
+        assert t.run_id == dead_id
+        for step in range(5, 9):
+            t.log_metrics({"loss": 10.0 - step}, step=step)
+    run = tracker.client.get_run(dead_id)
+    assert run.info.status == "FINISHED" and run.data.tags["causalmeta.resumed"] == "true"
+    steps = [m.step for m in tracker.client.get_metric_history(dead_id, "loss")]
+    assert sorted(steps) == list(range(1, 9))  # one run holds the whole curve
+
+
+def test_a_fresh_start_marks_the_dead_run_killed_and_links_it(tracker_root, dead_runs):
+    import json
+
+    from storage.tracking import RUN_FILE, Tracker
+
+    folder = dead_runs[1]
+    dead_id = json.loads((folder / RUN_FILE).read_text())["run_id"]
+    tracker = Tracker(tracker_root, "hardening")
+    with tracker.training_run(folder, resume=False, run_name="fresh") as t:
+        new_id = t.run_id
+    assert new_id != dead_id
+    assert tracker.client.get_run(dead_id).info.status == "KILLED"
+    assert tracker.client.get_run(new_id).data.tags["causalmeta.previous_run"] == dead_id
+    assert json.loads((folder / RUN_FILE).read_text())["run_id"] == new_id
