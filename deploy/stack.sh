@@ -10,8 +10,14 @@
 # Usage: deploy/stack.sh up|down|status [--workers N] [--state DIR]
 #   --workers N   Dask worker processes (default 2)
 #   --state DIR   pids, logs and the Prefect database (default $CAUSALMETA_ROOT/stack)
-# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), DASK_PORT (8786) from the environment.
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), DASK_PORT (8786), DASK_HTTP_PORT (8787) from the environment.
 # Data: CAUSALMETA_ROOT (default .causalmeta): prior stores, checkpoints, mlflow.db, mlartifacts/.
+# Bind: every socket is on 127.0.0.1 unless CAUSALMETA_BIND=<address> asks for a network; then
+#   the stack refuses to start without authentication on each service (deploy/README.md):
+#   Dask mutual TLS (CAUSALMETA_TLS_CA, CAUSALMETA_TLS_CERT, CAUSALMETA_TLS_KEY: a certificate
+#   signed by the CA is the shared secret every scheduler/worker/client must hold), Prefect basic
+#   auth (PREFECT_SERVER_API_AUTH_STRING=user:password), MLflow basic auth (mlflow[auth] installed,
+#   MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD). HTTP diagnostics stay on loopback.
 #
 # Every service runs in its own process group (setsid); its pid is the group leader, so
 # `down` signals exactly the groups this script started (servers fork workers) and nothing
@@ -23,7 +29,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 BIN="$REPO/.venv/bin"
 
-usage() { sed -n '10,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '10,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 CMD="${1:-}"; [[ -n "$CMD" ]] || usage
 [[ "$CMD" == -h || "$CMD" == --help ]] && usage 0
@@ -46,9 +52,33 @@ STATE="$(realpath -m "${STATE:-$ROOT/stack}")"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 DASK_PORT="${DASK_PORT:-8786}"
-PREFECT_URL="http://127.0.0.1:$PREFECT_PORT"
-MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
-DASK_ADDR="tcp://127.0.0.1:$DASK_PORT"
+DASK_HTTP_PORT="${DASK_HTTP_PORT:-8787}"
+BIND="${CAUSALMETA_BIND:-127.0.0.1}"
+is_loopback() { [[ "$1" == 127.* || "$1" == localhost || "$1" == ::1 ]]; }
+NETWORK=0
+is_loopback "$BIND" || NETWORK=1
+if (( NETWORK )) && [[ "$CMD" == up ]]; then
+  # A listener beyond loopback without authentication would run anyone's code: Dask executes
+  # the functions it is sent, Prefect and MLflow accept runs and models. Refuse, saying what is missing.
+  missing=()
+  for v in CAUSALMETA_TLS_CA CAUSALMETA_TLS_CERT CAUSALMETA_TLS_KEY; do
+    [[ -n "${!v:-}" && -r "${!v}" ]] || missing+=("$v (a readable PEM file for Dask mutual TLS)")
+  done
+  [[ "${PREFECT_SERVER_API_AUTH_STRING:-}" == ?*:?* ]] || missing+=("PREFECT_SERVER_API_AUTH_STRING=user:password (Prefect basic auth)")
+  [[ -n "${MLFLOW_TRACKING_USERNAME:-}" && -n "${MLFLOW_TRACKING_PASSWORD:-}" ]] \
+    || missing+=("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow basic auth admin)")
+  "$BIN/python" -c "import flask_wtf" 2>/dev/null \
+    || missing+=("mlflow[auth] (Flask-WTF) in the venv: $BIN/pip install 'mlflow[auth]'")
+  if (( ${#missing[@]} )); then
+    echo "stack.sh: CAUSALMETA_BIND=$BIND is not loopback; refusing to serve without authentication. Missing:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    echo "  (unset CAUSALMETA_BIND to keep everything on 127.0.0.1; see deploy/README.md)" >&2
+    exit 2
+  fi
+fi
+PREFECT_URL="http://$BIND:$PREFECT_PORT"
+MLFLOW_URL="http://$BIND:$MLFLOW_PORT"
+if (( NETWORK )); then DASK_ADDR="tls://$BIND:$DASK_PORT"; else DASK_ADDR="tcp://$BIND:$DASK_PORT"; fi
 
 export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_HOME="$STATE/prefect-home"
@@ -89,9 +119,10 @@ fail() {
   exit 1
 }
 
-wait_http() {  # wait_http NAME URL TIMEOUT
-  local deadline=$((SECONDS + $3))
-  until curl -sf -o /dev/null "$2"; do
+wait_http() {  # wait_http NAME URL TIMEOUT [USER:PASSWORD]
+  local deadline=$((SECONDS + $3)) auth=()
+  [[ -n "${4:-}" ]] && auth=(-u "$4")
+  until curl -sf -o /dev/null "${auth[@]}" "$2"; do
     is_alive "$1" || fail "$1 exited" "$1"
     (( SECONDS < deadline )) || fail "$1 not healthy at $2 after $3 s" "$1"
     sleep 0.5
@@ -101,12 +132,12 @@ wait_http() {  # wait_http NAME URL TIMEOUT
 
 wait_port() {  # wait_port NAME PORT TIMEOUT
   local deadline=$((SECONDS + $3))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+  until (exec 3<>"/dev/tcp/$BIND/$2") 2>/dev/null; do
     is_alive "$1" || fail "$1 exited" "$1"
     (( SECONDS < deadline )) || fail "$1 not listening on $2 after $3 s" "$1"
     sleep 0.5
   done
-  echo "$1 listening: 127.0.0.1:$2"
+  echo "$1 listening: $BIND:$2"
 }
 
 wait_log() {  # wait_log NAME TEXT TIMEOUT
@@ -131,24 +162,45 @@ do_up() {
   for b in prefect mlflow dask python; do
     [[ -x "$BIN/$b" ]] || { echo "stack.sh: $BIN/$b not found: run 'make install' first" >&2; exit 1; }
   done
-  for p in "$PREFECT_PORT" "$MLFLOW_PORT" "$DASK_PORT"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "stack.sh: port $p on 127.0.0.1 is already in use (set PREFECT_PORT / MLFLOW_PORT / DASK_PORT)" >&2
+  for p in "$PREFECT_PORT" "$MLFLOW_PORT" "$DASK_PORT" "$DASK_HTTP_PORT"; do
+    if (exec 3<>"/dev/tcp/$BIND/$p") 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "stack.sh: port $p is already in use (set PREFECT_PORT / MLFLOW_PORT / DASK_PORT / DASK_HTTP_PORT)" >&2
       exit 1
     fi
   done
   mkdir -p "$PREFECT_HOME" "$ROOT/mlartifacts"
 
+  # With a network bind: Dask mutual TLS on every connection (scheduler, workers, and the
+  # clients in serve's flow runs through the DASK_ config variables), basic auth on the others.
+  local dask_tls=() mlflow_auth=()
+  if (( NETWORK )); then
+    dask_tls=(--tls-ca-file "$CAUSALMETA_TLS_CA" --tls-cert "$CAUSALMETA_TLS_CERT" --tls-key "$CAUSALMETA_TLS_KEY")
+    export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True \
+      DASK_DISTRIBUTED__COMM__TLS__CA_FILE="$CAUSALMETA_TLS_CA" \
+      DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$CAUSALMETA_TLS_CERT" \
+      DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$CAUSALMETA_TLS_KEY" \
+      PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
+    # the auth app keeps its users in the state folder, not in the cwd (its default)
+    printf '%s\n' "[mlflow]" "default_permission = READ" "database_uri = sqlite:///$STATE/mlflow-auth.db" \
+      "admin_username = $MLFLOW_TRACKING_USERNAME" \
+      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" >"$STATE/mlflow-auth.ini"
+    mlflow_auth=(--app-name basic-auth)
+  fi
+
   # The three servers start side by side; they do not depend on each other.
   start prefect-server env PREFECT_UI_API_URL="$PREFECT_URL/api" \
-    "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    "$BIN/prefect" server start --host "$BIND" --port "$PREFECT_PORT"
   # One gunicorn/uvicorn worker and no job runner: ~0.5 GB instead of ~3 GB (ENVIRONMENT.md).
-  start mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
-    "$BIN/mlflow" server --backend-store-uri "sqlite:///$ROOT/mlflow.db" \
-    --artifacts-destination "$ROOT/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
-  start dask-scheduler "$BIN/dask" scheduler --host 127.0.0.1 --port "$DASK_PORT" --no-dashboard
+  start mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow-auth.ini" \
+    MLFLOW_AUTH_ADMIN_PASSWORD="${MLFLOW_TRACKING_PASSWORD:-}" \
+    "$BIN/mlflow" server "${mlflow_auth[@]}" --backend-store-uri "sqlite:///$ROOT/mlflow.db" \
+    --artifacts-destination "$ROOT/mlartifacts" --host "$BIND" --port "$MLFLOW_PORT" --workers 1
+  # --no-dashboard drops the dashboard pages, not the HTTP server (health, metrics): that one
+  # listens on every interface unless given an address, and it has no authentication.
+  start dask-scheduler "$BIN/dask" scheduler --host "$BIND" --port "$DASK_PORT" --no-dashboard \
+    --dashboard-address "127.0.0.1:$DASK_HTTP_PORT" "${dask_tls[@]}"
 
-  wait_http prefect-server "$PREFECT_URL/api/health" 180
+  wait_http prefect-server "$PREFECT_URL/api/health" 180 "${PREFECT_API_AUTH_STRING:-}"
   wait_http mlflow "$MLFLOW_URL/health" 180
   wait_port dask-scheduler "$DASK_PORT" 120
 
@@ -156,7 +208,10 @@ do_up() {
   export PREFECT_API_URL="$PREFECT_URL/api" MLFLOW_TRACKING_URI="$MLFLOW_URL" DASK_SCHEDULER_ADDRESS="$DASK_ADDR"
   local i
   for ((i = 0; i < WORKERS; i++)); do
-    start "dask-worker-$i" "$BIN/dask" worker "$DASK_ADDR" --nthreads 1 --name "causalmeta-$i" --no-dashboard
+    # --host: the worker and its nanny listen where the scheduler reaches them (without it, on
+    # every interface); their HTTP servers stay on loopback like the scheduler's.
+    start "dask-worker-$i" "$BIN/dask" worker "$DASK_ADDR" --nthreads 1 --name "causalmeta-$i" --no-dashboard \
+      --host "$BIND" --dashboard-address "127.0.0.1:0" "${dask_tls[@]}"
   done
   start serve "$BIN/python" -m deploy.serve --root "$ROOT"
   wait_log serve "deployments are being served" 240
@@ -201,7 +256,8 @@ do_status() {
   done
   (( any )) || echo "(no services started from state $STATE)"
   echo "state: $STATE   data root: $ROOT"
-  if curl -sf -o /dev/null "$PREFECT_URL/api/health"; then echo "prefect api: healthy"; fi
+  local auth=(); [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]] && auth=(-u "$PREFECT_SERVER_API_AUTH_STRING")
+  if curl -sf -o /dev/null "${auth[@]}" "$PREFECT_URL/api/health"; then echo "prefect api: healthy"; fi
   if curl -sf -o /dev/null "$MLFLOW_URL/health"; then echo "mlflow: healthy"; fi
 }
 

@@ -6,13 +6,21 @@ because with Prefect's ephemeral API every worker process would start its own te
 API server on the same SQLite file ("database is locked"); the numeric work (numpy, torch,
 Blosc) releases the GIL, so threads still run in parallel.
 
+The local cluster talks over ``inproc://`` (no TCP port), but the scheduler and each worker
+still start an HTTP server (health, metrics) that binds every interface on port 8787 / a
+random port unless given an address: all of them are pinned to ``127.0.0.1`` (random ports,
+so two flows on one machine do not collide).
+
 Beyond one machine: set ``DASK_SCHEDULER_ADDRESS`` (e.g. ``tcp://10.0.0.5:8786``) and the
 runner connects to that scheduler instead; its workers must share the Zarr root (shared
 disk; fsspec URLs are not supported by PriorStore yet) and a Prefect API
 (``PREFECT_API_URL``). Dask worker *processes* export ``MALLOC_TRIM_THRESHOLD_=65536`` by
 default, which also freezes glibc's mmap threshold and made the sampler 1.3-1.7x slower
 in benchmarks/prior_generation.py: start such workers without it
-(``distributed.nanny.pre-spawn-environ``).
+(``distributed.nanny.pre-spawn-environ``). A scheduler beyond loopback must use ``tls://``
+with client certificates (deploy/stack.sh, ``CAUSALMETA_BIND``); the client here takes its
+certificate from Dask's config (``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``,
+``..._TLS__CLIENT__CERT``, ``..._TLS__CLIENT__KEY``), as every Dask client does.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from prefect_dask import DaskTaskRunner
 __all__ = ["DASK_ADDRESS_ENV", "make_task_runner"]
 
 DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
 
 
 def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskTaskRunner:
@@ -44,6 +53,7 @@ def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskT
             "n_workers": n_workers,
             "threads_per_worker": 1,
             "processes": False,
-            "dashboard_address": None,
+            "dashboard_address": LOOPBACK_ANY_PORT,
+            "worker_dashboard_address": LOOPBACK_ANY_PORT,
         },
     )
