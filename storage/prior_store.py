@@ -563,11 +563,10 @@ class PriorStore:
         self._attrs = dict(self._group.attrs)
         return checksums
 
-    def verify(self, *, raise_error: bool = False) -> bool:
-        """Re-check every chunk (marker, file, decoding, digest) and every array checksum.
+    def integrity_problems(self) -> list[str]:
+        """Everything that fails: chunks (marker, file, decoding, digest), then array checksums.
 
-        Returns True if all pass. Otherwise logs what fails (split, array, chunk) and returns
-        False, or raises :class:`StoreCorruptedError` if `raise_error`.
+        Each entry names split, array and chunk; an empty list means the store is intact.
         """
         checksums, bad = self._scan()
         if not bad and self.is_complete:
@@ -576,6 +575,15 @@ class PriorStore:
                 expected, actual = stored.get(key), checksums.get(key)
                 if expected != actual:
                     bad.append(f"{key} (stored checksum {str(expected)[:12]}..., recomputed {str(actual)[:12]}...)")
+        return bad
+
+    def verify(self, *, raise_error: bool = False) -> bool:
+        """Re-check every chunk (marker, file, decoding, digest) and every array checksum.
+
+        Returns True if all pass. Otherwise logs what fails (split, array, chunk) and returns
+        False, or raises :class:`StoreCorruptedError` if `raise_error`.
+        """
+        bad = self.integrity_problems()
         if bad:
             msg = f"{self.path}: checksum mismatch in {', '.join(bad)}"
             if raise_error:
