@@ -1,0 +1,322 @@
+"""Cond-FiP: amortized inference of causal mechanisms by conditional fixed-point iterations.
+
+Mahajan, Gladrow, Hilmkil, Zhang, Scetbon (2024), "Amortized Inference of Causal Models via
+Conditional Fixed-Point Iterations" (also "Zero-Shot Learning of Causal Models").
+
+Task
+----
+An additive-noise SCM on ``d`` nodes with DAG ``G`` (``A[i, j] = 1`` iff ``i -> j``) is the
+fixed-point problem::
+
+    x = F(x, n),      F_j(x, n) = f_j(x_pa(j)) + n_j,
+
+whose unique solution is reached by iterating ``x^{t+1} = F(x^t, n)`` at most ``d`` times
+(node ``j`` is exact once its parents are: after ``depth(j) + 1`` steps). Given a dataset
+``D = {x^m}`` (per-node standardised, as the prior stores it) and ``G``, Cond-FiP predicts
+the mechanisms ``f = (f_1..f_d)`` of *that* SCM in one forward pass, so it can generate
+observational, interventional and counterfactual samples without per-dataset training.
+
+Architecture (B tasks, N samples, d nodes, D = d_model)
+-------------------------------------------------------
+1. **Dataset encoder** (AVICI-style): tokens ``h[b, m, v] = W x[b, m, v] + c``
+   ``(B, N, d, D)``; ``L_enc`` layers alternating (a) self-attention over samples, per node,
+   and (b) graph-masked attention over nodes, per sample (node ``j`` reads its parents;
+   :mod:`.layers`). A head predicts the exogenous noise::
+
+       n_hat[b, m, j] = x[b, m, j] - g(LN(h[b, m, j])),         g: 3-layer MLP,
+
+   trained on ``|| n_hat - n ||^2`` (FiP's noise-prediction objective; ``n = noise_obs``).
+   Rows whose ``obs_mask`` is False are processed but never attended to: padding, or
+   query rows whose noise is predicted with the dataset as context.
+2. **Dataset embedding**: ``Linear`` of the encoder tokens, ``L_emb`` more alternating
+   layers, LayerNorm, max-pool over the (real) samples, LayerNorm, then three heads
+   ``u_j, p_j, c_j = LN(W_u z_j), LN(W_p z_j), LN(W_c z_j)``, each ``(B, d, D)``: a value
+   direction, a node query (the "position" of node ``j`` in *this* SCM) and a condition.
+3. **Conditional fixed-point decoder**: keys ``e[b, m, i] = x[b, m, i] u_i + p_i``, queries
+   start at ``q^0_j = p_j`` and pass ``L_dec`` adaptive-LayerNorm blocks
+   (:class:`.layers.AdaLNGraphBlock`) in which node ``j`` attends to the keys of its
+   parents only, conditioned on ``c``. The prediction is
+   ``f_hat_j(x) = w^T LN(q^L_j) + b``. The keys are never updated and the queries read
+   parents' keys only, so ``f_hat_j`` depends on ``x_pa(j)`` alone and the learned map
+   ``F_hat(x, n) = f_hat(x) + n`` inherits the fixed-point property exactly.
+
+Training (one loss; :func:`cond_fip_loss`)
+------------------------------------------
+Each task's rows are split in two: context rows ``C`` (embedding + noise loss) and
+target rows ``T`` (decoder loss) with the true pairs ``(x, f(x) = x - n)`` at the fixed
+point ("final pair only", as the authors train)::
+
+    L = w_n * mean_b RMSE_b(n_hat_C, n_C) + w_f * mean_b RMSE_b(f_hat(x_T), x_T - n_T)
+
+``RMSE_b`` runs over the real rows and nodes of task ``b`` (the authors' per-dataset
+RMSE). With ``detach_embedding`` the decoder loss does not reach the encoder, which mimics
+the paper's two-stage training (encoder trained first, then frozen) in a single run.
+
+Generation (:meth:`CondFiP.generate`), batched over tasks and samples: iterate
+``x <- where(I, a, f_hat(x) + n)`` for hard interventions ``do(X_I = a)`` (``I`` may be
+empty), ``1 + max depth`` times. Counterfactuals abduct ``n_hat`` with the encoder from
+the factual rows, then act (:mod:`.answer`).
+
+Differences from the authors' code (microsoft/causica ``research_experiments/cond_fip``):
+one joint run with a stop-gradient instead of two runs; the encoder predicts the noise
+(the authors' head predicts ``x - n``, the same up to sign and shift); no EMA of weights; the null-key attention normalises with ``1 + sum exp`` instead
+of ``max(1, sum exp)``; widths are set by :data:`.presets.PRESETS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from pipeline_lib.models.cond_fip.layers import AdaLNGraphBlock, GraphAttentionBlock
+from pipeline_lib.models.layers import MLP, AttentionBlock
+
+
+class CondFiPConfig(BaseModel):
+    """Architecture and training-example settings of Cond-FiP.
+
+    ``n_embed``: context rows per training task (embedding + noise loss); with
+    ``n_embed_min < n_embed`` one size ``~ U{n_embed_min..n_embed}`` is drawn per batch, so
+    the embedding learns to work from few rows. ``n_target``: rows scored by the decoder
+    loss (disjoint from the context rows; fewer when the task has too few rows).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    d_model: int = Field(128, ge=8)
+    n_heads: int = Field(8, ge=1)
+    ff_mult: int = Field(2, ge=1)
+    enc_layers: int = Field(4, ge=1, description="alternating sample/node layers of the dataset encoder")
+    emb_layers: int = Field(2, ge=0, description="extra alternating layers of the dataset embedding")
+    dec_layers: int = Field(4, ge=1, description="adaptive-LN graph blocks of the decoder")
+    head_hidden: int = Field(256, ge=1, description="hidden width of the noise-prediction head")
+    n_embed: int = Field(200, ge=2)
+    n_embed_min: int | None = Field(None, ge=2, description="smallest context size (default n_embed)")
+    n_target: int = Field(200, ge=1)
+    detach_embedding: bool = Field(True, description="decoder loss does not train the encoder")
+    noise_weight: float = Field(1.0, ge=0.0)
+    decoder_weight: float = Field(1.0, ge=0.0)
+    loss: Literal["rmse", "mse"] = Field("rmse", description="per-task RMSE (paper) or pooled MSE")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CondFiPConfig":
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_embed_min is not None and self.n_embed_min > self.n_embed:
+            raise ValueError(f"n_embed_min={self.n_embed_min} exceeds n_embed={self.n_embed}")
+        if self.noise_weight == 0 and self.decoder_weight == 0:
+            raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
+        return self
+
+
+@dataclass(frozen=True)
+class DatasetEmbedding:
+    """Per-node dataset embedding: value direction ``u``, node query ``p``, condition ``c``,
+    each ``(B, d, D)``."""
+
+    value: torch.Tensor
+    query: torch.Tensor
+    cond: torch.Tensor
+
+    def __getitem__(self, idx) -> "DatasetEmbedding":
+        return DatasetEmbedding(self.value[idx], self.query[idx], self.cond[idx])
+
+
+def parent_mask(adjacency: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+    """``allowed: (B, d, d)`` bool with ``allowed[b, j, i] = A[b, i, j]`` (node j reads its
+    parents), restricted to real nodes; the diagonal is always False."""
+    a = adjacency.bool().transpose(-1, -2)
+    eye = torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
+    return a & node_mask[:, :, None] & node_mask[:, None, :] & ~eye
+
+
+def graph_depth(allowed: torch.Tensor) -> torch.Tensor:
+    """Longest-path depth of every node, ``(B, d)`` long (roots 0), from ``allowed: (B, d, d)``:
+    ``depth_j = max_{i in pa(j)} depth_i + 1``, by ``d`` synchronous relaxations."""
+    d = allowed.shape[-1]
+    depth = torch.zeros(allowed.shape[:-1], dtype=torch.long, device=allowed.device)
+    neg = torch.full_like(allowed, -1, dtype=torch.long)
+    for _ in range(d):
+        cand = torch.where(allowed, depth[:, None, :] + 1, neg).amax(-1)  # (B, d)
+        depth = torch.maximum(depth, cand)
+    return depth
+
+
+class AlternatingLayer(nn.Module):
+    """Attention over samples (per node, key mask ``obs_mask``) then over nodes (per sample,
+    graph mask). ``h: (B, N, d, D)``, ``obs_mask: (B, N)``, ``allowed: (B, d, d)``."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int):
+        super().__init__()
+        self.samples = AttentionBlock(d_model, n_heads, ff_mult=ff_mult)
+        self.nodes = GraphAttentionBlock(d_model, n_heads, ff_mult=ff_mult)
+
+    def forward(self, h: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, d, dm = h.shape
+        cols = h.transpose(1, 2).reshape(b * d, n, dm)
+        keys = obs_mask[:, None, :].expand(b, d, n).reshape(b * d, n)
+        h = self.samples(cols, key_mask=keys).view(b, d, n, dm).transpose(1, 2)
+        return self.nodes(h, allowed[:, None])
+
+
+def _masked_rmse_per_task(err: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``sqrt(sum mask err^2 / sum mask + eps)`` per task: ``err, mask: (B, N, d)`` -> ``(B,)``."""
+    w = mask.to(err.dtype)
+    return torch.sqrt((err.square() * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1.0) + eps)
+
+
+class CondFiP(nn.Module):
+    """Cond-FiP model; the maths is in the module docstring.
+
+    A training *batch* (:func:`pipeline_lib.models.cond_fip.batching.cond_fip_batch`) holds
+    ``x_ctx, noise_ctx: (B, Nc, d)``, ``ctx_mask: (B, Nc)``, ``x_tgt, f_tgt: (B, Nt, d)``,
+    ``tgt_mask: (B, Nt)``, ``node_mask: (B, d)`` and ``adjacency: (B, d, d)``.
+    """
+
+    def __init__(self, config: CondFiPConfig | Mapping | None = None):
+        super().__init__()
+        cfg = config if isinstance(config, CondFiPConfig) else CondFiPConfig(**(config or {}))
+        self.config = cfg
+        dm, nh, ff = cfg.d_model, cfg.n_heads, cfg.ff_mult
+        # --- dataset encoder + noise head
+        self.enc_embed = nn.Linear(1, dm)
+        self.enc_layers = nn.ModuleList([AlternatingLayer(dm, nh, ff) for _ in range(cfg.enc_layers)])
+        self.enc_norm = nn.LayerNorm(dm)
+        self.noise_head = MLP(dm, cfg.head_hidden, 1, n_layers=3)
+        # --- dataset embedding
+        self.emb_proj = nn.Linear(dm, dm)
+        self.emb_layers = nn.ModuleList([AlternatingLayer(dm, nh, ff) for _ in range(cfg.emb_layers)])
+        self.emb_norm_tokens = nn.LayerNorm(dm)
+        self.emb_norm_pooled = nn.LayerNorm(dm)
+        self.emb_heads = nn.ModuleList([nn.Linear(dm, dm, bias=False) for _ in range(3)])
+        self.emb_head_norms = nn.ModuleList([nn.LayerNorm(dm) for _ in range(3)])
+        # --- conditional fixed-point decoder
+        self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff) for _ in range(cfg.dec_layers)])
+        self.dec_norm = nn.LayerNorm(dm)
+        self.dec_out = nn.Linear(dm, 1)
+
+    # ----------------------------------------------------------------- encoder
+    def encode(self, x: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens ``(B, N, d, D)`` of ``x: (B, N, d)``; rows with ``obs_mask`` False
+        are queries only (never keys)."""
+        h = self.enc_embed(x[..., None])
+        for layer in self.enc_layers:
+            h = layer(h, obs_mask, allowed)
+        return self.enc_norm(h)
+
+    def noise_from_tokens(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``n_hat = x - g(h)``: ``x: (B, N, d)``, ``h: (B, N, d, D)`` -> ``(B, N, d)``."""
+        return x - self.noise_head(h).squeeze(-1)
+
+    # --------------------------------------------------------------- embedding
+    def embed(self, h: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor) -> DatasetEmbedding:
+        """Dataset embedding from encoder tokens ``h: (B, N, d, D)`` (masked max over the
+        real samples)."""
+        z = self.emb_proj(h)
+        for layer in self.emb_layers:
+            z = layer(z, obs_mask, allowed)
+        z = self.emb_norm_tokens(z)
+        z = z.masked_fill(~obs_mask[:, :, None, None], float("-inf")).amax(1)  # (B, d, D)
+        z = self.emb_norm_pooled(z)
+        u, p, c = (norm(head(z)) for head, norm in zip(self.emb_heads, self.emb_head_norms))
+        return DatasetEmbedding(u, p, c)
+
+    # ----------------------------------------------------------------- decoder
+    def mechanism(self, x: torch.Tensor, emb: DatasetEmbedding, allowed: torch.Tensor) -> torch.Tensor:
+        """``f_hat(x): (B, M, d)`` for ``x: (B, M, d)``; entry ``j`` depends on ``x_pa(j)`` only."""
+        e = x[..., None] * emb.value[:, None] + emb.query[:, None]  # (B, M, d, D)
+        q = emb.query[:, None].expand_as(e)
+        cond, allow = emb.cond[:, None], allowed[:, None]
+        for block in self.dec_layers:
+            q = block(q, e, cond, allow)
+        return self.dec_out(self.dec_norm(q)).squeeze(-1)
+
+    def generate(
+        self,
+        noise: torch.Tensor,
+        emb: DatasetEmbedding,
+        allowed: torch.Tensor,
+        node_mask: torch.Tensor,
+        int_mask: torch.Tensor | None = None,
+        int_value: torch.Tensor | None = None,
+        n_iter: int | None = None,
+    ) -> torch.Tensor:
+        """Solve ``x = where(I, a, f_hat(x) + n)`` by fixed-point iteration from ``x^0 = n``.
+
+        Args:
+            noise: ``(B, M, d)`` exogenous noise (standardised units).
+            int_mask, int_value: ``(B, d)`` hard intervention targets / values (None: none).
+            n_iter: iterations; default ``1 + max depth`` of the (mutilated) graphs, after
+                which the iterate is the exact fixed point.
+
+        Returns:
+            ``x: (B, M, d)``; padded nodes are 0.
+        """
+        if int_mask is None:
+            int_mask = torch.zeros_like(node_mask)
+            int_value = torch.zeros(node_mask.shape, dtype=noise.dtype, device=noise.device)
+        int_mask = int_mask.bool() & node_mask
+        allowed = allowed & ~int_mask[:, :, None]  # an intervened node reads nobody
+        if n_iter is None:
+            n_iter = int(graph_depth(allowed).max()) + 1
+        keep = node_mask[:, None, :]
+        x = torch.where(keep, noise, torch.zeros((), dtype=noise.dtype, device=noise.device))
+        for _ in range(n_iter):
+            x = self.mechanism(x, emb, allowed) + noise
+            x = torch.where(int_mask[:, None, :], int_value[:, None, :].to(x.dtype), x)
+            x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x
+
+    # -------------------------------------------------------------------- loss
+    _FIELDS = ("x_ctx", "noise_ctx", "ctx_mask", "x_tgt", "f_tgt", "tgt_mask", "node_mask", "adjacency")
+
+    @classmethod
+    def validate_batch(cls, batch: Mapping[str, torch.Tensor]) -> None:
+        """Shape / content checks naming the offending field."""
+        missing = [k for k in cls._FIELDS if k not in batch]
+        if missing:
+            raise ValueError(f"Cond-FiP batch is missing fields {missing}")
+        b, nc, d = batch["x_ctx"].shape
+        nt = batch["x_tgt"].shape[1]
+        want = {"noise_ctx": (b, nc, d), "ctx_mask": (b, nc), "x_tgt": (b, nt, d), "f_tgt": (b, nt, d),
+                "tgt_mask": (b, nt), "node_mask": (b, d), "adjacency": (b, d, d)}
+        for key, shape in want.items():
+            if tuple(batch[key].shape) != shape:
+                raise ValueError(f"{key} must have shape {shape}, got {tuple(batch[key].shape)}")
+        if not bool(batch["ctx_mask"].bool().any(-1).all()):
+            raise ValueError("ctx_mask: every task needs at least one context row")
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of the module docstring and its two parts."""
+        self.validate_batch(batch)
+        cfg = self.config
+        node_mask = batch["node_mask"].bool()
+        ctx_mask = batch["ctx_mask"].bool()
+        allowed = parent_mask(batch["adjacency"], node_mask)
+        x_ctx = batch["x_ctx"].float()
+        h = self.encode(x_ctx, ctx_mask, allowed)
+        n_hat = self.noise_from_tokens(x_ctx, h)
+        m_ctx = ctx_mask[:, :, None] & node_mask[:, None, :]
+        m_tgt = batch["tgt_mask"].bool()[:, :, None] & node_mask[:, None, :]
+        emb = self.embed(h.detach() if cfg.detach_embedding else h, ctx_mask, allowed)
+        f_hat = self.mechanism(batch["x_tgt"].float(), emb, allowed)
+        err_n = n_hat - batch["noise_ctx"].float()
+        err_f = f_hat - batch["f_tgt"].float()
+        rmse_n = _masked_rmse_per_task(err_n, m_ctx)
+        rmse_f = _masked_rmse_per_task(err_f, m_tgt)
+        if cfg.loss == "rmse":
+            l_n, l_f = rmse_n.mean(), rmse_f.mean()
+        else:
+            l_n = (err_n.square() * m_ctx).sum() / m_ctx.sum().clamp_min(1)
+            l_f = (err_f.square() * m_tgt).sum() / m_tgt.sum().clamp_min(1)
+        loss = cfg.noise_weight * l_n + cfg.decoder_weight * l_f
+        return loss, {"noise_rmse": float(rmse_n.detach().mean()), "mech_rmse": float(rmse_f.detach().mean())}
+
+
+def cond_fip_loss(model: CondFiP, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Training loss for :func:`pipeline_lib.training.loop.train` (see :meth:`CondFiP.loss`)."""
+    return model.loss(batch)

@@ -1,0 +1,27 @@
+"""Named Cond-FiP sizes.
+
+``default`` is the authors' d = 20 setting (d_model 256, 8 heads, 4 encoder and 4
+decoder layers, 2 dataset-embedding layers, feed-forward 512, noise head 1024; 200
+context + 200 target rows of n = 400), GPU-sized. ``cpu-small`` fits a ~10 minute
+single-thread meta-training run; ``tiny`` is for tests.
+"""
+
+from __future__ import annotations
+
+from pipeline_lib.models.cond_fip.model import CondFiPConfig
+
+PRESETS: dict[str, dict] = {
+    "default": dict(d_model=256, n_heads=8, ff_mult=2, enc_layers=4, emb_layers=2, dec_layers=4,
+                    head_hidden=1024, n_embed=200, n_target=200),
+    "cpu-small": dict(d_model=64, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
+                      head_hidden=128, n_embed=100, n_embed_min=50, n_target=100),
+    "tiny": dict(d_model=32, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
+                 head_hidden=64, n_embed=64, n_target=64),
+}
+
+
+def preset(name: str, **overrides) -> CondFiPConfig:
+    """A named :class:`CondFiPConfig` (see :data:`PRESETS`) with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown Cond-FiP preset {name!r}; choose from {sorted(PRESETS)}")
+    return CondFiPConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,314 @@
+"""Cond-FiP: exact fixed-point convergence, equivariance, the answer contract, training.
+
+The fast tests use a ``tiny`` model whose parameters are randomised (a freshly built
+decoder starts as a constant map: its adaptive-LN gates are zero-initialised, which would
+make convergence trivially true). The oracle test trains a few hundred steps and is ``slow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_lib.models.cond_fip import (PRESETS, CondFiP, CondFiPConfig, cond_fip_loss, make_batch, predict,
+                                          preset)
+from pipeline_lib.models.cond_fip.model import graph_depth, parent_mask
+from pipeline_lib.posterior import capabilities
+from pipeline_lib.priors import PriorConfig
+from pipeline_lib.priors.sampler import sample_batch, sample_tasks, split_seed
+from pipeline_lib.taskdata import task_slice
+from pipeline_lib.training.loop import to_device
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is faster than two on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_model(seed: int = 0, **overrides) -> CondFiP:
+    torch.manual_seed(seed)
+    model = CondFiP(preset("tiny", **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def chain_and_dag(d: int, seed: int = 0) -> torch.Tensor:
+    """(2, d, d): a chain through a random order (depth d - 1), and a random DAG."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((2, d, d), dtype=np.uint8)
+    order = rng.permutation(d)
+    a[0, order[:-1], order[1:]] = 1
+    upper = np.triu(rng.random((d, d)) < 0.5, k=1)
+    perm = rng.permutation(d)
+    a[1] = upper[np.ix_(perm, perm)]
+    return torch.as_tensor(a)
+
+
+def embedding_for(model: CondFiP, adj: torch.Tensor, n: int = 32, seed: int = 0):
+    b, d, _ = adj.shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, d, generator=g)
+    node_mask = torch.ones(b, d, dtype=torch.bool)
+    allowed = parent_mask(adj, node_mask)
+    obs = torch.ones(b, n, dtype=torch.bool)
+    with torch.no_grad():
+        emb = model.embed(model.encode(x, obs, allowed), obs, allowed)
+    return emb, allowed, node_mask
+
+
+def test_fixed_point_is_exact_after_at_most_d_steps():
+    d = 6
+    model = random_model()
+    adj = chain_and_dag(d)
+    emb, allowed, node_mask = embedding_for(model, adj)
+    noise = torch.randn(2, 16, d, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x_d = model.generate(noise, emb, allowed, node_mask, n_iter=d)
+        x_more = model.generate(noise, emb, allowed, node_mask, n_iter=d + 5)
+        x_default = model.generate(noise, emb, allowed, node_mask)  # 1 + max depth steps
+        x_short = model.generate(noise, emb, allowed, node_mask, n_iter=d - 1)
+        residual = model.mechanism(x_d, emb, allowed) + noise
+    assert torch.equal(x_d, x_more)
+    assert torch.equal(x_d, x_default)
+    assert torch.equal(residual, x_d)  # x = F(x, n) holds exactly
+    # the chain has depth d - 1: its last node is not settled after d - 1 steps
+    assert not torch.equal(x_short[0], x_d[0])
+    assert graph_depth(allowed)[0].max() == d - 1
+
+
+def test_fixed_point_under_intervention_is_exact_and_holds_the_value():
+    d = 6
+    model = random_model(1)
+    adj = chain_and_dag(d, seed=3)
+    emb, allowed, node_mask = embedding_for(model, adj)
+    noise = torch.randn(2, 8, d, generator=torch.Generator().manual_seed(2))
+    int_mask = torch.zeros(2, d, dtype=torch.bool)
+    int_mask[:, 2] = True
+    int_value = torch.full((2, d), 1.5)
+    with torch.no_grad():
+        x_d = model.generate(noise, emb, allowed, node_mask, int_mask, int_value, n_iter=d)
+        x_more = model.generate(noise, emb, allowed, node_mask, int_mask, int_value, n_iter=2 * d)
+        x_obs = model.generate(noise, emb, allowed, node_mask, n_iter=d)
+    assert torch.equal(x_d, x_more)
+    assert torch.all(x_d[..., 2] == 1.5)
+    assert not torch.allclose(x_d, x_obs)
+
+
+def test_mechanism_reads_parents_only():
+    d = 5
+    model = random_model(2)
+    adj = chain_and_dag(d, seed=4)
+    emb, allowed, _ = embedding_for(model, adj)
+    x = torch.randn(2, 10, d)
+    with torch.no_grad():
+        f = model.mechanism(x, emb, allowed)
+        for j in range(d):
+            non_parents = ~allowed[:, j, :]  # (2, d): nodes j does not read (j itself included)
+            x2 = torch.where(non_parents[:, None, :], x + 3.0 * torch.randn_like(x), x)
+            assert torch.equal(model.mechanism(x2, emb, allowed)[..., j], f[..., j])
+        # and it does read a parent
+        b, i, j = torch.nonzero(adj)[0].tolist()
+        x3 = x.clone()
+        x3[b, :, i] += 1.0
+        assert not torch.allclose(model.mechanism(x3, emb, allowed)[b, :, j], f[b, :, j])
+
+
+def _random_task(d: int, n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    adj = np.triu(rng.random((d, d)) < 0.6, k=1).astype(np.uint8)
+    x = rng.standard_normal((n, d))
+    return {"x_obs": x, "adjacency": adj, "node_mask": np.ones(d, dtype=bool)}
+
+
+def test_node_relabelling_equivariance():
+    model = random_model(3)
+    task = _random_task(5, 40, 0)
+    perm = np.array([3, 0, 4, 1, 2])
+    ptask = {"x_obs": task["x_obs"][:, perm], "adjacency": task["adjacency"][np.ix_(perm, perm)],
+             "node_mask": task["node_mask"]}
+    ans, pans = predict(model, task), predict(model, ptask)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((30, 5))
+    np.testing.assert_allclose(pans.predict_noise(ptask["x_obs"]), ans.predict_noise(task["x_obs"])[:, perm],
+                               atol=1e-5)
+    np.testing.assert_allclose(pans.sample_observational(30, noise=noise[:, perm]),
+                               ans.sample_observational(30, noise=noise)[:, perm], atol=1e-5)
+    j = 1  # label j in the original is label inv[j] after relabelling
+    pj = int(np.flatnonzero(perm == j)[0])
+    np.testing.assert_allclose(pans.sample_do({pj: 0.7}, 30, noise=noise[:, perm]),
+                               ans.sample_do({j: 0.7}, 30, noise=noise)[:, perm], atol=1e-5)
+    # a different graph is not an equivalent input: outputs must change
+    other = predict(model, task, adjacency=np.triu(np.ones((5, 5), dtype=np.uint8), 1))
+    assert not np.allclose(other.sample_observational(30, noise=noise), ans.sample_observational(30, noise=noise))
+
+
+def test_sample_permutation_invariance_and_padding():
+    model = random_model(4)
+    task = _random_task(4, 30, 1)
+    rows = np.random.default_rng(1).permutation(30)
+    shuffled = {**task, "x_obs": task["x_obs"][rows]}
+    pad = {"x_obs": np.concatenate([task["x_obs"], np.zeros((30, 2))], 1),
+           "adjacency": np.pad(task["adjacency"], ((0, 2), (0, 2))),
+           "node_mask": np.array([True] * 4 + [False] * 2)}
+    noise = np.random.default_rng(2).standard_normal((10, 4))
+    ref = predict(model, task).sample_observational(10, noise=noise)
+    np.testing.assert_allclose(predict(model, shuffled).sample_observational(10, noise=noise), ref, atol=1e-5)
+    np.testing.assert_allclose(predict(model, pad).sample_observational(10, noise=noise), ref, atol=1e-5)
+
+
+def test_answer_contract_and_units():
+    model = random_model(5)
+    task = _random_task(4, 50, 2)
+    ans = predict(model, task)
+    ans.kde_samples = 300
+    assert {"generator", "interventional"} <= capabilities(ans)
+    rng = np.random.default_rng(0)
+    x = ans.sample_observational(20, rng)
+    assert x.shape == (20, 4) and np.isfinite(x).all()
+    y = ans.sample_do({2: -1.25}, 20, rng)
+    assert np.all(y[:, 2] == -1.25)
+    cf = ans.counterfactual(task["x_obs"][:7], {1: 0.3})
+    np.testing.assert_allclose(cf, ans.sample_do({1: 0.3}, 7, noise=ans.predict_noise(task["x_obs"][:7])))
+    # the dataset rows themselves and the same rows as queries get (nearly) the same noise
+    np.testing.assert_allclose(ans.predict_noise(task["x_obs"][:7]), ans.predict_noise(task["x_obs"])[:7],
+                               atol=0.3)
+    est = ans.interventional_log_density(2, -1.25, 3, np.linspace(-3, 3, 7))
+    assert est.log_density.shape == (7,) and np.all(est.mc_stderr >= 0)
+    # data units: a raw-unit copy of the task gives the same samples, rescaled
+    scale, shift = np.array([2.0, 0.5, 10.0, 1.0]), np.array([3.0, -1.0, 0.0, 5.0])
+    raw = {**task, "x_obs": task["x_obs"] * scale + shift}
+    rans = predict(model, raw)
+    noise = rng.standard_normal((12, 4))
+    np.testing.assert_allclose(rans.sample_observational(12, noise=noise * scale),
+                               ans.sample_observational(12, noise=noise) * scale + shift, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rans.predict_noise(raw["x_obs"]), ans.predict_noise(task["x_obs"]) * scale,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_name_the_field():
+    model = random_model()
+    task = _random_task(4, 20, 3)
+    with pytest.raises(ValueError, match="x_obs"):
+        predict(model, {**task, "x_obs": np.where(np.eye(20, 4, dtype=bool), np.nan, task["x_obs"])})
+    with pytest.raises(ValueError, match="adjacency"):
+        predict(model, task, adjacency=np.zeros((3, 3)))
+    cyclic = task["adjacency"].copy()
+    cyclic[3, 0] = 1
+    cyclic[0, 3] = 1
+    with pytest.raises(ValueError, match="DAG"):
+        predict(model, task, adjacency=cyclic)
+    ans = predict(model, task)
+    with pytest.raises(ValueError, match="noise"):
+        ans.sample_observational(5, noise=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="intervention node"):
+        ans.sample_do({7: 1.0}, 5)
+    tasks = sample_tasks(PriorConfig.from_yaml("configs/priors/lin-3node.yaml"), 2, 0)
+    with pytest.raises(ValueError, match="noise_obs"):
+        make_batch(model.config)({k: v for k, v in tasks.items() if k != "noise_obs"}, np.random.default_rng(0))
+    batch = to_device(make_batch(model.config)(tasks, np.random.default_rng(0)), CPU)
+    with pytest.raises(ValueError, match="adjacency"):
+        cond_fip_loss(model, {**batch, "adjacency": batch["adjacency"][:, :2]})
+    with pytest.raises(ValueError, match="n_embed_min"):
+        CondFiPConfig(n_embed=10, n_embed_min=20)
+
+
+def test_presets_and_batch_layout():
+    assert {"default", "cpu-small"} <= set(PRESETS)
+    for name in PRESETS:
+        assert CondFiP(preset(name)).config == preset(name)
+    cfg = preset("tiny", n_embed=30, n_embed_min=10, n_target=25)
+    tasks = sample_tasks(PriorConfig.from_yaml("configs/priors/lin-3node.yaml"), 3, 0)
+    batch = make_batch(cfg)(tasks, np.random.default_rng(0))
+    n_c = batch["x_ctx"].shape[1]
+    assert 10 <= n_c <= 30 and batch["x_tgt"].shape == (3, 25, 3)
+    # targets are the true mechanism values f(x) = x - n of rows of x_obs
+    np.testing.assert_allclose(batch["x_tgt"] - batch["f_tgt"],
+                               _noise_of_rows(tasks, batch["x_tgt"]), atol=1e-6)
+
+
+def _noise_of_rows(tasks: dict, rows: np.ndarray) -> np.ndarray:
+    """noise_obs of the rows of x_obs equal to ``rows`` (T, n, d)."""
+    out = np.empty_like(rows)
+    for t in range(rows.shape[0]):
+        match = (np.abs(tasks["x_obs"][t][None] - rows[t][:, None]).sum(-1) == 0).argmax(1)
+        out[t] = tasks["noise_obs"][t][match]
+    return out
+
+
+def test_training_reduces_both_losses():
+    torch.manual_seed(0)
+    prior = PriorConfig.from_yaml("configs/priors/lin-3node.yaml")
+    model = CondFiP(preset("tiny", n_embed=32, n_target=32))
+    fn = make_batch(model.config)
+    fixed = to_device(fn(sample_tasks(prior, 16, 123), np.random.default_rng(1)), CPU)
+    with torch.no_grad():
+        _, before = cond_fip_loss(model, fixed)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        loss, _ = cond_fip_loss(model, to_device(fn(sample_tasks(prior, 8, rng), rng), CPU))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        _, after = cond_fip_loss(model, fixed)
+    assert after["noise_rmse"] < 0.8 * before["noise_rmse"]
+    assert after["mech_rmse"] < 0.8 * before["mech_rmse"]
+
+
+def _oracle_moments(w, sigma, mean, std, j, a_z):
+    """Mean and variance of every node (standardised units) of the linear-Gaussian SCM
+    ``x = W^T x + eps`` under ``do(X_j = a)``: ``mu = (I - B)^{-1} a e_j``,
+    ``Sigma = (I - B)^{-1} D (I - B)^{-T}`` with ``B = W^T`` whose row ``j`` is zeroed, ``D_jj = 0``."""
+    d = w.shape[0]
+    b = w.T.copy()
+    b[j] = 0.0
+    inv = np.linalg.inv(np.eye(d) - b)
+    c = np.zeros(d)
+    c[j] = a_z * std[j] + mean[j]
+    dvar = sigma**2
+    dvar[j] = 0.0
+    mu, cov = inv @ c, inv @ np.diag(dvar) @ inv.T
+    return (mu - mean) / std, np.diag(cov) / std**2
+
+
+@pytest.mark.slow
+def test_trained_interventional_samples_match_the_linear_gaussian_oracle():
+    from pipeline_lib.training.batching import prior_stream
+    from pipeline_lib.training.loop import TrainConfig, train
+
+    prior = PriorConfig(name="t-lin3", graph={"n_nodes": 3, "expected_parents": 1.0}, n_obs=200,
+                        interventions={"n_regimes": 3}, mechanism={"kind": "linear", "w_min": 0.5, "w_max": 2.0})
+    torch.manual_seed(0)
+    model = CondFiP(preset("tiny", n_embed=100, n_target=100))
+    cfg = TrainConfig(steps=400, batch_size=16, lr=2e-3, device="cpu", warmup_frac=0.05)
+    train(model, cond_fip_loss, prior_stream(prior, make_batch(model.config), cfg.batch_size, 0), cfg,
+          progress=False)
+    tasks, extra = sample_batch(prior, [split_seed(prior, "test", i) for i in range(20)], return_params=True)
+    rng = np.random.default_rng(0)
+    err_mean, err_var = [], []
+    for t in range(20):
+        task = task_slice(tasks, t)
+        ans = predict(model, task)
+        sigma = extra["noise_scale"][t]
+        mean, std = task["obs_mean"].astype(float), task["obs_std"].astype(float)
+        for k in range(3):
+            j = int(np.flatnonzero(task["int_targets"][k])[0])
+            a = float(task["int_values"][k, j])
+            mu, var = _oracle_moments(extra["weights"][t], sigma.copy(), mean, std, j, a)
+            # the true noise law (Cond-FiP infers mechanisms, not the noise law)
+            y = ans.sample_do({j: a}, 4000, noise=rng.standard_normal((4000, 3)) * (sigma / std))
+            for i in set(range(3)) - {j}:
+                err_mean.append(abs(y[:, i].mean() - mu[i]) / np.sqrt(var[i]))
+                err_var.append(abs(y[:, i].var() / var[i] - 1.0))
+    assert np.mean(err_mean) < 0.10, np.mean(err_mean)
+    assert np.mean(err_var) < 0.10, np.mean(err_var)
