@@ -85,6 +85,25 @@ def test_fixed_point_is_exact_after_at_most_d_steps():
     assert graph_depth(allowed)[0].max() == d - 1
 
 
+def test_level_schedule_reaches_the_same_fixed_point():
+    d = 7
+    model = random_model(6)
+    adj = chain_and_dag(d, seed=5)
+    emb, allowed, node_mask = embedding_for(model, adj)
+    node_mask[1, -2:] = False  # padding in the second task
+    allowed = allowed & node_mask[:, :, None] & node_mask[:, None, :]
+    noise = torch.randn(2, 9, d, generator=torch.Generator().manual_seed(3))
+    int_mask = torch.zeros(2, d, dtype=torch.bool)
+    int_mask[0, 3] = True
+    int_value = torch.full((2, d), -0.8)
+    with torch.no_grad():
+        for im, iv in ((None, None), (int_mask, int_value)):
+            ref = model.generate(noise, emb, allowed, node_mask, im, iv, n_iter=d)
+            lev = model.generate(noise, emb, allowed, node_mask, im, iv, schedule="levels")
+            torch.testing.assert_close(lev, ref, atol=1e-5, rtol=1e-5)
+            assert torch.all(lev[1, :, -2:] == 0)
+
+
 def test_fixed_point_under_intervention_is_exact_and_holds_the_value():
     d = 6
     model = random_model(1)

@@ -105,7 +105,13 @@ def check_intervention(intervention: Mapping[int, float], d: int) -> tuple[np.nd
 
 
 class CondFiPAnswer(SampledInterventional, SCMGenerator):
-    """Cond-FiP's generative SCM for one dataset (module docstring). Built by :func:`predict`."""
+    """Cond-FiP's generative SCM for one dataset (module docstring). Built by :func:`predict`.
+
+    ``schedule``: how :meth:`CondFiP.generate` reaches the fixed point (``"levels"``, one
+    decoder evaluation per node, or the plain ``"fixed_point"`` iteration; same result).
+    """
+
+    schedule: str = "levels"
 
     def __init__(self, model: CondFiP, emb: DatasetEmbedding, allowed: torch.Tensor, x_ctx: np.ndarray,
                  mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray):
@@ -161,7 +167,8 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
         out = []
         for start in range(0, len(noise_z), CHUNK_ROWS):
             nz = self._tensor(noise_z[start:start + CHUNK_ROWS])[None]
-            x = self.model.generate(nz, self.emb, self.allowed, node_mask, int_mask, int_value)
+            x = self.model.generate(nz, self.emb, self.allowed, node_mask, int_mask, int_value,
+                                    schedule=self.schedule)
             out.append(x[0].double().cpu().numpy())
         z = np.concatenate(out) if out else np.zeros((0, self.n_nodes))
         x = z * self.std + self.mean

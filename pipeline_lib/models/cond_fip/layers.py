@@ -97,11 +97,12 @@ class AdaLNGraphBlock(nn.Module):
         z   = q + alpha_1 * GA(mod(LN(q); beta_1, gamma_1), mod(LN(e); beta_1, gamma_1), allowed)
         out = z + alpha_2 * FF(mod(LN(z); beta_2, gamma_2))
 
-    The keys ``e`` are modulated with the condition of *their* node. With ``W_c = 0`` at
-    initialisation every block starts as the identity.
+    The keys ``e`` are modulated with the condition of *their* node (``cond_k``), the queries
+    with that of theirs (``cond_q``; the queries may be a subset of the nodes). With
+    ``W_c = 0`` at initialisation every block starts as the identity.
 
-    Shapes: ``q: (..., d, D)``, ``e: (..., d, D)``, ``cond: (..., d, D)``,
-    ``allowed: (..., d, d)`` -> ``(..., d, D)``.
+    Shapes: ``q: (..., L_q, D)``, ``e: (..., d, D)``, ``cond_q: (..., L_q, D)``,
+    ``cond_k: (..., d, D)``, ``allowed: (..., L_q, d)`` -> ``(..., L_q, D)``.
     """
 
     def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4):
@@ -115,9 +116,11 @@ class AdaLNGraphBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, q: torch.Tensor, e: torch.Tensor, cond: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+    def forward(self, q: torch.Tensor, e: torch.Tensor, cond_q: torch.Tensor, cond_k: torch.Tensor,
+                allowed: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond_q).chunk(6, dim=-1)
+        shift_k, scale_k = self.modulation(cond_k)[..., : 2 * q.shape[-1]].chunk(2, dim=-1)
         qn = modulate(self.norm_q(q), shift1, scale1)
-        kn = modulate(self.norm_k(e), shift1, scale1)
+        kn = modulate(self.norm_k(e), shift_k, scale_k)
         z = q + gate1 * self.attn(qn, kn, allowed)
         return z + gate2 * self.ff(modulate(self.norm_ff(z), shift2, scale2))
