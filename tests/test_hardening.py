@@ -472,3 +472,97 @@ def test_a_fresh_start_marks_the_dead_run_killed_and_links_it(tracker_root, dead
     assert tracker.client.get_run(dead_id).info.status == "KILLED"
     assert tracker.client.get_run(new_id).data.tags["causalmeta.previous_run"] == dead_id
     assert json.loads((folder / RUN_FILE).read_text())["run_id"] == new_id
+
+
+_TINY_PRIOR_YAML = """\
+name: sig-lin-2node
+seed: 1
+graph: {kind: erdos_renyi, n_nodes: 2, expected_parents: 0.5}
+interventions: {n_regimes: 1}
+n_obs: 24
+n_int: 8
+splits: {train: 8, val: 4, test: 4}
+chunk_tasks: 4
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signalled_train_cli_stops_its_server_and_its_rerun_continues_the_run(tmp_path, signame):
+    """``causalmeta train`` gets ``signame`` after its first checkpoint (the process only, as
+    ``kill`` sends it): it exits, Prefect's temporary API server (its child) is gone, the MLflow
+    run is KILLED; the same command again resumes the checkpoint in that same MLflow run.
+    ~80 s each at load 8 on 2 cores (generation, two Prefect server starts)."""
+    import glob
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    from storage.tracking import RUN_FILE, Tracker
+
+    prior = tmp_path / "tiny.yaml"
+    prior.write_text(_TINY_PRIOR_YAML)
+    root = tmp_path / "root"
+    cmd = [str(Path(sys.executable).parent / "causalmeta"), "train", "mace-tnp", "--prior", str(prior),
+           "--steps", "200", "--batch-size", "2", "--preset", "cpu-small", "--device", "cpu", "--root", str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not glob.glob(str(root / "checkpoints" / "*" / "last.pt")):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in 400 s"
+            time.sleep(0.3)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("uvicorn" in " ".join(c.cmdline()) for c in children), "no temporary Prefect server found"
+        proc.send_signal(getattr(signal, signame))
+        rc = proc.wait(90)
+        assert rc != 0
+        time.sleep(1)
+        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"left running after {signame}: {[' '.join(c.cmdline()[:6]) for c in alive]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (ckpt_dir,) = [Path(p).parent for p in glob.glob(str(root / "checkpoints" / "*" / "last.pt"))]
+    run_id = json.loads((ckpt_dir / RUN_FILE).read_text())["run_id"]
+    tracker = Tracker(root)
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    result = json.loads(second.stdout[second.stdout.index("{"):])
+    assert result["run_id"] == run_id and result["steps"] == 200
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags.get("causalmeta.resumed") == "true"
+    steps = {m.step for m in tracker.client.get_metric_history(run_id, "loss")}
+    assert min(steps) <= 10 and max(steps) == 200  # the whole curve in one run
+
+
+# ------------------------------------------------------------------- 1: binding (no servers)
+def test_local_cluster_http_servers_are_pinned_to_loopback():
+    from flows.runtime import make_task_runner
+
+    kwargs = make_task_runner(2).cluster_kwargs
+    assert kwargs["processes"] is False  # inproc:// transport: no TCP listener besides HTTP
+    assert kwargs["dashboard_address"].startswith("127.0.0.1:")
+    assert kwargs["worker_dashboard_address"].startswith("127.0.0.1:")
+
+
+def test_stack_refuses_a_network_bind_without_authentication(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CAUSALMETA_TLS", "PREFECT_SERVER_API_AUTH", "MLFLOW_TRACKING_"))}
+    env.update(CAUSALMETA_BIND="0.0.0.0", CAUSALMETA_ROOT=str(tmp_path / "root"))
+    state = tmp_path / "state"
+    out = subprocess.run([str(REPO / "deploy" / "stack.sh"), "up", "--state", str(state)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    for needed in ("CAUSALMETA_TLS_CA", "CAUSALMETA_TLS_CERT", "CAUSALMETA_TLS_KEY",
+                   "PREFECT_SERVER_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"):
+        assert needed in out.stderr
+    assert not state.exists() and "started" not in out.stdout  # nothing was started
+
