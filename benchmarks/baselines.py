@@ -90,6 +90,7 @@ from flows.spec import load_prior  # noqa: E402
 from pipeline_lib import metrics as M  # noqa: E402
 from pipeline_lib.baselines.registry import fit_baseline  # noqa: E402
 from pipeline_lib.evaluation import restrict, score_graph, score_targets, task_slice  # noqa: E402
+from pipeline_lib.metrics import mean_se  # noqa: E402
 from pipeline_lib.posterior import capabilities  # noqa: E402
 from pipeline_lib.priors import sample_split_range  # noqa: E402
 
@@ -281,11 +282,12 @@ def bench_vectorisation(args) -> dict:
 
 
 def _mean_se(values: list[float]) -> dict:
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
-    if len(v) == 0:
+    v = np.asarray(values, dtype=np.float64)
+    n = int(np.isfinite(v).sum())
+    if n == 0:
         return {"mean": float("nan"), "se": float("nan"), "n": 0}
-    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "se": se, "n": int(len(v))}
+    mean, se = mean_se(v)
+    return {"mean": mean, "se": se, "n": n}
 
 
 def reference_rows(data: dict, graph_cfg, rng: np.random.Generator, n: int = 100) -> dict[str, dict]:

@@ -41,14 +41,14 @@ from pipeline_lib.baselines.exact import ExactPosterior  # noqa: E402
 from pipeline_lib.evaluation import make_queries, restrict, task_slice  # noqa: E402
 from pipeline_lib.models.mace_tnp import MaceTNPAnswer  # noqa: E402
 from pipeline_lib.models.registry import get_method  # noqa: E402
+from pipeline_lib import metrics as M  # noqa: E402
 from pipeline_lib.priors import PriorConfig, sample_split_range  # noqa: E402
 from pipeline_lib.training import PoolSource, TrainConfig, prior_stream, train  # noqa: E402
 
 
 def mean_se(x) -> dict[str, float]:
-    x = np.asarray(x, dtype=np.float64)
-    return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0,
-            "n": int(len(x))}
+    mean, se = M.mean_se(x)
+    return {"mean": mean, "se": se, "n": int(np.isfinite(np.asarray(x, dtype=np.float64)).sum())}
 
 
 def task_nlpid(logp: np.ndarray) -> float:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline_lib.metrics import comparison_table  # noqa: E402
+from pipeline_lib.metrics import comparison_table, mean_se  # noqa: E402
 
 REPORT_METRICS = ("nlpid", "nlpid_per_sample", "calibration_error", "coverage_50", "coverage_90", "e_shd", "e_sid", "edge_auroc",
                   "edge_auprc", "intv_auroc", "intv_auprc", "runtime_s")
@@ -41,10 +41,8 @@ def failures(records_by_method: dict[str, list[dict]]) -> list[dict[str, Any]]:
 
 
 def _mean_se(v: np.ndarray) -> tuple[float, float]:
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return np.nan, np.nan
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    """The library's mean +- s.e. (s.e. nan for one task: no error bar), nan for no task."""
+    return mean_se(v) if np.isfinite(v).any() else (np.nan, np.nan)
 
 
 def _bars(ax, arrays, metric, title):

@@ -12,12 +12,12 @@ from pipeline_lib.baselines.dibs import (
     acyclicity,
     fit_dibs_joint,
     fit_dibs_marginal,
-    is_acyclic,
     run_dibs_joint,
     run_dibs_marginal,
 )
 from pipeline_lib.baselines.exact import BGeMixturePosterior, ExactPosterior
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
+from pipeline_lib.metrics import is_dag as is_acyclic
 from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction
 from pipeline_lib.metrics.graph import expected_shd, shd_cpdag
 

@@ -7,11 +7,11 @@ from pipeline_lib.baselines.bge import BGe
 from pipeline_lib.baselines.enumeration import (
     EnumerationError,
     enumerate_dags,
-    is_acyclic,
     markov_equivalent,
     parent_bitmasks,
 )
 from pipeline_lib.baselines.exact import BGeMixturePosterior, ExactPosterior
+from pipeline_lib.metrics import is_dag as is_acyclic
 from pipeline_lib.baselines.two_node import TwoNodePosterior
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline_lib.priors import PriorConfig, sample_split_range
-from pipeline_lib.priors.graphs import inverse_permutation, is_dag, relabel_adjacency
+from pipeline_lib.metrics import is_dag
+from pipeline_lib.priors.graphs import inverse_permutation, relabel_adjacency
 
 
 def config(graph: dict, n_tasks: int = 300) -> PriorConfig:

@@ -70,10 +70,10 @@ from pipeline_lib.baselines.dibs import (
     DiBSJointPosterior,
     LatentGraphModel,
     _torch_setup,
-    is_acyclic,
     logistic_noise,
 )
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian, gaussian_log_pdf
+from pipeline_lib.metrics.graph import is_dag
 from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction, svgd_steps
 
 __all__ = ["BaCaDIConfig", "BaCaDIParticles", "BaCaDIPosterior", "fit_bacadi", "run_bacadi"]
@@ -242,7 +242,7 @@ def run_bacadi(
     graphs = graph_model.hard_graphs(z)
     parts = BaCaDIParticles(
         z=z.cpu().numpy(), theta=theta.cpu().numpy(), mu=mu.cpu().numpy(), gamma=gamma.cpu().numpy(),
-        graphs=graphs, acyclic=is_acyclic(graphs), alpha_final=graph_model.alpha(cfg.steps),
+        graphs=graphs, acyclic=is_dag(graphs), alpha_final=graph_model.alpha(cfg.steps),
     )
     return parts, graph_model, model
 

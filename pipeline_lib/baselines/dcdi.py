@@ -85,6 +85,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.baselines.base import AncestralGaussianPosterior, DensityEstimate, check_query
+from pipeline_lib.metrics.graph import is_dag
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -272,25 +273,12 @@ def dag_constraint(w: torch.Tensor) -> torch.Tensor:
     return _TraceExpm.apply(w) - w.shape[0]
 
 
-def is_acyclic(adj: np.ndarray) -> bool:
-    """Kahn's algorithm on a 0/1 adjacency (row = parent)."""
-    adj = np.asarray(adj) != 0
-    indeg = adj.sum(axis=0).astype(int)
-    alive = np.ones(len(adj), dtype=bool)
-    while True:
-        roots = alive & (indeg == 0)
-        if not roots.any():
-            return not alive.any()
-        alive &= ~roots
-        indeg -= adj[roots].sum(axis=0)
-
-
 def threshold_to_dag(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """``probs > threshold``, raising the threshold past the weakest edges until acyclic."""
     probs = np.asarray(probs, dtype=np.float64) * (1 - np.eye(len(probs)))
     adj = probs > threshold
     for t in np.sort(np.unique(probs[adj])):
-        if is_acyclic(adj):
+        if is_dag(adj):
             break
         adj = probs > t
     return adj.astype(np.uint8)
@@ -601,7 +589,7 @@ def fit_dcdi(
             hist.val_nll.append(v)
             val_al.append(v + reg.item() + gamma * h_val + 0.5 * mu * h_val**2)
             with torch.no_grad():
-                acyclic = is_acyclic((model.edge_probs() > 0.5).cpu().numpy())
+                acyclic = is_dag((model.edge_probs() > 0.5).cpu().numpy())
 
         if h_val > cfg.h_threshold or not acyclic:
             phase = 0

@@ -80,6 +80,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.baselines.base import AncestralGaussianPosterior, stack_known_interventions
+from pipeline_lib.metrics.graph import is_dag
 from pipeline_lib.baselines.mlp_gaussian import MLPGaussian
 from pipeline_lib.baselines.svgd import RMSprop, mc_chunk_size, self_normalised_grad, svgd_direction, svgd_steps
 
@@ -242,12 +243,6 @@ def acyclicity(g: torch.Tensor, kind: str = "poly") -> torch.Tensor:
     return m.diagonal(dim1=-2, dim2=-1).sum(-1) - d
 
 
-def is_acyclic(graphs: np.ndarray) -> np.ndarray:
-    """(P, d, d) 0/1 -> (P,) bool, by nilpotency: a digraph is a DAG iff A^d = 0."""
-    a = torch.as_tensor(np.asarray(graphs) != 0, dtype=torch.float64)
-    return (torch.linalg.matrix_power(a, a.shape[-1]).flatten(1).abs().sum(1) == 0).numpy()
-
-
 class LatentGraphModel:
     """The generative graph model p(G | Z) and the latent prior p(Z) of DiBS (module docstring)."""
 
@@ -368,7 +363,7 @@ def run_dibs_marginal(
         opt.ascend([z], [phi])
     graphs = model.hard_graphs(z)
     parts = DiBSParticles(
-        z=z.cpu().numpy(), theta=None, graphs=graphs, acyclic=is_acyclic(graphs), alpha_final=model.alpha(cfg.steps)
+        z=z.cpu().numpy(), theta=None, graphs=graphs, acyclic=is_dag(graphs), alpha_final=model.alpha(cfg.steps)
     )
     return parts, model
 
@@ -499,7 +494,7 @@ def run_dibs_joint(
         opt.ascend([z, theta], [phi_z, phi_th])
     graphs = model.hard_graphs(z)
     parts = DiBSParticles(
-        z=z.cpu().numpy(), theta=theta.cpu().numpy(), graphs=graphs, acyclic=is_acyclic(graphs),
+        z=z.cpu().numpy(), theta=theta.cpu().numpy(), graphs=graphs, acyclic=is_dag(graphs),
         alpha_final=model.alpha(cfg.steps),
     )
     return parts, model, mech

@@ -96,12 +96,6 @@ def reachability(adj: np.ndarray) -> np.ndarray:
     return reach
 
 
-def is_acyclic(adj: np.ndarray) -> np.ndarray:
-    """(B, d, d) -> (B,) bool, True where the graph has no directed cycle."""
-    reach = reachability(adj)
-    return ~np.diagonal(reach, axis1=1, axis2=2).any(axis=1)
-
-
 def v_structures(adj: np.ndarray) -> np.ndarray:
     """(B, d, d) -> (B, d, d, d) bool: ``V[b, u, w, v]`` iff u -> v <- w with u, w
     non-adjacent and u < w (each unshielded collider counted once)."""

@@ -34,7 +34,6 @@ Pairwise distances use ``scipy.spatial.distance.cdist`` (``O((n + m)^2)`` memory
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -124,10 +123,11 @@ def aggregate_nlpid(
         v = to_numpy(items).astype(np.float64).reshape(-1)
     if np.isnan(v).any():
         raise ValueError("results contains nan")
-    mean = float(v.mean())
-    if v.size == 1 or not np.all(np.isfinite(v)):
-        return mean, float("nan")
-    return mean, float(v.std(ddof=1) / math.sqrt(v.size))
+    if not np.all(np.isfinite(v)):
+        return float(v.mean()), float("nan")
+    from pipeline_lib.metrics.stats import mean_se
+
+    return mean_se(v)
 
 
 # --------------------------------------------------------------------------- two-sample distances

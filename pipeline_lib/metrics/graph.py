@@ -123,9 +123,13 @@ def transitive_closure(adj: Any) -> np.ndarray:
     return _closure_inplace(to_numpy(adj).astype(bool).copy())
 
 
-def is_dag(adj: Any) -> bool:
-    """True iff the 0/1 matrix ``adj: (d, d)`` has no directed cycle."""
-    return not np.diagonal(transitive_closure(adj), axis1=-2, axis2=-1).any()
+def is_dag(adj: Any) -> bool | np.ndarray:
+    """True iff the 0/1 matrix ``adj: (d, d)`` has no directed cycle; for a stack
+    ``(..., d, d)`` a bool array ``(...)``. The one acyclicity check of the project: a graph
+    is a DAG iff no node reaches itself in its transitive closure."""
+    a = to_numpy(adj)
+    cyclic = np.diagonal(transitive_closure(a), axis1=-2, axis2=-1).any(axis=-1)
+    return not bool(cyclic) if a.ndim == 2 else ~cyclic
 
 
 def _require_dag(arr: np.ndarray, name: str) -> np.ndarray:

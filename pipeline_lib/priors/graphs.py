@@ -92,20 +92,3 @@ def relabel_adjacency(adj: np.ndarray, inv: np.ndarray) -> np.ndarray:
     """``A_out[t, a, b] = A[t, inv[t, a], inv[t, b]]`` for ``adj: (T, d, d)``, ``inv: (T, d)``."""
     t = np.arange(adj.shape[0])[:, None, None]
     return adj[t, inv[:, :, None], inv[:, None, :]]
-
-
-def is_dag(adj: np.ndarray) -> bool:
-    """True iff ``adj: (d, d)`` has no directed cycle (Kahn's algorithm via matrix powers).
-
-    A graph is acyclic iff its adjacency is nilpotent, i.e. ``A^d = 0``; computed with
-    boolean repeated squaring so it is exact for 0/1 matrices.
-    """
-    a = (np.asarray(adj) != 0).astype(np.int64)
-    d = a.shape[0]
-    power = a.copy()
-    steps = 1
-    while steps < d:
-        power = ((power @ power) > 0).astype(np.int64)
-        steps *= 2
-    # power now = reachability by walks of length exactly 2^s >= d: nonzero iff a cycle
-    return not power.any()
