@@ -1,0 +1,155 @@
+"""The MetaCaDI model: DP-DAG + likelihood + target predictor, and the objective of eq. 7.
+
+Task-shared parameters ``Phi = {phi, psi (DP-DAG), eta, varsigma (predictor),
+Theta_obs, Theta'_int (and w_0 for the MAML variants)}``; task-specific ``w_ti`` come from
+the adaptation rule (:mod:`.likelihood`). One outer step on the T meta-training tasks,
+with one DAG sample ``A ~ q_phi,psi`` (straight-through) per step:
+
+    w_t      = adapt(D^s_t; A)                                     (ridge or MAML)
+    zeta_t   = g_eta(F_t(D^s_t, f(A * D^s_t), f^I_t(A * D^s_t)))      (:mod:`.targets`)
+    m~_t     = sigmoid((zeta_t + L) / tau),  L ~ Logistic(0, 1)
+    xhat^q_t = (1 - m~_t) * f(A * D^q_t) + m~_t * f^I_t(A * D^q_t)
+
+    L(Phi) = (1/T) sum_t [ L_R,t + lambda_I L_I,t + lambda_H L_H,t ] + lambda_G L_G,
+
+    L_R,t = mean_{n, i} (x^q_tni - xhat^q_tni)^2                   (query reconstruction)
+    L_I,t = mean_i sigmoid(zeta_ti)                                (target sparsity, L1 of m_t)
+    L_H,t = mean_{i != j} HSIC(r_ti, r_tj),  r_t = x^q_t - xhat^q_t   (residual independence)
+    L_G   = mean_{k < l} KL(Bern(sigmoid(L_kl)) || Bern(p0))       (edge sparsity)
+
+HSIC is the biased estimator ``tr(K_i H K_j H) / (n - 1)^2`` with RBF kernels whose
+bandwidth is the mean squared residual distance of the node (not differentiated).
+The paper applies its L1 "to the logit vector"; an L1 on raw logits pulls them to 0
+(probability 1/2), so here it acts on the probabilities sigmoid(zeta), the expected
+number of targets (as in BaCaDI and DCDI).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline_lib.models.dpdag import DPDAG
+from pipeline_lib.models.metacadi.config import MetaCaDIConfig
+from pipeline_lib.models.metacadi.likelihood import (NodeMLP, Params, gradient_adapt, masked_inputs, per_task,
+                                                     ridge_solve, with_constant)
+from pipeline_lib.models.metacadi.targets import TargetPredictor, row_features, sample_targets
+
+
+@dataclass
+class Adapted:
+    """Task-adapted likelihood: ``w: (T, d, F)`` last layers; ``obs`` / ``intv`` per-task
+    copies of ``Theta_obs`` / ``Theta'_int`` (None: the shared weights)."""
+
+    w: torch.Tensor
+    obs: Params | None = None
+    intv: Params | None = None
+
+
+def hsic_pairs(resid: torch.Tensor) -> torch.Tensor:
+    """``resid: (T, n, d)`` -> ``(T,)`` mean off-diagonal HSIC between the nodes' residuals."""
+    t, n, d = resid.shape
+    r = resid.transpose(1, 2)  # (T, d, n)
+    dist = (r[..., :, None] - r[..., None, :]) ** 2  # (T, d, n, n)
+    bw = dist.detach().mean((-1, -2)).clamp_min(1e-6)  # (T, d)
+    k = torch.exp(-dist / bw[..., None, None])
+    kc = k - k.mean(-1, keepdim=True) - k.mean(-2, keepdim=True) + k.mean((-1, -2), keepdim=True)
+    hs = torch.einsum("tiab,tjab->tij", kc, k) / (n - 1) ** 2  # (T, d, d)
+    off = hs.sum((-1, -2)) - hs.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return off / (d * (d - 1))
+
+
+class MetaCaDIModel(nn.Module):
+    """All task-shared parameters of MetaCaDI on ``d`` nodes (module docstring)."""
+
+    def __init__(self, d: int, cfg: MetaCaDIConfig):
+        super().__init__()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.d, self.cfg = d, cfg
+        self.dag = DPDAG(d, cfg.tau_perm, cfg.tau_edge, cfg.edge_logit_init)
+        hid = [cfg.hidden] * cfg.layers
+        self.f_obs = NodeMLP(d, [d, *hid, 1], gen)
+        self.h_int = NodeMLP(d, [d, *hid, cfg.feat_dim], gen, out_act=True)
+        self.w0 = nn.Parameter(torch.zeros(d, cfg.feat_dim + 1))  # MAML initialisation of w
+        with torch.random.fork_rng(devices=[]):  # nn.Linear initialises from the global stream
+            torch.manual_seed(cfg.seed)
+            self.predictor = TargetPredictor(d, cfg.predictor, cfg.embed_dim, cfg.predictor_hidden)
+
+    # ------------------------------------------------------------------ likelihood
+    def predict(self, x: torch.Tensor, adj: torch.Tensor, ad: Adapted) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: (T, n, d)`` -> predictions of ``f`` and ``f^I_t``, both ``(T, n, d)``."""
+        z = masked_inputs(x, adj)  # (T, d, n, d)
+        f = self.f_obs(z, ad.obs)[..., 0]  # (T, d, n)
+        h = with_constant(self.h_int(z, ad.intv))  # (T, d, n, F)
+        f_int = (h @ ad.w[..., None])[..., 0]  # (T, d, n)
+        return f.transpose(1, 2), f_int.transpose(1, 2)
+
+    def adapt(self, x_s: torch.Tensor, adj: torch.Tensor, create_graph: bool = False) -> Adapted:
+        """Task-specific parameters from the support sets ``x_s: (T, n_s, d)`` (:mod:`.likelihood`)."""
+        cfg = self.cfg
+        z = masked_inputs(x_s, adj)  # (T, d, n_s, d)
+        y = x_s.transpose(1, 2)  # (T, d, n_s)
+        if cfg.inner == "closed_form":
+            return Adapted(w=ridge_solve(with_constant(self.h_int(z)), y, cfg.ridge_lambda))
+        t = x_s.shape[0]
+        n_int = len(self.h_int.params())
+        full = cfg.inner == "full_maml"
+        shared = self.h_int.params() + [self.w0] + (self.f_obs.params() if full else [])
+
+        def support_loss(p: Params) -> torch.Tensor:
+            h = with_constant(self.h_int(z, p[:n_int]))
+            loss = ((y - (h @ p[n_int][..., None])[..., 0]) ** 2).mean((1, 2)).sum()
+            if full:
+                loss = loss + ((y - self.f_obs(z, p[n_int + 1:])[..., 0]) ** 2).mean((1, 2)).sum()
+            return loss
+
+        with torch.enable_grad():
+            p = gradient_adapt(support_loss, per_task(shared, t), cfg.inner_steps, cfg.inner_lr, create_graph)
+        return Adapted(w=p[n_int], intv=p[:n_int], obs=p[n_int + 1:] if full else None)
+
+    # ------------------------------------------------------------------ targets
+    def target_logits(self, x_s: torch.Tensor, adj: torch.Tensor, ad: Adapted) -> torch.Tensor:
+        """``zeta: (T, d)`` from the support sets and their adapted likelihood."""
+        f, f_int = self.predict(x_s, adj, ad)
+        return self.predictor(row_features(x_s, f, f_int))
+
+    @torch.no_grad()
+    def target_probs(self, x_s: torch.Tensor, n_graphs: int, generator: torch.Generator) -> torch.Tensor:
+        """``E_{A ~ q}[sigmoid(zeta_t(A))]: (T, d)`` for support sets ``x_s: (T, n, d)``: the
+        ``n_graphs`` DAG samples are stacked on the task axis (one batched adaptation)."""
+        t = x_s.shape[0]
+        adj = self.dag.sample(n_graphs, generator).repeat_interleave(t, dim=0)  # (S T, d, d)
+        xs = x_s.repeat(n_graphs, 1, 1)  # (S T, n, d), graph-major like adj
+        ad = self.adapt(xs, adj)
+        ad = Adapted(w=ad.w.detach(), obs=_detach(ad.obs), intv=_detach(ad.intv))
+        probs = torch.sigmoid(self.target_logits(xs, adj, ad))
+        return probs.reshape(n_graphs, t, self.d).mean(0)
+
+    # ------------------------------------------------------------------ objective
+    def loss(self, x_s: torch.Tensor, x_q: torch.Tensor, generator: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 7 on support sets ``x_s: (T, n_s, d)`` and query sets ``x_q: (T, n_q, d)``."""
+        cfg = self.cfg
+        parts = {"recon": 0.0, "targets": 0.0, "hsic": 0.0}
+        total = 0.0
+        for _ in range(cfg.n_graph_mc):
+            adj = self.dag.sample(1, generator)[0]
+            ad = self.adapt(x_s, adj, create_graph=not cfg.first_order)
+            zeta = self.target_logits(x_s, adj, ad)  # (T, d)
+            m = sample_targets(zeta, cfg.tau_target, generator)[:, None, :]  # (T, 1, d)
+            f, f_int = self.predict(x_q, adj, ad)
+            resid = x_q - ((1 - m) * f + m * f_int)
+            recon = (resid**2).mean()
+            sparsity = torch.sigmoid(zeta).mean()
+            hsic = hsic_pairs(resid[:, : cfg.n_hsic]).mean() if cfg.lambda_H > 0 else torch.zeros(())
+            total = total + (recon + cfg.lambda_I * sparsity + cfg.lambda_H * hsic) / cfg.n_graph_mc
+            for key, val in (("recon", recon), ("targets", sparsity), ("hsic", hsic)):
+                parts[key] += float(val.detach()) / cfg.n_graph_mc
+        kl = self.dag.kl_to_bernoulli(cfg.edge_prior) / (self.d * (self.d - 1) / 2)
+        parts["edge_kl"] = float(kl.detach())
+        return total + cfg.lambda_G * kl, parts
+
+
+def _detach(params: Params | None) -> Params | None:
+    return None if params is None else [p.detach() for p in params]

@@ -1,0 +1,176 @@
+"""MetaCaDI: closed-form adaptation, target recovery, invariances, and that targets stay unknown."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline_lib import metrics as M
+from pipeline_lib.models.metacadi import MetaCaDIConfig, MetaCaDIInputError, MetaCaDIModel, fit_metacadi
+from pipeline_lib.models.metacadi.likelihood import gradient_adapt, ridge_objective, ridge_solve
+from pipeline_lib.priors.config import PriorConfig
+from pipeline_lib.priors.sampler import sample_split_range
+from pipeline_lib.taskdata import restrict, task_slice
+
+# a small meta-learning protocol: 8 meta-training + 8 meta-test experiments
+SMALL = dict(n_train_tasks=8, n_test_tasks=8, n_support=10, n_query=30, n_test_rows=10, hidden=16,
+             feat_dim=6, predictor="per_node", embed_dim=16, predictor_hidden=32, n_eval_graphs=8,
+             n_edge_mc=200, query_batch=16, n_hsic=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny batched ops: inter-op threading only adds contention (10x slower on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def planted_system(d: int = 4, seed: int = 0, n_regimes: int = 16) -> dict:
+    """One linear-Gaussian system whose soft interventions shift their single target by 3-4 sd."""
+    cfg = PriorConfig.from_dict({
+        "name": "planted", "seed": seed,
+        "graph": {"kind": "erdos_renyi", "n_nodes": d, "expected_parents": 1.0},
+        "mechanism": {"kind": "linear", "w_min": 0.5, "w_max": 1.5},
+        "noise": {"kind": "gaussian", "scale_min": 0.3, "scale_max": 0.5},
+        "interventions": {"n_regimes": n_regimes, "kind": "soft", "max_targets": 1, "targets_known": False,
+                          "value_dist": "uniform_sign", "value_low": 3.0, "value_high": 4.0},
+        "n_obs": 40, "n_int": 40, "splits": {"train": 0, "val": 0, "test": 1},
+    })
+    return restrict(task_slice(sample_split_range(cfg, "test", 0, 1), 0))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    data = planted_system()
+    post = fit_metacadi(data, MetaCaDIConfig(steps=300, **SMALL))
+    return data, post
+
+
+# ----------------------------------------------------------------------------- closed form
+
+
+def test_ridge_closed_form_equals_gradient_descent_run_to_convergence():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 4, 10, 6, generator=gen, dtype=torch.float64)  # (T, d, n_s, F)
+    y = torch.randn(3, 4, 10, generator=gen, dtype=torch.float64)
+    lam = 0.7
+    w_closed = ridge_solve(h, y, lam)
+    # step size 1 / L for the L-smooth objective, L = 2 (lambda_max(H^T H) + lambda)
+    lip = 2 * (torch.linalg.eigvalsh(h.transpose(-1, -2) @ h).max() + lam)
+    w0 = [torch.zeros(3, 4, 6, dtype=torch.float64, requires_grad=True)]
+    (w_gd,) = gradient_adapt(lambda p: ridge_objective(h, y, p[0], lam), w0, 3000, float(1 / lip), False)
+    np.testing.assert_allclose(w_closed.numpy(), w_gd.detach().numpy(), rtol=1e-7, atol=1e-9)
+    # and it is the stationary point of eq. 5 (gradient zero), not just any fixed point
+    w = w_closed.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ridge_objective(h, y, w, lam), w)
+    assert float(g.abs().max()) < 1e-9
+
+
+def test_ridge_is_differentiable_for_the_outer_loop():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 3, 8, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, 8, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda hh: ridge_solve(hh, y, 0.5), (h,))
+
+
+@pytest.mark.parametrize("inner", ["intv_maml", "full_maml"])
+def test_maml_variants_share_the_code_path_and_fit_the_support(inner):
+    cfg = MetaCaDIConfig(inner=inner, inner_steps=20, inner_lr=0.05, **SMALL)
+    model = MetaCaDIModel(4, cfg)
+    gen = torch.Generator().manual_seed(0)
+    x_s = torch.randn(5, 10, 4, generator=gen)
+    adj = model.dag.sample(1, gen)[0]
+    ad = model.adapt(x_s, adj, create_graph=True)
+    assert ad.w.shape == (5, 4, cfg.feat_dim + 1) and (ad.obs is not None) == (inner == "full_maml")
+    base = model.predict(x_s, adj, type(ad)(w=model.w0.expand(5, 4, -1)))[1]
+    after = model.predict(x_s, adj, ad)[1]
+    assert ((after - x_s) ** 2).mean() < ((base - x_s) ** 2).mean()
+    loss, _ = model.loss(x_s, x_s + 0.1, gen)
+    loss.backward()  # second-order gradients reach the shared initialisation
+    assert model.w0.grad is not None and model.w0.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- fitted system
+
+
+def test_planted_targets_are_recovered_fast(planted):
+    data, post = planted
+    probs = post.intervention_target_probs()
+    assert probs.shape == data["int_targets"].shape
+    test = slice(8, 16)  # meta-test experiments: 10 rows each, adapted one at a time
+    assert M.intervention_auroc(data["int_targets"][test], probs[test]) >= 0.9
+    assert M.intervention_auroc(data["int_targets"], probs) >= 0.9
+
+
+@pytest.mark.slow
+def test_planted_targets_are_recovered_at_the_paper_protocol():
+    data = planted_system(d=6, seed=1, n_regimes=40)
+    cfg = MetaCaDIConfig(steps=400, **{**SMALL, "n_train_tasks": 20, "n_test_tasks": 20})
+    probs = fit_metacadi(data, cfg).intervention_target_probs()
+    assert M.intervention_auroc(data["int_targets"][20:], probs[20:]) >= 0.9
+
+
+def test_graph_posterior_contract(planted):
+    data, post = planted
+    d = data["x_obs"].shape[1]
+    probs = post.edge_probs()
+    assert probs.shape == (d, d) and np.all(np.diag(probs) == 0) and np.all((probs >= 0) & (probs <= 1))
+    graphs = post.sample_graphs(20, np.random.default_rng(0))
+    assert graphs.shape == (20, d, d) and graphs.dtype == np.uint8 and all(M.is_dag(g) for g in graphs)
+
+
+def test_adapt_is_closed_form_and_reproduces_the_meta_test_answer(planted):
+    data, post = planted
+    k = 11  # a meta-test regime: adapted from its first n_test_rows rows
+    np.testing.assert_allclose(post.adapt(data["x_int"][k, :10]), post.intervention_target_probs()[k],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_adapt_is_invariant_to_the_order_of_support_rows(planted):
+    data, post = planted
+    x = data["x_int"][12, :10]
+    perm = np.random.default_rng(0).permutation(10)
+    a, b = post.adapt(x), post.adapt(x[perm])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # ... but it does look at the rows: another experiment gets another answer
+    assert np.abs(post.adapt(data["x_int"][13, :10]) - a).max() > 1e-3
+
+
+def test_adapt_rejects_bad_rows(planted):
+    _, post = planted
+    with pytest.raises(MetaCaDIInputError, match="x_new"):
+        post.adapt(np.zeros((10, 3)))
+    with pytest.raises(MetaCaDIInputError, match="NaN"):
+        post.adapt(np.full((10, 4), np.nan))
+
+
+# ----------------------------------------------------------------------------- targets stay unknown
+
+
+def test_the_method_never_reads_targets_or_graph():
+    data = planted_system(d=3, seed=2)
+    cfg = MetaCaDIConfig(steps=20, **SMALL)
+    a = fit_metacadi(data, cfg)
+    garbage = dict(data)
+    garbage["int_targets"] = np.full(data["int_targets"].shape, np.nan)
+    garbage["int_values"] = np.full(data["int_values"].shape, 1e9)
+    garbage["adjacency"] = 1 - data["adjacency"]
+    b = fit_metacadi(garbage, cfg)
+    c = fit_metacadi({"x_obs": data["x_obs"], "x_int": data["x_int"]}, cfg)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.intervention_target_probs(), other.intervention_target_probs())
+        np.testing.assert_array_equal(a.edge_probs(), other.edge_probs())
+
+
+def test_input_errors_name_the_field():
+    data = planted_system(d=3, seed=2)
+    with pytest.raises(MetaCaDIInputError, match="n_train_tasks"):
+        fit_metacadi(data, MetaCaDIConfig(steps=1, **{**SMALL, "n_train_tasks": 12}))
+    with pytest.raises(MetaCaDIInputError, match="n_support"):
+        fit_metacadi(data, MetaCaDIConfig(steps=1, **{**SMALL, "n_query": 35}))
+    with pytest.raises(MetaCaDIInputError, match="x_obs"):
+        fit_metacadi({"x_int": data["x_int"]}, MetaCaDIConfig(steps=1, **SMALL))
+    with pytest.raises(ValueError, match="inner"):
+        MetaCaDIConfig(inner="sgd")
+    with pytest.raises(ValueError, match="not_a_field"):
+        MetaCaDIConfig(not_a_field=1)
