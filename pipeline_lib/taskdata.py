@@ -14,9 +14,47 @@ def task_slice(batch: dict, t: int) -> dict:
     return {k: np.asarray(v[t]) for k, v in batch.items()}
 
 
+class TaskDataError(ValueError):
+    """One task's arrays do not fit the data contract (the message names the field)."""
+
+
 def real_nodes(task: dict) -> np.ndarray:
     """Indices of the real (unpadded) nodes of one task."""
     return np.flatnonzero(np.asarray(task["node_mask"], dtype=bool))
+
+
+def check_task(task: dict) -> None:
+    """Validate ONE task at a method's entry: shapes, node mask, finite data, enough rows.
+
+    Every method is reached through :func:`restrict`, so a NaN, a 1-D array or a node mask of
+    the wrong size is one clear error here instead of NaN output or a torch shape error.
+    """
+    for key in ("x_obs", "node_mask"):
+        if key not in task:
+            raise TaskDataError(f"{key}: missing from the task")
+    x = np.asarray(task["x_obs"])
+    mask = np.asarray(task["node_mask"])
+    if x.ndim != 2:
+        raise TaskDataError(f"x_obs: expected shape (n_obs, d) for one task, got {x.shape}")
+    if mask.shape != (x.shape[1],):
+        raise TaskDataError(f"node_mask: shape {mask.shape} does not match x_obs's {x.shape[1]} nodes")
+    nodes = np.flatnonzero(mask.astype(bool))
+    if len(nodes) == 0:
+        raise TaskDataError("node_mask: the task has no real node")
+    if x.shape[0] < 2:
+        raise TaskDataError(f"x_obs: {x.shape[0]} observational rows; at least 2 are needed")
+    bad = int((~np.isfinite(x[:, nodes].astype(np.float64))).sum())
+    if bad:
+        raise TaskDataError(f"x_obs: {bad} NaN/inf values on real nodes")
+    if "x_int" in task:
+        xi, k = np.asarray(task["x_int"]), np.asarray(task.get("int_targets", np.zeros((0, x.shape[1]))))
+        if xi.ndim != 3 or xi.shape[2] != x.shape[1]:
+            raise TaskDataError(f"x_int: expected shape (K, n_int, {x.shape[1]}), got {xi.shape}")
+        if k.shape != (xi.shape[0], x.shape[1]):
+            raise TaskDataError(f"int_targets: expected shape ({xi.shape[0]}, {x.shape[1]}), got {k.shape}")
+        bad = int((~np.isfinite(xi[..., nodes].astype(np.float64))).sum())
+        if bad:
+            raise TaskDataError(f"x_int: {bad} NaN/inf values on real nodes")
 
 
 def restrict(task: dict) -> dict:
@@ -26,6 +64,7 @@ def restrict(task: dict) -> dict:
     ``int_values (K, d)``, ``adjacency (d, d)`` uint8 (when the task has them), and the
     optional ``noise_obs (N, d)``, ``x_cf (K, N, d)``, ``perturbation (K, p)``.
     """
+    check_task(task)
     nodes = real_nodes(task)
     out = {
         "x_obs": np.asarray(task["x_obs"], dtype=np.float64)[:, nodes],

@@ -225,3 +225,31 @@ def test_new_method_and_baseline_run_through_the_benchmark_flow(registered, tmp_
     # interventional spread, which beats the same Gaussian at scale 1 (the untrained baseline)
     assert math.isfinite(mean[(amort, "nlpid")]) and mean[(amort, "nlpid")] < mean[("gauss-empty", "nlpid")]
     assert summary["models"][label][0]["data"] == "store"
+
+
+def test_bad_task_input_is_one_clear_error_at_the_contract_entry():
+    """NaN, 1-D data, a wrong-size node mask and too few rows fail before any method runs
+    (issue 12, item 10): never NaN output with exit 0."""
+    from pipeline_lib.models.registry import get_method
+    from pipeline_lib.taskdata import TaskDataError
+
+    task = _linear_task()
+    spec = get_method("mace-tnp")
+    model = spec.build(spec.config("cpu-small", d_model=16, n_heads=2, n_components=2))
+    cases = {
+        "x_obs: 1 NaN/inf": lambda t: t["x_obs"].__setitem__((0, 0), np.nan),
+        "x_obs: expected shape": lambda t: t.__setitem__("x_obs", t["x_obs"][:, 0]),
+        "node_mask: shape": lambda t: t.__setitem__("node_mask", np.ones(5, bool)),
+        "at least 2": lambda t: t.__setitem__("x_obs", t["x_obs"][:1]),
+        "x_int: 1 NaN/inf": lambda t: t["x_int"].__setitem__((0, 0, 1), np.inf),
+    }
+    for msg, spoil in cases.items():
+        bad = {k: np.array(v, copy=True) for k, v in task.items()}
+        spoil(bad)
+        for run in (lambda: spec.predict(model, bad), lambda: fit_baseline("exact", restrict(bad))):
+            with pytest.raises(TaskDataError, match=msg):
+                run()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.predict(torch.full((10, 3), float("nan")), None, 0, 1.0, 1)
+    with pytest.raises(ValueError, match="node_mask must be"):
+        model.predict(torch.zeros(10, 3), torch.ones(4, dtype=torch.bool), 0, 1.0, 1)

@@ -306,9 +306,22 @@ class MaceTNP(nn.Module):
         Returns:
             :class:`MixtureOfGaussians` with batch shape ``(B,)`` (``(1,)`` for a single dataset).
         """
+        x_obs = torch.as_tensor(x_obs)
+        if x_obs.ndim not in (2, 3):
+            raise ValueError(f"x_obs must be (N, d) or (B, N, d), got shape {tuple(x_obs.shape)}")
         single = x_obs.ndim == 2
         x = x_obs[None] if single else x_obs
         b, n, d = x.shape
+        if node_mask is not None and tuple(torch.as_tensor(node_mask).shape) not in ((d,), (b, d)):
+            raise ValueError(f"node_mask must be ({d},) or ({b}, {d}), got {tuple(torch.as_tensor(node_mask).shape)}")
+        real = torch.ones(b, n, d, dtype=torch.bool) if node_mask is None else \
+            torch.as_tensor(node_mask).bool().reshape(-1, 1, d).expand(b, n, d)
+        if obs_mask is not None:
+            real = real & torch.as_tensor(obs_mask).bool().reshape(-1, n, 1).expand(b, n, d)
+        if not bool(torch.isfinite(x.float())[real].all()):
+            raise ValueError("x_obs contains NaN or inf on real samples and nodes")
+        if not bool(torch.isfinite(torch.as_tensor(a, dtype=torch.float32)).all()):
+            raise ValueError("the intervention value a must be finite")
         dev = next(self.parameters()).device
         x = x.to(dev, torch.float32)
         nm = torch.ones(b, d, dtype=torch.bool, device=dev) if node_mask is None else node_mask.to(dev).bool()
