@@ -585,7 +585,7 @@ class PriorStore:
         """
         bad = self.integrity_problems()
         if bad:
-            msg = f"{self.path}: checksum mismatch in {', '.join(bad)}"
+            msg = f"{self.path}: integrity check failed: {'; '.join(bad)}"
             if raise_error:
                 raise StoreCorruptedError(msg)
             log.error(msg)
@@ -650,11 +650,19 @@ class PriorStore:
             return {}, [f"{split} chunk {c} (tasks {c0}:{c1}): no per-chunk digests (store written before them)"]
         try:
             done = int(sg[_DONE][c])
-            digests = sg[_DIGEST][c]
         except Exception as exc:  # a garbled bookkeeping chunk fails to decode
-            return {}, [f"{self._where(split, _DONE + '/' + _DIGEST, c)}: unreadable ({type(exc).__name__}: {exc})"]
-        if not done:
-            return {}, [f"{self._where(split, _DONE, c)}: not marked done (never written, interrupted or marker lost)"]
+            return {}, [f"{self._where(split, _DONE, c)}: unreadable ({type(exc).__name__}: {exc})"]
+        if done != 1:
+            what = "not marked done (never written, interrupted or marker lost)" if done == 0 else (
+                f"marker garbled (value {done})")
+            return {}, [f"{self._where(split, _DONE, c)}: {what}"]
+        try:
+            digests = sg[_DIGEST][c]
+        except Exception as exc:
+            return {}, [f"{self._where(split, _DIGEST, c)}: unreadable ({type(exc).__name__}: {exc})"]
+        if not digests.any():
+            return {}, [f"{self._where(split, _DIGEST, c)}: no digests recorded (file lost, or chunk written "
+                        "before digests existed)"]
         blocks, problems = {}, []
         for name, arr in arrays.items():
             problem = None
