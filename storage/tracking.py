@@ -357,8 +357,14 @@ class Tracker:
         return max(versions) if versions else None
 
     def registered_model_for_prior(self, method: str, prior_hash: str) -> int | None:
-        """Newest version of ``causalmeta-<method>`` tagged with ``prior_hash``, or None."""
-        hits = [int(v.version) for v in self._versions(method) if v.tags.get("prior_hash") == prior_hash]
+        """Newest loadable version of ``causalmeta-<method>`` tagged with ``prior_hash``, or None.
+
+        Versions in the pickled format of earlier code do not count (they are kept, but
+        :meth:`load_registered_model` refuses them), so a flow that reuses a model trained on
+        the prior retrains instead of reusing one it cannot load.
+        """
+        hits = [int(v.version) for v in self._versions(method)
+                if v.tags.get("prior_hash") == prior_hash and v.tags.get("format") == MODEL_FORMAT]
         return max(hits) if hits else None
 
     def load_registered_model(self, method: str, version: int | str = "latest", map_location: str = "cpu"):
@@ -428,6 +434,7 @@ class Tracker:
                     "prior_name": v.tags.get("prior_name", ""),
                     "run_id": v.run_id,
                     "created": v.creation_timestamp,
+                    "format": v.tags.get("format", "pickle (refused)"),
                 })
         return sorted(out, key=lambda r: (r["name"], r["version"]))
 

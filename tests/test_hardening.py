@@ -332,7 +332,12 @@ def test_a_pickled_registered_version_is_refused(tracker_root, tmp_path):
         tracker.client.create_registered_model("causalmeta-mace-tnp")
     except Exception:
         pass
-    mv = tracker.client.create_model_version("causalmeta-mace-tnp", source=legacy.as_uri(), run_id=run_id)
+    mv = tracker.client.create_model_version("causalmeta-mace-tnp", source=legacy.as_uri(), run_id=run_id,
+                                             tags={"prior_hash": "hash-legacy"})
+    # kept and listed, but never offered for reuse: the flow retrains instead
+    assert tracker.registered_model_for_prior("mace-tnp", "hash-legacy") is None
+    listed = {m["version"]: m["format"] for m in tracker.list_registered_models()}
+    assert listed[int(mv.version)] == "pickle (refused)"
     with pytest.raises(TrackingError, match="pickled models are refused"):
         tracker.load_registered_model("mace-tnp", int(mv.version))
     with pytest.raises(TrackingError, match="pickled models are refused"):
