@@ -23,7 +23,7 @@ killed run left). Each fault is then checked in two steps:
 
 A fault is "survived with nothing lost" when both hold. The script also measures what
 verified reads cost: on a 1000-task store, a full read of a split and 200 single-task reads,
-``PriorStore.read`` (verified) against plain Zarr reads of the same arrays (best of 3).
+``PriorStore.read`` (verified) against plain Zarr reads of the same arrays (best of 5, interleaved).
 
 All flow runs, in this process and in the killed subprocesses, share one Prefect server
 started here on a free loopback port (one start-up instead of one per run).
@@ -290,7 +290,7 @@ def run_faults(n: int, seed: int, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- read overhead
-def run_overhead(work: Path, repeats: int = 3, n_single: int = 200) -> dict:
+def run_overhead(work: Path, repeats: int = 5, n_single: int = 200) -> dict:
     import zarr
 
     config = overhead_config()
@@ -306,18 +306,20 @@ def run_overhead(work: Path, repeats: int = 3, n_single: int = 200) -> dict:
     raw_arrays = {name: group[name] for name in names}  # opened once, like PriorStore's handles
     idx = np.random.default_rng(0).integers(0, 1000, n_single)
 
-    def best(fn) -> float:
-        times = []
+    def best(*fns) -> list[float]:
+        """Best time of each function; repeats interleaved, so load changes hit both sides alike."""
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+            for fn, ts in zip(fns, times):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+        return [min(ts) for ts in times]
 
-    full_plain = best(lambda: {n: a[:] for n, a in raw_arrays.items()})
-    full_verified = best(lambda: store.read("train"))
-    single_plain = best(lambda: [{n: a[i : i + 1] for n, a in raw_arrays.items()} for i in idx])
-    single_verified = best(lambda: [store.read("train", int(i), int(i) + 1) for i in idx])
+    full_plain, full_verified = best(lambda: {n: a[:] for n, a in raw_arrays.items()},
+                                     lambda: store.read("train"))
+    single_plain, single_verified = best(lambda: [{n: a[i : i + 1] for n, a in raw_arrays.items()} for i in idx],
+                                         lambda: [store.read("train", int(i), int(i) + 1) for i in idx])
     nbytes = sum(a.nbytes for a in store.read("train", 0, 1000).values())
     return {
         "n_tasks": 1000, "chunk_tasks": config.chunk_tasks, "arrays": len(names), "decoded_mb": nbytes / 1e6,

@@ -107,6 +107,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 _DONE = "chunk_done"
 _DIGEST = "chunk_sha256"
 _BOOKKEEPING = frozenset({_DONE, _DIGEST})
+_SCAN_CHUNKS = 16  # chunks verified per step of a full scan (verify, finalize, checksums)
 # zstd + bitshuffle at a moderate level: float32 samples barely compress, so higher levels
 # cost writer time for a few percent of disk.
 _COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
@@ -242,6 +243,24 @@ def _array_checksum(arr: zarr.Array) -> str:
         block = np.ascontiguousarray(arr[start : start + step])
         h.update(block.tobytes())
     return h.hexdigest()
+
+
+def _blocks(arr: zarr.Array, ca: int, cb: int, step: int) -> tuple[np.ndarray | None, list[np.ndarray | Exception]]:
+    """Values of chunks ``ca:cb`` of `arr` (`step` entries each along axis 0): the whole range,
+    or None when it fails to decode, and each chunk's values or the exception reading it raised."""
+    n = arr.shape[0]
+    bounds = [(c * step, min((c + 1) * step, n)) for c in range(ca, cb)]
+    try:
+        whole = arr[ca * step : min(cb * step, n)]
+    except Exception:  # read chunk by chunk to tell which one is bad
+        parts: list[np.ndarray | Exception] = []
+        for lo, hi in bounds:
+            try:
+                parts.append(arr[lo:hi])
+            except Exception as exc:
+                parts.append(exc)
+        return None, parts
+    return whole, [whole[lo - ca * step : hi - ca * step] for lo, hi in bounds]
 
 
 def _chunk_file_exists(arr: zarr.Array, chunk_index: int) -> bool:
@@ -495,21 +514,6 @@ class PriorStore:
                 out.append((split, c, *_chunk_bounds(n, self.chunk_tasks, c)))
         return out
 
-    def damaged_chunks(self) -> list[tuple[str, int, str]]:
-        """(split, chunk_index, what is wrong) of every chunk marked done that fails its checks.
-
-        Reads every marked chunk once (decode + sha256). A chunk of a legacy split (no digest
-        recorded) counts as damaged: regenerating it is the way it gets its digests.
-        """
-        out = []
-        for split in SPLITS:
-            done = self._markers(split)
-            for c in np.flatnonzero(done != 0).tolist():
-                problems = self._check_chunk(split, c)[1]
-                if problems:
-                    out.append((split, c, "; ".join(problems)))
-        return out
-
     def invalidate(self, chunks: list[tuple[str, int]]) -> None:
         """Mark chunks pending again, so generation rewrites them (byte-identical: seeded per task).
 
@@ -611,14 +615,18 @@ class PriorStore:
             out = {name: sg[name][start:stop] for name in names}
         else:
             arrays = {name: sg[name] for name in names}
-            out = {name: np.empty((stop - start, *a.shape[1:]), a.dtype) for name, a in arrays.items()}
             step = self.chunk_tasks
-            for c in range(start // step, -(-stop // step)):
-                blocks = self._read_chunk(split, c, arrays)
-                c0, c1 = _chunk_bounds(n, step, c)
-                lo, hi = max(start, c0), min(stop, c1)
-                for name, block in blocks.items():
-                    out[name][lo - start : hi - start] = block[lo - c0 : hi - c0]
+            ca, cb = start // step, max(-(-stop // step), start // step)
+            values, problems = self._check_range(split, ca, cb, arrays, first_only=True)
+            if problems:
+                raise StoreCorruptedError(
+                    f"{self.path}: {problems[0]}; no data returned. Re-run `causalmeta generate` on its "
+                    "config to regenerate the damaged chunks"
+                )
+            lo = ca * step
+            # copy a sub-range: a view would keep every decoded chunk alive
+            out = {name: v[start - lo : stop - lo] if (start, stop) == (lo, lo + len(v))
+                   else v[start - lo : stop - lo].copy() for name, v in values.items()}
         if as_torch:
             import torch
 
@@ -638,64 +646,87 @@ class PriorStore:
         c0, c1 = _chunk_bounds(self.n_tasks(split), self.chunk_tasks, c)
         return f"{split}/{name} chunk {c} (tasks {c0}:{c1})"
 
-    def _check_chunk(
-        self, split: str, c: int, arrays: Mapping[str, zarr.Array] | None = None, *, first_only: bool = False
+    def _check_range(
+        self, split: str, ca: int, cb: int, arrays: Mapping[str, zarr.Array], *, first_only: bool = False
     ) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Decoded, verified blocks of chunk `c` and the problems found (an empty list: all good)."""
+        """Verify chunks ``ca:cb`` of `split`; return their decoded values and the problems found.
+
+        The values (keyed by array, tasks of chunk ca up to the end of chunk cb - 1) are only
+        meaningful when no problem is found. One Zarr read per array covers the whole range
+        (Zarr decodes its chunks concurrently); only a range that fails to decode is read again
+        chunk by chunk, to name the bad chunk.
+        """
         sg = self._arrays(split)
-        c0, c1 = _chunk_bounds(self.n_tasks(split), self.chunk_tasks, c)
-        arrays = arrays if arrays is not None else {name: sg[name] for name in self.array_names(split)}
         order = self._order(split)
         if not order:
-            return {}, [f"{split} chunk {c} (tasks {c0}:{c1}): no per-chunk digests (store written before them)"]
-        try:
-            done = int(sg[_DONE][c])
-        except Exception as exc:  # a garbled bookkeeping chunk fails to decode
-            return {}, [f"{self._where(split, _DONE, c)}: unreadable ({type(exc).__name__}: {exc})"]
-        if done != 1:
-            what = "not marked done (never written, interrupted or marker lost)" if done == 0 else (
-                f"marker garbled (value {done})")
-            return {}, [f"{self._where(split, _DONE, c)}: {what}"]
-        try:
-            digests = sg[_DIGEST][c]
-        except Exception as exc:
-            return {}, [f"{self._where(split, _DIGEST, c)}: unreadable ({type(exc).__name__}: {exc})"]
-        if not digests.any():
-            return {}, [f"{self._where(split, _DIGEST, c)}: no digests recorded (file lost, or chunk written "
-                        "before digests existed)"]
-        blocks, problems = {}, []
+            return {}, [f"{split} chunks {ca}:{cb}: no per-chunk digests (store written before them)"]
+        step = self.chunk_tasks
+        problems: list[str] = []
+        done = _blocks(sg[_DONE], ca, cb, 1)[1]
+        digests = _blocks(sg[_DIGEST], ca, cb, 1)[1]
+        bad_chunks: set[int] = set()
+        for i, c in enumerate(range(ca, cb)):
+            what = None
+            if isinstance(done[i], Exception):  # a garbled bookkeeping chunk fails to decode
+                what = (_DONE, f"unreadable ({type(done[i]).__name__}: {done[i]})")
+            elif int(done[i][0]) != 1:
+                what = (_DONE, "not marked done (never written, interrupted or marker lost)" if int(done[i][0]) == 0
+                        else f"marker garbled (value {int(done[i][0])})")
+            elif isinstance(digests[i], Exception):
+                what = (_DIGEST, f"unreadable ({type(digests[i]).__name__}: {digests[i]})")
+            elif not digests[i].any():
+                what = (_DIGEST, "no digests recorded (file lost, or chunk written before digests existed)")
+            if what is not None:
+                problems.append(f"{self._where(split, what[0], c)}: {what[1]}")
+                bad_chunks.add(c)
+                if first_only:
+                    return {}, problems
+        values: dict[str, np.ndarray] = {}
         for name, arr in arrays.items():
-            problem = None
-            expected = digests[order[name]].tobytes() if name in order else bytes(32)
-            if expected == bytes(32):
-                problem = "no digest recorded"
-            elif arr.size and not _chunk_file_exists(arr, c):
-                problem = "chunk file missing (Zarr would return fill values)"
-            else:
-                try:
-                    block = arr[c0:c1]
-                except Exception as exc:  # truncated / garbled chunk file
-                    problem = f"undecodable ({type(exc).__name__}: {exc})"
+            whole, parts = _blocks(arr, ca, cb, step)
+            if whole is not None:
+                values[name] = whole
+            for i, c in enumerate(range(ca, cb)):
+                if c in bad_chunks:
+                    continue
+                block, problem = parts[i], None
+                expected = digests[i][0, order[name]].tobytes() if name in order else bytes(32)
+                if isinstance(block, Exception):  # truncated / garbled chunk file
+                    problem = f"undecodable ({type(block).__name__}: {block})"
+                elif expected == bytes(32):
+                    problem = "no digest recorded"
                 else:
                     actual = _chunk_digest(split, name, c, block)
-                    if actual != expected:
+                    # Zarr reads a missing chunk file as fill values (zeros): look for the file
+                    # when the values differ or are all zero; a true all-zero chunk has its file.
+                    if (actual != expected or not block.any()) and arr.size and not _chunk_file_exists(arr, c):
+                        problem = "chunk file missing (Zarr would return fill values)"
+                    elif actual != expected:
                         problem = f"digest mismatch (stored {expected.hex()[:12]}..., read {actual.hex()[:12]}...)"
-                    else:
-                        blocks[name] = block
-            if problem is not None:
-                problems.append(f"{self._where(split, name, c)}: {problem}")
-                if first_only:
-                    break
-        return blocks, problems
+                if problem is not None:
+                    problems.append(f"{self._where(split, name, c)}: {problem}")
+                    bad_chunks.add(c)
+                    if first_only:
+                        return {}, problems
+            if whole is None and not problems:
+                values[name] = np.concatenate(parts[: cb - ca]) if cb > ca else arr[0:0]
+        return values, problems
 
-    def _read_chunk(self, split: str, c: int, arrays: Mapping[str, zarr.Array]) -> dict[str, np.ndarray]:
-        blocks, problems = self._check_chunk(split, c, arrays, first_only=True)
-        if problems:
-            raise StoreCorruptedError(
-                f"{self.path}: {problems[0]}; no data returned. Re-run `causalmeta generate` on its "
-                "config to regenerate the damaged chunks"
-            )
-        return blocks
+    def damaged_chunks(self) -> list[tuple[str, int, str]]:
+        """(split, chunk_index, what is wrong) of every chunk marked done that fails its checks.
+
+        Reads every marked chunk once (decode + sha256). A chunk of a legacy split (no digest
+        recorded) counts as damaged: regenerating it is the way it gets its digests.
+        """
+        out = []
+        for split in SPLITS:
+            done = self._markers(split)
+            arrays = {name: self._arrays(split)[name] for name in self.array_names(split)}
+            for c in np.flatnonzero(done != 0).tolist():
+                problems = self._check_range(split, c, c + 1, arrays)[1]
+                if problems:
+                    out.append((split, c, "; ".join(problems)))
+        return out
 
     def _scan(self) -> tuple[dict[str, str], list[str]]:
         """Checksums of all data arrays, computed from verified chunks, and every problem found."""
@@ -712,15 +743,15 @@ class PriorStore:
                         problems.append(f"{split}/{name} (unreadable: {exc})")
                 continue
             hashers = {name: _checksum_hasher(arr) for name, arr in arrays.items()}
-            split_ok = True
-            for c in range(self.n_chunks(split)):
-                blocks, found = self._check_chunk(split, c, arrays)
+            found_before = len(problems)
+            n_chunks = self.n_chunks(split)
+            for ca in range(0, n_chunks, _SCAN_CHUNKS):  # bounded memory on big stores
+                values, found = self._check_range(split, ca, min(ca + _SCAN_CHUNKS, n_chunks), arrays)
                 problems.extend(found)
-                split_ok &= not found
-                if split_ok:
-                    for name, block in blocks.items():
-                        hashers[name].update(np.ascontiguousarray(block).tobytes())
-            if split_ok:
+                if len(problems) == found_before:
+                    for name, block in values.items():
+                        hashers[name].update(np.ascontiguousarray(block).data)
+            if len(problems) == found_before:
                 checksums.update({f"{split}/{name}": h.hexdigest() for name, h in hashers.items()})
         return checksums, problems
 

@@ -93,6 +93,10 @@ def test_read_verifies_chunks_and_never_returns_damaged_data(store, config, dama
         reader.read("train")
     with pytest.raises(StoreCorruptedError, match="train/x_obs chunk 1"):
         reader.read("train", 5, 6)  # one task inside the damaged chunk
+    from storage.datasets import PriorTaskDataset
+
+    with pytest.raises(StoreCorruptedError, match="train/x_obs chunk 1"):
+        PriorTaskDataset(store.path, "train")[5]  # what training reads goes through the same check
     # chunks that are intact still read, and read right
     want = sample_split_range(config, "train", 8, 16)
     got = reader.read("train", 8, 16)

@@ -310,3 +310,32 @@ def torch_equal(x, y) -> bool:
     """Exact equality, NaN == NaN (int_values are NaN where not intervened)."""
     x, y = x.numpy(), y.numpy()
     return x.shape == y.shape and bool(np.array_equal(x, y, equal_nan=x.dtype.kind == "f"))
+
+
+def test_legacy_store_without_digests_stays_readable_and_gets_digests_on_resume(complete_store, config):
+    """Stores written before per-chunk digests: read after a whole-array check, upgraded by a resume."""
+    import shutil
+
+    from storage.prior_store import StoreCorruptedError
+
+    for split in ("train", "val", "test"):
+        shutil.rmtree(complete_store.path / split / "chunk_sha256")
+    want = sample_split_range(config, "train", 0, 10)
+    legacy = PriorStore.open(complete_store.path)
+    assert not legacy.has_chunk_digests("train") and legacy.verify()
+    assert all(np.array_equal(legacy.read("train")[k], want[k], equal_nan=True) for k in want)
+    # a legacy store is still refused when its bytes differ from the finalized checksums
+    g = zarr.open_group(str(complete_store.path), mode="r+")
+    g["val/x_obs"][0:1] = g["val/x_obs"][0:1] + 1.0
+    with pytest.raises(StoreCorruptedError, match="val/x_obs"):
+        PriorStore.open(complete_store.path).read("val")
+
+    resumed = PriorStore.create_or_open(complete_store.path.parents[1], config)
+    damaged = resumed.damaged_chunks()
+    assert len(damaged) == 5 and all("no digests recorded" in why for _, _, why in damaged)
+    resumed.invalidate([(s, c) for s, c, _ in damaged])
+    fill(resumed, config)
+    resumed.finalize()
+    upgraded = PriorStore.open(complete_store.path)
+    assert upgraded.has_chunk_digests("val") and upgraded.verify()
+    np.testing.assert_array_equal(upgraded.read("val")["x_obs"], sample_split_range(config, "val", 0, 4)["x_obs"])
