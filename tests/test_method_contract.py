@@ -253,3 +253,30 @@ def test_bad_task_input_is_one_clear_error_at_the_contract_entry():
         model.predict(torch.full((10, 3), float("nan")), None, 0, 1.0, 1)
     with pytest.raises(ValueError, match="node_mask must be"):
         model.predict(torch.zeros(10, 3), torch.ones(4, dtype=torch.bool), 0, 1.0, 1)
+
+
+def test_cli_predict_answers_with_a_baseline_and_lists_methods(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.spec import load_prior
+    from pipeline_lib.priors import sample_split_range
+    from storage.prior_store import PriorStore
+
+    cfg = load_prior("lin-3node-strong", {"n_obs": 80, "n_int": 30, "splits": {"train": 4, "val": 2, "test": 2},
+                                          "chunk_tasks": 2})
+    store = PriorStore.create_or_open(tmp_path, cfg)
+    for split, chunk, start, stop in store.pending_chunks():
+        store.write_chunk(split, chunk, sample_split_range(cfg, split, start, stop))
+    store.finalize()
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", "exact", "--data", str(store.path), "--task", "1"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "answers graph, interventional" in r.output and "Most probable edges" in r.output
+    assert "90% interval" in r.output and max(len(ln) for ln in r.output.splitlines()) <= 80
+    r = runner.invoke(app, ["predict", "no-such", "--data", str(store.path)])
+    assert r.exit_code == 2 and "amortized: mace-tnp" in r.output
+    r = runner.invoke(app, ["predict", "exact", "--data", str(store.path), "--task", "7"])
+    assert r.exit_code == 2 and "has tasks 0..1" in r.output
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0 and "mace-tnp" in r.output and "dcdi-unknown" in r.output
