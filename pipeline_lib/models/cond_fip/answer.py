@@ -219,6 +219,9 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
             ``adjacency``); :func:`pipeline_lib.taskdata.restrict` drops the padding.
         adjacency: a graph to use instead of the true one, ``(d, d)`` over the real nodes or
             ``(d_max, d_max)``; must be a DAG.
+
+    All rows are encoded; a fixed random subset of ``config.embed_rows`` (default
+    ``n_embed``) of them is pooled into the dataset embedding.
     """
     for key in ("x_obs", "node_mask"):
         if key not in task:
@@ -247,7 +250,9 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
     try:
         h = model.encode(z, obs_mask, allowed)
         noise_z = model.noise_from_tokens(z, h)[0].double().cpu().numpy()
-        emb = model.embed(h, obs_mask, allowed)
+        n_pool = min(x.shape[0], model.config.embed_rows or model.config.n_embed)
+        rows = torch.as_tensor(np.sort(np.random.default_rng(0).permutation(x.shape[0])[:n_pool]), device=dev)
+        emb = model.embed(h[:, rows], obs_mask[:, rows], allowed)
     finally:
         model.train(was_training)
     return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z)

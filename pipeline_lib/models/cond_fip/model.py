@@ -83,6 +83,9 @@ class CondFiPConfig(BaseModel):
     ``n_embed_min < n_embed`` one size ``~ U{n_embed_min..n_embed}`` is drawn per batch, so
     the embedding learns to work from few rows. ``n_target``: rows scored by the decoder
     loss (disjoint from the context rows; fewer when the task has too few rows).
+    ``embed_rows``: at prediction every row is encoded (and gets its noise predicted), but
+    only a fixed random subset of ``embed_rows`` rows is pooled into the dataset embedding,
+    because a max over more rows than in training would shift its distribution.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,6 +100,8 @@ class CondFiPConfig(BaseModel):
     n_embed: int = Field(200, ge=2)
     n_embed_min: int | None = Field(None, ge=2, description="smallest context size (default n_embed)")
     n_target: int = Field(200, ge=1)
+    embed_rows: int | None = Field(None, ge=2, description="rows pooled into the embedding at prediction "
+                                   "(default n_embed: the max-pool sees as many rows as in training)")
     detach_embedding: bool = Field(True, description="decoder loss does not train the encoder")
     noise_weight: float = Field(1.0, ge=0.0)
     decoder_weight: float = Field(1.0, ge=0.0)

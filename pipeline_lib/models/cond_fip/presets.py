@@ -14,7 +14,7 @@ PRESETS: dict[str, dict] = {
     "default": dict(d_model=256, n_heads=8, ff_mult=2, enc_layers=4, emb_layers=2, dec_layers=4,
                     head_hidden=1024, n_embed=200, n_target=200),
     "cpu-small": dict(d_model=64, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
-                      head_hidden=128, n_embed=100, n_embed_min=50, n_target=100),
+                      head_hidden=128, n_embed=64, n_embed_min=32, n_target=64),
     "tiny": dict(d_model=32, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
                  head_hidden=64, n_embed=64, n_target=64),
 }

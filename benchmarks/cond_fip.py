@@ -1,0 +1,261 @@
+"""Cond-FiP benchmark: meta-train on the LIN and RFF priors (d = 20) at a CPU size, score on
+100 test datasets per prior against per-dataset ANM baselines on identical data.
+
+Per family (``lin``, ``rff``) one run (``--family``; the two can run in parallel):
+
+1. meta-train Cond-FiP (``cpu-small`` preset) on fresh tasks of
+   ``configs/priors/condfip-<family>-20.yaml`` (observational arrays only: the training
+   copy of the prior drops the regimes and counterfactuals, which leaves ``x_obs`` and
+   ``noise_obs`` of every task unchanged and sampling ~10x cheaper);
+2. score Cond-FiP, ANM-linear and ANM-MLP (``pipeline_lib.baselines.anm``, true graph) on
+   the test split of the in-distribution prior and of ``condfip-<family>-20-ood``, and, on
+   the in-distribution tasks, in a data-scarce regime (first n = 50 / 100 rows).
+
+Metrics (:func:`score_generator`, the definitions of issue 15), per task, RMSE per node on
+the standardised data, averaged over the d nodes (the intervened node included, where the
+error is 0, as the paper does), then mean +- s.e. over tasks:
+
+* noise: ``predict_noise(x_obs)`` vs ``noise_obs``;
+* sample: ``sample_observational(noise=noise_obs)`` vs ``x_obs``;
+* interventional: ``sample_do(do_k, noise=noise_obs)`` vs ``x_cf[k]`` (true noise), averaged
+  over the K hard single-target regimes;
+* counterfactual: ``counterfactual(x_obs, do_k)`` vs ``x_cf[k]`` (noise abducted by the method);
+* MMD: unbiased RBF MMD^2 (median heuristic) of ``N/2`` generated rows (fresh noise) of a
+  model built from the first half of ``x_obs`` vs the held-out second half; ``truth`` is
+  the MMD between the two true halves (the floor at this sample size).
+
+``--merge`` gathers the per-family parts into ``benchmarks/results/cond_fip.json`` and logs
+it with ``Tracker.log_benchmark``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline_lib.baselines.anm import ANMConfig, fit_anm  # noqa: E402
+from pipeline_lib.metrics.distributions import mmd_rbf  # noqa: E402
+from pipeline_lib.metrics.stats import mean_se  # noqa: E402
+from pipeline_lib.models.cond_fip import CondFiP, cond_fip_loss, make_batch, predict, preset  # noqa: E402
+from pipeline_lib.priors import PriorConfig  # noqa: E402
+from pipeline_lib.priors.config import InterventionConfig  # noqa: E402
+from pipeline_lib.priors.sampler import sample_split_range  # noqa: E402
+from pipeline_lib.taskdata import restrict, task_slice  # noqa: E402
+from pipeline_lib.training.batching import PoolSource, prior_stream  # noqa: E402
+from pipeline_lib.training.loop import TrainConfig, train  # noqa: E402
+
+METRICS = ("noise", "sample", "interventional", "counterfactual", "mmd")
+#: the paper's d = 20 numbers (Mahajan et al. 2024) for comparison; None = not quoted in the brief
+PAPER = {"lin-in": {"noise": 0.05, "sample": 0.05, "interventional": 0.09, "counterfactual": 0.09},
+         "rff-in": {"sample": 0.14}, "rff-out": {"sample": 0.08, "interventional": 0.31}}
+
+
+def node_rmse(pred: np.ndarray, true: np.ndarray) -> float:
+    """RMSE per node over rows, averaged over nodes: ``mean_v sqrt(mean_m (p - t)^2)``."""
+    return float(np.sqrt(((pred - true) ** 2).mean(0)).mean())
+
+
+def hard_regimes(data: dict) -> list[tuple[int, int, float]]:
+    """``(k, j, a)`` of the regimes with exactly one hard target."""
+    out = []
+    for k in range(data["int_targets"].shape[0]):
+        tg = np.flatnonzero(data["int_targets"][k])
+        if tg.size == 1 and np.isfinite(data["int_values"][k, tg[0]]):
+            out.append((k, int(tg[0]), float(data["int_values"][k, tg[0]])))
+    return out
+
+
+def score_generator(answer, data: dict, half_answer=None, rng: np.random.Generator | None = None) -> dict:
+    """The per-task metrics of the module docstring (``data`` = ``restrict(task)``)."""
+    x, noise = data["x_obs"], data["noise_obs"]
+    n = len(x)
+    out = {"noise": node_rmse(answer.predict_noise(x), noise),
+           "sample": node_rmse(answer.sample_observational(n, noise=noise), x)}
+    iv, cf = [], []
+    for k, j, a in hard_regimes(data):
+        iv.append(node_rmse(answer.sample_do({j: a}, n, noise=noise), data["x_cf"][k]))
+        cf.append(node_rmse(answer.counterfactual(x, {j: a}), data["x_cf"][k]))
+    out["interventional"], out["counterfactual"] = float(np.mean(iv)), float(np.mean(cf))
+    if half_answer is not None:
+        h = n // 2
+        out["mmd"] = mmd_rbf(half_answer.sample_observational(n - h, rng), x[h:])
+    return out
+
+
+def first_rows(data: dict, n: int) -> dict:
+    """The dataset restricted to its first ``n`` observational rows (and their counterfactuals)."""
+    return {**data, "x_obs": data["x_obs"][:n], "noise_obs": data["noise_obs"][:n], "x_cf": data["x_cf"][:, :n]}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for m in METRICS:
+        vals = [r[m] for r in rows if m in r]
+        if vals:
+            mu, se = mean_se(vals)
+            out[m] = {"mean": mu, "se": se, "n": len(vals)}
+    return out
+
+
+def train_cond_fip(prior: PriorConfig, args, root: Path) -> tuple[CondFiP, dict]:
+    model_cfg = preset(args.preset, **json.loads(args.model))
+    train_prior = prior.model_copy(update={"counterfactuals": False, "interventions": InterventionConfig(n_regimes=0)})
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu",
+                      warmup_frac=0.05, checkpoint_every=50, val_every=max(1, args.steps // 5), val_batches=4)
+    torch.manual_seed(args.seed)
+    model = CondFiP(model_cfg)
+    fn = make_batch(model_cfg)
+    val = PoolSource(sample_split_range(train_prior, "val", 0, 4 * args.batch_size), fn, args.batch_size, args.seed,
+                     shuffle=False)
+    key = hashlib.sha256(json.dumps([prior.content_hash(), model_cfg.model_dump(), cfg.model_dump()],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    t0 = time.perf_counter()
+    res = train(model, cond_fip_loss, prior_stream(train_prior, fn, args.batch_size, args.seed), cfg,
+                checkpoint_dir=root / "checkpoints" / f"bench-cond-fip-{key}", val_source=val, progress=False,
+                callbacks=[lambda r: print(f"step {r['step']} loss {r['loss']:.3f} noise {r['noise_rmse']:.3f} "
+                                           f"mech {r['mech_rmse']:.3f}", flush=True) if r["step"] % 25 == 0 else None])
+    info = {"model": model_cfg.model_dump(), "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            "train": {**cfg.model_dump(), "steps_done": res.step, "seconds": time.perf_counter() - t0,
+                      "tasks_per_s": res.throughput, "final_loss": res.history[-1]["loss"],
+                      "final_noise_rmse": res.history[-1]["noise_rmse"],
+                      "final_mech_rmse": res.history[-1]["mech_rmse"], "best_val_loss": res.best_val,
+                      "val_curve": [[h["step"], h["val_loss"]] for h in res.history if "val_loss" in h]}}
+    return model.eval(), info
+
+
+def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...]) -> dict:
+    tasks = sample_split_range(prior, "test", 0, min(args.n_test, prior.n_tasks("test")))
+    mlp = ANMConfig(kind="mlp", steps=args.mlp_steps)
+    methods = {"cond-fip": lambda data: predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}),
+               "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
+               "anm-mlp": lambda data: fit_anm(data, mlp)}
+    rows = {m: [] for m in methods} | {"truth": []}
+    scarce_rows = {n: {m: [] for m in methods} for n in scarce}
+    seconds = {m: 0.0 for m in methods}
+    for t in range(len(tasks["x_obs"])):
+        data = restrict(task_slice(tasks, t))
+        h = len(data["x_obs"]) // 2
+        half = first_rows(data, h)
+        rows["truth"].append({"mmd": mmd_rbf(data["x_obs"][:h], data["x_obs"][h:])})
+        for name, build in methods.items():
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([args.seed, t])
+            rows[name].append(score_generator(build(data), data, build(half), rng))
+            for n in scarce:
+                small = first_rows(data, n)
+                scarce_rows[n][name].append(score_generator(build(small), small))
+            seconds[name] += time.perf_counter() - t0
+        if (t + 1) % 10 == 0:
+            print(prior.name, t + 1, {m: round(np.mean([r["sample"] for r in rows[m]]), 3) for m in methods},
+                  flush=True)
+    return {"prior": {"name": prior.name, "hash": prior.content_hash()}, "n_tasks": len(tasks["x_obs"]),
+            "metrics": {m: summarise(r) for m, r in rows.items()},
+            "scarce": {str(n): {m: summarise(r) for m, r in by.items()} for n, by in scarce_rows.items()},
+            "seconds": seconds}
+
+
+def run_family(args) -> None:
+    root = Path(args.root)
+    fam = args.family
+    prior_in = PriorConfig.from_yaml(REPO / f"configs/priors/condfip-{fam}-20.yaml")
+    prior_out = PriorConfig.from_yaml(REPO / f"configs/priors/condfip-{fam}-20-ood.yaml")
+    model, info = train_cond_fip(prior_in, args, root)
+    print(f"{fam}: trained {info['train']['steps_done']} steps in {info['train']['seconds']:.0f} s", flush=True)
+    scarce = tuple(int(v) for v in args.scarce.split(",") if v)
+    path = root / "bench-cond-fip" / f"{fam}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = {"family": fam, **info}
+    for split, prior, sc in (("in", prior_in, scarce), ("out", prior_out, ())):
+        part[split] = evaluate(model, prior, args, sc)
+        path.write_text(json.dumps(part, indent=1))  # each finished split is kept
+        print(f"wrote {path} ({split})", flush=True)
+
+
+def fmt(cell: dict | None) -> str:
+    return "-" if not cell else f"{cell['mean']:.3f} ± {cell['se']:.3f}"
+
+
+def table(result: dict) -> str:
+    lines = ["| prior | method | noise | sample | interventional | counterfactual | MMD |", "|---|---|---|---|---|---|---|"]
+    for fam, part in result["families"].items():
+        for split in ("in", "out"):
+            if split not in part:
+                continue
+            key = f"{fam}-{split}"
+            for method, cells in part[split]["metrics"].items():
+                lines.append(f"| {key} | {method} | " + " | ".join(fmt(cells.get(m)) for m in METRICS) + " |")
+            if key in PAPER:
+                lines.append(f"| {key} | paper Cond-FiP | " + " | ".join(
+                    f"{PAPER[key][m]:.2f}" if m in PAPER[key] else "-" for m in METRICS) + " |")
+        for n, by in part.get("in", {"scarce": {}})["scarce"].items():
+            for method, cells in by.items():
+                lines.append(f"| {fam}-in n={n} | {method} | " + " | ".join(fmt(cells.get(m)) for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def merge(args) -> dict:
+    root = Path(args.root)
+    fams = {p.stem: json.loads(p.read_text()) for p in sorted((root / "bench-cond-fip").glob("*.json"))}
+    result = {"benchmark": "cond_fip", "families": fams, "paper_d20": PAPER, "torch_threads": args.threads}
+    result["table"] = table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    print(result["table"])
+    if not args.no_track:
+        from storage.tracking import Tracker
+
+        flat = {}
+        for fam, part in fams.items():
+            for split in ("in", "out"):
+                for method, cells in part.get(split, {"metrics": {}})["metrics"].items():
+                    for m, c in cells.items():
+                        flat[f"{fam}_{split}_{method}_{m}"] = c["mean"]
+            flat[f"{fam}_train_seconds"] = part["train"]["seconds"]
+        run_id = Tracker(args.root).log_benchmark(
+            "cond_fip", flat, artifacts=[out],
+            params={f: {"model": p["model"], "steps": p["train"]["steps_done"]} for f, p in fams.items()})
+        print(f"MLflow run {run_id}")
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", choices=("lin", "rff"), help="train + evaluate one family")
+    ap.add_argument("--merge", action="store_true", help="gather the family parts into --out")
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--model", default="{}", help="JSON overrides of the model config")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--mlp-steps", type=int, default=300)
+    ap.add_argument("--scarce", default="50,100", help="data-scarce row counts on the IN prior ('' for none)")
+    ap.add_argument("--root", default=os.environ.get("CAUSALMETA_ROOT", str(REPO / ".causalmeta")))
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results/cond_fip.json"))
+    ap.add_argument("--no-track", action="store_true", help="skip MLflow logging")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.family:
+        run_family(args)
+    if args.merge:
+        merge(args)
+
+
+if __name__ == "__main__":
+    main()
