@@ -45,11 +45,26 @@ def _reject_non_finite(value: Any, field: str) -> Any:
     return value
 
 
+def _choices(kind: str):
+    """A form dropdown of the names registered when the schema is rendered (the Prefect UI)."""
+
+    def extra(schema: dict) -> None:
+        if kind == "methods":
+            from pipeline_lib.models.registry import METHODS as names
+        else:
+            from pipeline_lib.baselines.registry import baseline_names
+
+            names = baseline_names()
+        schema["enum"] = list(names)
+
+    return extra
+
+
 class MethodRun(BaseModel):
     """One amortized method to meta-train and score."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    name: str = Field("mace-tnp", description="registered method name")
+    name: str = Field("mace-tnp", description="registered method name", json_schema_extra=_choices("methods"))
     preset: str | None = Field(None, description="model size preset (default: the method's default)")
     steps: int = Field(300, ge=1, description="meta-training steps")
     batch_size: int = Field(16, ge=1)
@@ -82,7 +97,7 @@ class BaselineRun(BaseModel):
     """One per-dataset baseline and its config overrides (validated once, into ``typed_config``)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    name: str = Field(..., description="registered baseline name")
+    name: str = Field(..., description="registered baseline name", json_schema_extra=_choices("baselines"))
     config: dict[str, Any] = Field(default_factory=dict)
     _typed: BaseModel | None = PrivateAttr(default=None)
 

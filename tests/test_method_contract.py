@@ -280,3 +280,12 @@ def test_cli_predict_answers_with_a_baseline_and_lists_methods(tmp_path):
     assert r.exit_code == 2 and "has tasks 0..1" in r.output
     r = runner.invoke(app, ["methods"])
     assert r.exit_code == 0 and "mace-tnp" in r.output and "dcdi-unknown" in r.output
+
+
+def test_prefect_form_lists_the_registered_names(registered):
+    from flows.spec import BaselineRun, MethodRun
+
+    assert "marginal-gaussian" in MethodRun.model_json_schema()["properties"]["name"]["enum"]
+    assert {"gauss-empty", "exact", "bacadi"} <= set(BaselineRun.model_json_schema()["properties"]["name"]["enum"])
+    with pytest.raises(ValueError, match="method 'nope' is unknown"):
+        MethodRun(name="nope")
