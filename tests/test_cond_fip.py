@@ -242,6 +242,7 @@ def test_bad_inputs_name_the_field():
 
 def test_presets_and_batch_layout():
     assert {"default", "cpu-small"} <= set(PRESETS)
+    assert preset("default") == CondFiPConfig()
     for name in PRESETS:
         assert CondFiP(preset(name)).config == preset(name)
     cfg = preset("tiny", n_embed=30, n_embed_min=10, n_target=25)

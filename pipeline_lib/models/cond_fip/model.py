@@ -77,7 +77,7 @@ from pipeline_lib.models.layers import MLP, AttentionBlock
 
 
 class CondFiPConfig(BaseModel):
-    """Architecture and training-example settings of Cond-FiP.
+    """Architecture and training-example settings of Cond-FiP (defaults: the authors' d = 20 sizes).
 
     ``n_embed``: context rows per training task (embedding + noise loss); with
     ``n_embed_min < n_embed`` one size ``~ U{n_embed_min..n_embed}`` is drawn per batch, so
@@ -90,13 +90,13 @@ class CondFiPConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    d_model: int = Field(128, ge=8)
+    d_model: int = Field(256, ge=8)
     n_heads: int = Field(8, ge=1)
     ff_mult: int = Field(2, ge=1)
     enc_layers: int = Field(4, ge=1, description="alternating sample/node layers of the dataset encoder")
     emb_layers: int = Field(2, ge=0, description="extra alternating layers of the dataset embedding")
     dec_layers: int = Field(4, ge=1, description="adaptive-LN graph blocks of the decoder")
-    head_hidden: int = Field(256, ge=1, description="hidden width of the noise-prediction head")
+    head_hidden: int = Field(1024, ge=1, description="hidden width of the noise-prediction head")
     n_embed: int = Field(200, ge=2)
     n_embed_min: int | None = Field(None, ge=2, description="smallest context size (default n_embed)")
     n_target: int = Field(200, ge=1)
