@@ -13,6 +13,7 @@ with one DAG sample ``A ~ q_phi,psi`` (straight-through) per step:
     L(Phi) = (1/T) sum_t [ L_R,t + lambda_I L_I,t + lambda_H L_H,t ] + lambda_G L_G,
 
     L_R,t = mean_{n, i} (x^q_tni - xhat^q_tni)^2                   (query reconstruction)
+            [noise="learned": mean_{n, i} (x^q_tni - xhat^q_tni)^2 / (2 sigma_i^2) + log sigma_i]
     L_I,t = mean_i sigmoid(zeta_ti)                                (target sparsity, L1 of m_t)
     L_H,t = mean_{i != j} HSIC(r_ti, r_tj),  r_t = x^q_t - xhat^q_t   (residual independence)
     L_G   = mean_{k < l} KL(Bern(sigmoid(L_kl)) || Bern(p0))       (edge sparsity)
@@ -71,6 +72,7 @@ class MetaCaDIModel(nn.Module):
         hid = [cfg.hidden] * cfg.layers
         self.f_obs = NodeMLP(d, [d, *hid, 1], gen)
         self.h_int = NodeMLP(d, [d, *hid, cfg.feat_dim], gen, out_act=True)
+        self.log_sigma = nn.Parameter(torch.zeros(d))  # used with noise="learned"
         self.w0 = nn.Parameter(torch.zeros(d, cfg.feat_dim + 1))  # MAML initialisation of w
         with torch.random.fork_rng(devices=[]):  # nn.Linear initialises from the global stream
             torch.manual_seed(cfg.seed)
@@ -140,7 +142,10 @@ class MetaCaDIModel(nn.Module):
             m = sample_targets(zeta, cfg.tau_target, generator)[:, None, :]  # (T, 1, d)
             f, f_int = self.predict(x_q, adj, ad)
             resid = x_q - ((1 - m) * f + m * f_int)
-            recon = (resid**2).mean()
+            if cfg.noise == "unit":
+                recon = (resid**2).mean()
+            else:  # Gaussian NLL up to a constant, learned per-node noise scale
+                recon = (0.5 * (resid / self.log_sigma.exp()) ** 2 + self.log_sigma).mean()
             sparsity = torch.sigmoid(zeta).mean()
             hsic = hsic_pairs(resid[:, : cfg.n_hsic]).mean() if cfg.lambda_H > 0 else torch.zeros(())
             total = total + (recon + cfg.lambda_I * sparsity + cfg.lambda_H * hsic) / cfg.n_graph_mc
