@@ -62,7 +62,8 @@ def restrict(task: dict) -> dict:
 
     Keys: ``x_obs (N, d)`` and ``x_int (K, n_int, d)`` float64, ``int_targets (K, d)`` bool,
     ``int_values (K, d)``, ``adjacency (d, d)`` uint8 (when the task has them), and the
-    optional ``noise_obs (N, d)``, ``x_cf (K, N, d)``, ``perturbation (K, p)``.
+    optional ``noise_obs (N, d)``, ``x_cf (K, N, d)``, ``perturbation (K, p)`` and ``scm`` (a
+    reference to the generating prior task, for the oracle; absent for imported data).
     """
     check_task(task)
     nodes = real_nodes(task)
@@ -79,4 +80,6 @@ def restrict(task: dict) -> dict:
             out[key] = np.asarray(task[key], dtype=np.float64)[..., nodes]
     if "perturbation" in task:
         out["perturbation"] = np.asarray(task["perturbation"], dtype=np.float64)
+    if "scm" in task:  # where the task came from: {"config": PriorConfig JSON, "split", "index"}
+        out["scm"] = task["scm"]
     return out

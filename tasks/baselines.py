@@ -29,7 +29,10 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     done = results.load(method_key, split, index)
     if done is not None and done.get("status") == "ok":
         return done
-    task_data = task_slice(PriorStore.open(store_path).read(split, index, index + 1), 0)
+    store = PriorStore.open(store_path)
+    task_data = task_slice(store.read(split, index, index + 1), 0)
+    # where the task came from: the oracle redraws its true SCM from the prior's seed
+    task_data["scm"] = {"config": store.config.to_json(), "split": split, "index": index}
     record = {"method": method, "method_key": method_key, "split": split, "task": index,
               "config": config.model_dump(mode="json")}
     t0 = time.perf_counter()

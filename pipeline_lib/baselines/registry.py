@@ -15,6 +15,7 @@ receives only those:
 | dcdi          | x_obs, x_int, int_targets             | targets KNOWN |
 | dcdi-unknown  | x_obs, x_int                          | targets UNKNOWN (inferred) |
 | empty-graph   | x_obs                                 | non-causal reference |
+| oracle        | scm (the task's prior + seed), x_obs  | the true SCM: the floor of NLPID |
 
 ``empty-graph`` is not a causal discovery method but the reference every method must clear:
 the BGe posterior predictive when the graph is fixed to the empty DAG, so that
@@ -39,7 +40,7 @@ __all__ = ["BASELINES", "BaselineConfigError", "BaselineSpec", "UnknownMethodErr
            "check_config", "fit_baseline", "get_baseline", "register_baseline"]
 
 #: every array a per-dataset method may be given (the keys of ``restrict(task)``)
-DATA_FIELDS = ("x_obs", "x_int", "int_targets", "int_values", "noise_obs", "x_cf", "perturbation", "adjacency")
+DATA_FIELDS = ("x_obs", "x_int", "int_targets", "int_values", "noise_obs", "x_cf", "perturbation", "adjacency", "scm")
 
 
 class BaselineConfigError(ValueError):
@@ -161,6 +162,25 @@ class EmptyGraphConfig(BaseModel):
     mean_prior: float = 0.0
 
 
+class OracleConfig(BaseModel):
+    """Monte Carlo draws of the oracle's interventional densities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_mc: int = Field(2000, ge=10)
+
+
+def _oracle(data: dict, cfg: OracleConfig):
+    from pipeline_lib.priors import PriorConfig
+    from pipeline_lib.priors.oracle import OracleError, TrueSCM
+
+    ref = data.get("scm")
+    if ref is None:
+        raise OracleError("oracle: the task carries no reference to a generating prior (imported data has no "
+                          "true SCM)")
+    return TrueSCM(PriorConfig.model_validate_json(ref["config"]), ref["split"], int(ref["index"]), cfg.n_mc,
+                   check_x_obs=data["x_obs"])
+
+
 def _exact(data: dict, cfg: ExactConfig):
     from pipeline_lib.baselines.exact import ExactPosterior
 
@@ -223,6 +243,8 @@ def _register_builtin() -> None:
                      "DCDI-G with unknown targets", fixed={"unknown_targets": True}),
         BaselineSpec("empty-graph", EmptyGraphConfig, _empty_graph, ("x_obs",),
                      "non-causal reference: the observational marginal", reference=True),
+        BaselineSpec("oracle", OracleConfig, _oracle, ("scm", "x_obs"),
+                     "reference: the true SCM of the task (the NLPID floor)", reference=True),
     ):
         register_baseline(spec)
 
