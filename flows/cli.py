@@ -170,6 +170,39 @@ def baseline(method: str = typer.Argument(..., help="a registered baseline (see 
 
 
 @app.command()
+def inspect(prior: str = typer.Argument(..., help="shipped prior name, config YAML or store path"),
+            tasks: int = typer.Option(20, help="test tasks to measure")) -> None:
+    """How much causal signal a prior carries: the oracle vs the observational marginal."""
+    _quiet_env()
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.spec import load_prior
+    from pipeline_lib.signal import LOW_SIGNAL_NATS, prior_signal
+
+    try:
+        if prior.rstrip("/").endswith(".zarr"):
+            from storage.prior_store import PriorStore
+
+            cfg = PriorStore.open(prior).config
+        else:
+            cfg = load_prior(prior)
+        sig = prior_signal(cfg, tasks)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"{prior}: {exc}")
+    tab = Table(title=f"Causal signal of {cfg.name} ({sig['n_queries']} queries, {sig['n_tasks']} test tasks)")
+    tab.add_column("figure"), tab.add_column("value", justify="right")
+    tab.add_row("empty - oracle NLPID, nats / sample", f"{sig['signal_nats']:.3f}")
+    tab.add_row("outcome shift, obs. sd (mean / median)", f"{sig['shift_sd_mean']:.2f} / {sig['shift_sd_median']:.2f}")
+    tab.add_row("queries with gap > 0.1 nats / sample", f"{100 * sig['share_above_0.1']:.0f}%")
+    con = Console()
+    con.print(tab)
+    if sig["low_signal"]:
+        con.print(f"[yellow]warning: below {LOW_SIGNAL_NATS} nats per sample the observational marginal is "
+                  "about as good as the truth; NLPID will not separate causal methods on this prior[/]")
+
+
+@app.command()
 def methods() -> None:
     """List the registered amortized methods and baselines, and what each answers."""
     from rich.console import Console
@@ -205,22 +238,24 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, wide: bool = False) -> None:
+    """One table per prior, one row per method, headline metrics; 80 columns unless ``wide``."""
     from rich.console import Console
-    from rich.markdown import Markdown
+
+    from flows.present import benchmark_summary
 
     con = Console()
-    for prior, md in summary["tables"].items():
-        con.rule(f"prior {prior}: mean ± s.e. over test tasks, best in bold, p = Welch's t-test vs best")
-        con.print(Markdown(md))
-    con.print(f"report: {summary['html']}")
-    con.print(f"MLflow run: {summary['run_id']} (tracking URI: {summary.get('tracking_uri', '')})")
-    con.print(f"total: {summary.get('seconds', float('nan')):.0f} s")
+    for part in benchmark_summary(summary, wide=wide, width=None if wide else min(con.width, 80)):
+        con.print(part, crop=not wide)
+
+
+WIDE_HELP = "every metric of the comparison table (as wide as it takes) instead of the 80-column headline summary"
 
 
 @app.command()
 def benchmark(preset: str = typer.Option("quick", help="preset in configs/benchmarks/"),
               spec: Optional[Path] = typer.Option(None, help="a BenchmarkSpec YAML instead of a preset"),
+              wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
               root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     """Run the end-to-end benchmark flow; print the comparison table and where the report is."""
     _quiet_env()
@@ -235,13 +270,14 @@ def benchmark(preset: str = typer.Option("quick", help="preset in configs/benchm
 
     summary = run(spec=bspec, root=_root(root))
     summary["tracking_uri"] = tracking_uri(_root(root))
-    _print_summary(summary)
+    _print_summary(summary, wide)
 
 
 @app.command()
-def demo(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
+def demo(wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
+         root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     """The main job: the quick benchmark on the embedded defaults."""
-    benchmark(preset="quick", spec=None, root=root)
+    benchmark(preset="quick", spec=None, wide=wide, root=root)
 
 
 @app.command()

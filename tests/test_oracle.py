@@ -83,3 +83,20 @@ def test_oracle_is_the_nlpid_floor_and_needs_its_prior():
         fit_baseline("oracle", restrict(task))
     q = make_queries(task)
     assert len(q) == 6
+
+
+def test_signal_figure_separates_strong_from_flat_priors():
+    """lin-3node-strong carries ~1 nat per sample of causal signal; the bounded-mechanism GP
+    prior almost none (the reason its NLPID tables could not rank methods)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from pipeline_lib.signal import prior_signal
+
+    strong = prior_signal(load_prior("lin-3node-strong"), 8)
+    flat = prior_signal(load_prior("gp-3node"), 8)
+    assert strong["signal_nats"] > 0.5 and not strong["low_signal"]
+    assert flat["signal_nats"] < 0.1 and flat["signal_nats"] < strong["signal_nats"] / 5
+    assert 0 <= flat["share_above_0.1"] < strong["share_above_0.1"] <= 1
+    r = CliRunner().invoke(app, ["inspect", "no-such-prior"])
+    assert r.exit_code == 2 and "no-such-prior" in r.output
