@@ -358,6 +358,12 @@ def main() -> None:
         print(f"[faults] survived with nothing lost: {f['faults survived with nothing lost / total']} "
               f"{json.dumps(f['by_kind'])}", flush=True)
     finally:
+        try:  # send the flow logs still queued while the server is up (else: "connection failed" at exit)
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
+        except Exception as exc:
+            print(f"prefect log flush: {exc}")
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
         shutil.rmtree(work, ignore_errors=True)

@@ -385,6 +385,7 @@ class PriorStore:
                     f"{path} holds prior hash {store.hash}, the given config has {config.content_hash()}"
                 )
             store._config = config
+        store._check_layout()
         if not allow_incomplete and not store.is_complete:
             pending = store.pending_chunks()
             what = (
@@ -634,6 +635,28 @@ class PriorStore:
         return out
 
     # ------------------------------------------------------------------ checking
+    def _check_layout(self) -> None:
+        """Every split group and array of the config exists (digests aside: legacy stores lack them).
+
+        A run killed inside `create_or_open` leaves groups or arrays missing: that store is
+        incomplete (generation completes it). A finalized store missing one is damaged.
+        """
+        names = set(prior_layout(self.config)) | {_DONE}
+        missing = []
+        for split in SPLITS:
+            try:
+                present = set(self._arrays(split))
+            except KeyError:
+                missing.append(f"group {split!r}")
+                continue
+            missing += [f"{split}/{name}" for name in sorted(names - present)]
+        if missing:
+            if self.is_complete:
+                raise StoreCorruptedError(f"{self.path}: finalized store lacks {', '.join(missing)}")
+            raise IncompleteStoreError(
+                f"{self.path}: creation interrupted, {', '.join(missing[:5])} missing; re-run generation to resume it"
+            )
+
     def _order(self, split: str) -> dict[str, int]:
         """Array name -> column of the digest array (empty for a legacy split)."""
         if split not in self._digest_order:

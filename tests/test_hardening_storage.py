@@ -158,6 +158,27 @@ def test_resume_rechecks_marked_chunks_and_repairs_them_byte_identically(tmp_pat
     assert store_files(path) == ref_files and PriorStore.open(path).verify()
 
 
+def test_run_killed_while_creating_the_store_leaves_it_incomplete_not_unreadable(tmp_path, config):
+    """Found by benchmarks/fault_injection.py: a kill inside create_or_open left groups missing,
+    and reading raised a bare KeyError."""
+    import shutil
+
+    from storage.prior_store import IncompleteStoreError
+
+    path = PriorStore.create_or_open(tmp_path, config).path
+    shutil.rmtree(path / "val")
+    shutil.rmtree(path / "train" / "chunk_done")
+    with pytest.raises(IncompleteStoreError, match="creation interrupted, train/chunk_done, group 'val' missing"):
+        PriorStore.open(path)
+    resumed = PriorStore.create_or_open(tmp_path, config)
+    assert len(resumed.pending_chunks()) == 6
+    # a finalized store that lost an array is damaged, not incomplete
+    store = build(tmp_path / "done", config)
+    shutil.rmtree(store.path / "test" / "x_int")
+    with pytest.raises(StoreCorruptedError, match="lacks test/x_int"):
+        PriorStore.open(store.path)
+
+
 # ----------------------------------------------------------------------------- item 6
 def test_results_are_keyed_by_store_content(tmp_path, config):
     store = build(tmp_path, config)
