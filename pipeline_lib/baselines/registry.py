@@ -16,6 +16,9 @@ receives only those:
 | dcdi-unknown  | x_obs, x_int                          | targets UNKNOWN (inferred) |
 | empty-graph   | x_obs                                 | non-causal reference |
 | oracle        | scm (the task's prior + seed), x_obs  | the true SCM: the floor of NLPID |
+| anm-linear    | x_obs, adjacency                      | per-node linear ANM given the TRUE graph (Cond-FiP reference) |
+| anm-mlp       | x_obs, adjacency                      | per-node MLP ANM given the TRUE graph (Cond-FiP reference) |
+| metacadi      | x_obs, x_int                          | MetaCaDI fitted per system: regimes are its experiments, targets UNKNOWN |
 
 ``empty-graph`` is not a causal discovery method but the reference every method must clear:
 the BGe posterior predictive when the graph is fixed to the empty DAG, so that
@@ -224,7 +227,21 @@ def _dcdi(data: dict, cfg):
     return fit_dcdi(data["x_obs"], data["x_int"], data.get("int_targets"), cfg)
 
 
+def _anm(data: dict, cfg):
+    from pipeline_lib.baselines.anm import fit_anm
+
+    return fit_anm(data, cfg)
+
+
+def _metacadi(data: dict, cfg):
+    from pipeline_lib.models.metacadi import fit_metacadi
+
+    return fit_metacadi(data, cfg)
+
+
 def _register_builtin() -> None:
+    from pipeline_lib.baselines.anm import ANMConfig
+    from pipeline_lib.models.metacadi import MetaCaDIConfig
     from pipeline_lib.baselines.bacadi import BaCaDIConfig
     from pipeline_lib.baselines.dcdi import DCDIConfig
     from pipeline_lib.baselines.dibs import DiBSConfig
@@ -245,6 +262,13 @@ def _register_builtin() -> None:
                      "non-causal reference: the observational marginal", reference=True),
         BaselineSpec("oracle", OracleConfig, _oracle, ("scm", "x_obs"),
                      "reference: the true SCM of the task (the NLPID floor)", reference=True),
+        BaselineSpec("anm-linear", ANMConfig, _anm, ("x_obs", "adjacency"),
+                     "linear additive-noise SCM fitted per node given the TRUE graph", fixed={"kind": "linear"}),
+        BaselineSpec("anm-mlp", ANMConfig, _anm, ("x_obs", "adjacency"),
+                     "MLP additive-noise SCM fitted per node given the TRUE graph", fixed={"kind": "mlp"}),
+        BaselineSpec("metacadi", MetaCaDIConfig, _metacadi, ("x_obs", "x_int"),
+                     "MetaCaDI: shared DAG + unknown targets per experiment, closed-form adaptation "
+                     "(per system; regimes = experiments, see models/metacadi)"),
     ):
         register_baseline(spec)
 

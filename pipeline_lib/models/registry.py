@@ -101,6 +101,19 @@ def _register_builtin() -> None:
         answers=("interventional",),
         description="MACE-TNP: model-averaged interventional distributions from D_obs (arXiv 2507.05526)",
     ))
+    from pipeline_lib.models import cond_fip
+
+    register_method(MethodSpec(
+        name="cond-fip",
+        model_cls=cond_fip.CondFiP,
+        config_cls=cond_fip.CondFiPConfig,
+        loss_fn=cond_fip.cond_fip_loss,
+        make_batch=cond_fip.make_batch,
+        predict=cond_fip.predict,
+        presets=dict(cond_fip.PRESETS),
+        answers=("generator", "interventional"),
+        description="Cond-FiP: the SCM's mechanisms from data + graph (obs / do / counterfactual samples)",
+    ))
 
 
 _register_builtin()
