@@ -54,13 +54,15 @@ the paper's two-stage training (encoder trained first, then frozen) in a single 
 
 Generation (:meth:`CondFiP.generate`), batched over tasks and samples: iterate
 ``x <- where(I, a, f_hat(x) + n)`` for hard interventions ``do(X_I = a)`` (``I`` may be
-empty), ``1 + max depth`` times. Counterfactuals abduct ``n_hat`` with the encoder from
-the factual rows, then act (:mod:`.answer`).
+empty), ``1 + max depth`` times, or evaluate each ``f_hat_j`` once, level by level (the
+same fixed point at a fraction of the cost). Counterfactuals abduct ``n_hat`` with the
+encoder from the factual rows, then act (:mod:`.answer`).
 
 Differences from the authors' code (microsoft/causica ``research_experiments/cond_fip``):
-one joint run with a stop-gradient instead of two runs; the encoder predicts the noise
-(the authors' head predicts ``x - n``, the same up to sign and shift); no EMA of weights; the null-key attention normalises with ``1 + sum exp`` instead
-of ``max(1, sum exp)``; widths are set by :data:`.presets.PRESETS`.
+one joint run with a stop-gradient instead of two runs; the encoder's head outputs
+``x - n_hat`` as theirs does, but its loss is on the noise; no EMA of weights; the null-key
+attention normalises with ``1 + sum exp`` instead of ``max(1, sum exp)``; widths are set
+by :data:`.presets.PRESETS`.
 """
 
 from __future__ import annotations
