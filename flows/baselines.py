@@ -17,6 +17,7 @@ from flows.runtime import make_task_runner
 from flows.spec import BaselineRun
 from storage.prior_store import PriorStore
 from storage.results import config_key
+from tasks.artifacts import Progress, artifact_key
 from tasks.baselines import fit_baseline_task
 
 __all__ = ["run_baselines", "fit_baselines_parallel"]
@@ -27,12 +28,15 @@ def fit_baselines_parallel(store: str, root: str, jobs: list[dict], max_queries:
     logger = get_run_logger()
     t0 = time.perf_counter()
     futures = [fit_baseline_task.submit(store, root, max_queries=max_queries, seed=seed, **job) for job in jobs]
-    records = []
+    progress = Progress(artifact_key("baselines", Path(store).stem), len(futures), "baseline fits done")
+    records, n_failed = [], 0
     for n, fut in enumerate(as_completed(futures), start=1):
         rec = fut.result()
         records.append(rec)
         logger.info("progress %d/%d fits (%s task %d: %s), %.1fs elapsed", n, len(futures), rec["method"],
                     rec["task"], rec["status"], time.perf_counter() - t0)
+        n_failed += rec["status"] != "ok"
+        progress.update(n, f"{n_failed} failed, {time.perf_counter() - t0:.0f}s elapsed")
     return records
 
 

@@ -238,13 +238,13 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _print_summary(summary: dict, wide: bool = False) -> None:
+def _print_summary(summary: dict, wide: bool = False, console=None) -> None:
     """One table per prior, one row per method, headline metrics; 80 columns unless ``wide``."""
     from rich.console import Console
 
     from flows.present import benchmark_summary
 
-    con = Console()
+    con = console or Console()
     for part in benchmark_summary(summary, wide=wide, width=None if wide else min(con.width, 80)):
         con.print(part, crop=not wide)
 

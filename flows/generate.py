@@ -41,6 +41,7 @@ from prefect.futures import as_completed
 from flows.runtime import make_task_runner
 from pipeline_lib.priors import PriorConfig
 from storage.prior_store import PriorStore, store_lock, store_path
+from tasks.artifacts import Progress, artifact_key, publish_markdown
 from tasks.generate import generate_chunk
 
 __all__ = ["PRIOR_UPDATED_EVENT", "generate_prior", "generate_prior_chunks", "prior_resource"]
@@ -64,6 +65,8 @@ def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, i
     logger = get_run_logger()
     t0 = time.perf_counter()
     futures = [generate_chunk.submit(config_json, root, *chunk) for chunk in chunks]
+    name = PriorConfig.model_validate_json(config_json).name
+    progress = Progress(artifact_key("prior", name, "chunks"), len(futures), f"prior {name}: chunks written")
     summaries, n_tasks = [], 0
     for done, future in enumerate(as_completed(futures), start=1):
         summary = future.result()
@@ -74,6 +77,7 @@ def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, i
             "progress %d/%d chunks (%s[%d]), %.1f tasks/s",
             done, len(futures), summary["split"], summary["chunk_index"], n_tasks / max(elapsed, 1e-9),
         )
+        progress.update(done, f"{n_tasks / max(elapsed, 1e-9):.1f} tasks/s")
     return summaries
 
 
@@ -92,7 +96,22 @@ def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: in
         store_path(root, config),
         on_wait=lambda holder: logger.info("another generate run holds the store lock (%s); waiting", holder),
     ):
-        return _generate_locked(config, root, n_workers)
+        path = _generate_locked(config, root, n_workers)
+    _publish_summary(path)
+    return path
+
+
+def _publish_summary(path: str) -> None:
+    """The Prefect artifact of the stored prior (name, hash, tasks, size, causal signal)."""
+    from storage.report import prior_summary, prior_summary_markdown
+
+    try:
+        summary = prior_summary(PriorStore.open(path))
+    except Exception as exc:  # the store is done; a summary that cannot be computed must not fail the run
+        get_run_logger().warning("prior summary not published: %s", exc)
+        return
+    publish_markdown(artifact_key("prior", summary["name"]), prior_summary_markdown(summary),
+                     description=f"stored prior {summary['name']}-{summary['hash'][:12]}")
 
 
 def _generate_locked(config: PriorConfig, root: str, n_workers: int) -> str:

@@ -6,6 +6,8 @@ predictions of every do(X_j = a) query, and the generator's fit to the stored sa
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from rich.table import Table
 
@@ -87,3 +89,113 @@ def answer_tables(answer, task: dict, names: list[str] | None = None) -> list[Ta
     if "generator" in caps:
         out.append(generator_table(answer, data))
     return out
+
+
+# --- the benchmark summary: one row per method, headline metrics, fits 80 columns ----------
+# (column label, metrics in order of preference: the first one the prior's methods answer)
+HEADLINE = (("NLPID", ("nlpid",)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
+            ("RMSE", ("sample_rmse", "int_rmse", "noise_rmse", "cf_rmse")), ("s/task", ("runtime_s",)))
+LEGEND = ("mean ± s.e. over test tasks; bold: best mean; * p<0.05, ** p<0.01: Welch's t-test "
+          "vs the best (worse); -: not answered by the method")
+
+
+def _sig(x: float, digits: int) -> str:
+    if x != x:
+        return "nan"
+    return f"{x:.{digits}g}"
+
+
+def format_cell(rec: dict | None) -> tuple[str, bool]:
+    """``("1.23±0.045**", is_best)`` for one (method, metric) record of ComparisonTable.to_records.
+
+    3 significant digits for the mean, 2 for the s.e. (none for one task); the marker is
+    padded to 2 characters so numbers stay aligned in a right-justified column.
+    """
+    if rec is None:
+        return "-", False
+    txt = _sig(rec["mean"], 3) + (f"±{_sig(rec['se'], 2)}" if rec["se"] == rec["se"] else "")
+    p = rec.get("p_vs_best", float("nan"))
+    mark = "" if rec["best"] or p != p else "**" if p < 0.01 else "*" if p < 0.05 else ""
+    return f"{txt}{mark:<2}", bool(rec["best"])
+
+
+def _columns(records: list[dict], wide: bool) -> list[tuple[str, str]]:
+    """(header, metric) of the columns to show: the headline set, or every metric with ``wide``."""
+    have = list(dict.fromkeys(r["metric"] for r in records))
+    if wide:
+        return [(m, m) for m in have]
+    out = []
+    for label, names in HEADLINE:
+        hit = next((m for m in names if m in have), None)
+        if hit is not None:
+            out.append((label if hit == names[0] else hit, hit))
+    return out
+
+
+def summary_table(records: list[dict], title: str | None = None, width: int | None = 80, wide: bool = False):
+    """A rich Table of a prior's comparison records, one row per method.
+
+    With ``width`` (and not ``wide``), headline columns are dropped from the right until the
+    table fits: no cell is ever cut or wrapped. The dropped ones are named in the caption.
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    by = {(r["method"], r["metric"]): r for r in records}
+    arrow = {r["metric"]: "↓" if r["lower_is_better"] else "↑" for r in records}
+
+    def build(cols, caption=None) -> Table:
+        tab = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left",
+                    caption_justify="left")
+        tab.add_column("method", no_wrap=True)
+        for h, k in cols:
+            tab.add_column(f"{h} {arrow[k]}", justify="right", no_wrap=True)
+        for m in methods:
+            row = [m]
+            for _, k in cols:
+                txt, best = format_cell(by.get((m, k)))
+                row.append(f"[bold]{txt}[/]" if best else txt)
+            tab.add_row(*row)
+        return tab
+
+    def natural_width(tab: Table) -> int:  # measured by rendering: exact, whatever the box style
+        with open(os.devnull, "w") as sink:
+            con = Console(width=10_000, record=True, file=sink)
+            con.print(tab)
+        return max(len(line.rstrip()) for line in con.export_text().splitlines())
+
+    cols, dropped = _columns(records, wide), []
+    while width and not wide and len(cols) > 1 and natural_width(build(cols)) > width:
+        dropped.insert(0, cols.pop()[0])
+    return build(cols, f"not shown (too wide): {', '.join(dropped)}; see --wide or the report" if dropped else None)
+
+
+def benchmark_summary(summary: dict, wide: bool = False, width: int = 80) -> list:
+    """Renderables of the benchmark summary: a table per prior, the legend, where to look next."""
+    from rich.text import Text
+
+    out = []
+    for prior, records in summary["records"].items():
+        n = max((r["n"] for r in records), default=0)
+        out.append(summary_table(records, title=f"prior {prior} ({n} test tasks)", width=width, wide=wide))
+    out.append(Text(LEGEND, style="dim"))
+    out.append(Text(f"report: {summary['html']}"))
+    if summary.get("mlflow_url"):
+        out.append(Text(f"MLflow run: {summary['mlflow_url']}"))
+    out.append(Text(f"MLflow run id: {summary['run_id']}" + (f" ({summary['tracking_uri']})"
+                                                              if summary.get("tracking_uri") else "")))
+    if "seconds" in summary:
+        out.append(Text(f"total: {format_duration(summary['seconds'])}"))
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    """``"45s"``, ``"3m20s"``, ``"1h02m"``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 
 from flows.spec import load_prior
 from pipeline_lib.priors import PriorConfig
+from tasks.artifacts import artifact_key, publish_markdown
 from tasks.train import train_method_task
 
 __all__ = ["meta_train", "resolve_prior"]
@@ -30,7 +31,21 @@ def resolve_prior(prior: str | PriorConfig) -> tuple[PriorConfig, str | None]:
     return load_prior(str(prior)), None
 
 
-@flow(name="meta-train")
+def _run_name() -> str:
+    """``train-<method>-<prior>``: the prior's name, also when it is given as a store or YAML path."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    prior = params.get("prior", "")
+    if isinstance(prior, dict):  # a config sent as JSON (UI, REST)
+        prior = PriorConfig.model_validate(prior)
+    label = prior.name if isinstance(prior, PriorConfig) else Path(str(prior).rstrip("/")).stem
+    if str(prior).rstrip("/").endswith(".zarr"):
+        label = label.rsplit("-", 1)[0]  # <name>-<hash12>.zarr
+    return f"train-{params.get('method', 'mace-tnp')}-{label}"
+
+
+@flow(name="meta-train", flow_run_name=_run_name)
 def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = ".causalmeta",
                steps: int = 300, batch_size: int = 16, lr: float = 5e-4, device: str = "auto",
                preset: str | None = None, model: dict[str, Any] | None = None, force: bool = False,
@@ -53,6 +68,10 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
         if version is not None:
             logger.info("causalmeta-%s v%s is already trained on prior %s (%s): reused", method, version,
                         config.name, prior_hash[:12])
+            publish_markdown(artifact_key("train", method, config.name),
+                             f"### {method} on {config.name}\n\nreused: `causalmeta-{method}` version **{version}** "
+                             f"is registered for prior hash `{prior_hash[:12]}` (no training run)\n",
+                             description=f"causalmeta-{method} v{version} (reused)")
             return {"method": method, "version": str(version), "prior_hash": prior_hash, "reused": True}
     if data == "store" and store_path is None:
         from flows.generate import generate_prior

@@ -91,6 +91,67 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+DATASET_DIGEST_CHARS = 12  # MLflow keeps 36 characters; 12 hex name the store on disk too
+
+
+def store_dataset(store, split: str | None = None):
+    """An MLflow dataset (metadata only, nothing copied) for a stored prior or one of its splits.
+
+    The profile carries what the run page shows about it: tasks per split, the full config hash
+    and the byte digest of the store (:attr:`PriorStore.content_digest`).
+    """
+    from mlflow.data.dataset_source import DatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class ZarrStoreSource(DatasetSource):
+        """Where a stored prior lives: a ``file://`` URI or an fsspec URL of the ``.zarr`` folder."""
+
+        def __init__(self, uri: str):
+            self.uri = uri
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "zarr"
+
+        def load(self, dst_path=None) -> str:
+            return self.uri
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return str(raw_source).rstrip("/").endswith(".zarr")
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> "ZarrStoreSource":
+            return cls(str(raw_source))
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"uri": self.uri}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[Any, Any]) -> "ZarrStoreSource":
+            return cls(source_dict["uri"])
+
+    class StoreDataset(MetaDataset):
+        def __init__(self, source, name, digest, profile):
+            self._profile = profile
+            super().__init__(source=source, name=name, digest=digest)
+
+        @property
+        def profile(self) -> Any | None:
+            return self._profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+    path = str(store.path)
+    uri = path if "://" in path else Path(path).resolve().as_uri()
+    splits = ("train", "val", "test")
+    profile = {f"tasks_{s}": store.n_tasks(s) for s in splits if split in (None, s)}
+    profile.update(prior_hash=store.hash, content_digest=store.content_digest if store.is_complete else "")
+    name = f"{store.config.name}-{store.hash[:12]}" + (f"/{split}" if split else "")
+    return StoreDataset(ZarrStoreSource(uri), name, store.hash[:DATASET_DIGEST_CHARS], profile)
+
+
 class Tracker:
     """MLflow helper bound to one root (and, for logging, one experiment).
 
@@ -446,6 +507,101 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             local = download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri)
             return Path(local).read_text()
+
+    def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
+        """The run's page in the MLflow UI when tracking goes to a server, else None.
+
+        A local ``sqlite:`` backend has no UI of its own: :meth:`ui_command` starts one.
+        """
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        exp = experiment_id or self.client.get_run(run_id).info.experiment_id
+        return f"{self.uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+
+    def ui_command(self, port: int = 5000) -> str:
+        """The command that serves this tracker's backend in the MLflow UI on loopback."""
+        art = f" --artifacts-destination {(self.root.resolve() / 'mlartifacts')}" if self._local else ""
+        return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {self.uri}{art} "
+                f"--host 127.0.0.1 --port {port} --workers 1")
+
+    # ------------------------------------------------------ lineage (inputs)
+    def log_store_input(self, store_path: str | Path, context: str, split: str | None = None) -> str:
+        """Log a stored prior as an input dataset of the active run; return the digest.
+
+        MLflow's dataset API: name ``<prior>-<hash12>[/<split>]``, source the store's ``file://``
+        URI (or its fsspec URL), digest the first :data:`DATASET_DIGEST_CHARS` hex of the store's
+        content hash (the ``prior_hash`` tag of the models trained on it), context ``train`` /
+        ``val`` / ``test``. The run page's Datasets panel and the lineage view then say which
+        prior trained which model and which data scored which result.
+        """
+        self._require_run("log_store_input")
+        from storage.prior_store import PriorStore
+
+        ds = store_dataset(PriorStore.open(store_path), split)
+        self._mlflow.log_input(ds, context=context)
+        return ds.digest
+
+    @contextmanager
+    def child_run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator["Tracker"]:
+        """A run nested under the active one (``mlflow.parentRunId``), e.g. one per benchmarked method.
+
+        The parent stays the tracker's run again when the child ends; status rules as in
+        :meth:`start_run`.
+        """
+        self._require_run("child_run")
+        parent = self._run
+        run = self._mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name, nested=True,
+                                     tags={k: str(v) for k, v in (tags or {}).items()})
+        self._run = run
+        status = "FINISHED"
+        try:
+            yield self
+        except Exception:
+            status = "FAILED"
+            raise
+        except BaseException:
+            status = "KILLED"
+            raise
+        finally:
+            self._mlflow.end_run(status=status)
+            self._run = parent
+
+    def describe_model_version(self, method: str, version: int | str, description: str,
+                               tags: Mapping[str, Any] | None = None) -> None:
+        """Set the description (shown on the registry's version page) and extra tags of a version."""
+        name = registered_name(method)
+        self.client.update_model_version(name, str(version), description=description)
+        for k, v in (tags or {}).items():
+            self.client.set_model_version_tag(name, str(version), k, str(v))
+
+    def log_input_example(self, task: Mapping[str, Any], answers: Iterable[str], max_rows: int = 5,
+                          artifact_file: str = "model/input_example.json") -> dict[str, Any]:
+        """The input example and signature of ``predict(model, task)`` as a JSON artifact.
+
+        Written beside the registered weights (the version's ``model/`` folder, where MLflow
+        puts ``input_example.json``): the first ``max_rows`` samples of every array of one task,
+        and per array its dtype and shape with named axes, plus the capabilities the answer has.
+        """
+        import numpy as np
+
+        self._require_run("log_input_example")
+        axes = {"x_obs": ["n_obs", "d"], "noise_obs": ["n_obs", "d"], "node_mask": ["d"], "adjacency": ["d", "d"],
+                "int_targets": ["K", "d"], "int_values": ["K", "d"], "x_int": ["K", "n_int", "d"],
+                "perturbation": ["K", "p"]}
+        example, inputs = {}, {}
+        for k, v in task.items():
+            a = np.asarray(v)
+            if a.dtype.kind not in "biuf":
+                continue
+            inputs[k] = {"dtype": str(a.dtype), "shape": axes.get(k, [f"dim{i}" for i in range(a.ndim)])}
+            cut = a[:max_rows] if k in ("x_obs", "noise_obs") else a
+            cut = cut[:, :max_rows] if k == "x_int" else cut
+            example[k] = np.where(np.isfinite(cut), cut, 0).tolist() if a.dtype.kind == "f" else cut.tolist()
+        doc = {"signature": {"inputs": inputs, "outputs": sorted(answers),
+                             "call": "get_method(method).predict(model, task)"},
+               "input_example": example, "note": f"samples truncated to the first {max_rows} rows"}
+        self._mlflow.log_dict(doc, artifact_file)
+        return doc
 
     # ---------------------------------------------------------- benchmarks
     def log_benchmark(self, name: str, metrics: Mapping[str, Any], artifacts: Iterable[str | Path] = (),

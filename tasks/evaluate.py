@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import traceback
 from pathlib import Path
 
@@ -51,11 +52,22 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
 
 
 @task(retries=2, retry_delay_seconds=[2, 8], persist_result=False)
-def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, run_name: str) -> dict:
-    """Write the HTML report and log it, the tables, plots and every metric to one MLflow run."""
+def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, run_name: str,
+                        stores: dict[str, str] | None = None, models: dict[str, list[dict]] | None = None) -> dict:
+    """Write the HTML report; log it, the tables, plots and every metric to one MLflow parent run.
+
+    The parent run carries every metric as ``<prior>.<method>.<metric>`` and, for MLflow's
+    compare view, one child run per method (``mlflow.parentRunId``) carries that method's
+    metrics under the same names in every child (``nlpid``, ``e_shd``; ``<prior>.nlpid`` when
+    the benchmark has several priors). Every run logs the test split of each prior it scored
+    as an input dataset (``stores``: {prior label: store path}); a child of a trained model
+    is tagged with the model version and its training run (``models``: meta_train results by
+    prior label), so the lineage reads prior -> training run -> model version -> score.
+    """
     from storage.report import write_report
     from storage.tracking import Tracker
 
+    stores, models = stores or {}, models or {}
     tracker = Tracker(root, experiment)
     with tracker.start_run(run_name=run_name, tags={"kind": "benchmark"}):
         run_id = tracker.run_id
@@ -65,16 +77,43 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
         # the raw per-task records travel with the run, so `causalmeta report RUN_ID` can rebuild it
         (out_dir / "records.json").write_text(json.dumps({"sections": sections, "meta": meta}, default=float))
         tracker.log_params({k: v for k, v in meta.items()})
+        for store in stores.values():
+            tracker.log_store_input(store, "test", "test")
+        per_method: dict[str, dict[str, float]] = {}
         for prior, recs in sections.items():
+            prefix = f"{prior}." if len(sections) > 1 else ""
             for method, arrays in rep["arrays"][prior].items():
+                child = per_method.setdefault(_method_name(method), {})
                 for metric, values in arrays.items():
                     finite = values[values == values]
                     if len(finite):
                         tracker.log_metrics({f"{prior}.{method}.{metric}": float(finite.mean())})
+                        child[prefix + metric] = float(finite.mean())
                 n_failed = sum(r.get("status") != "ok" for r in recs[method])
                 tracker.log_metrics({f"{prior}.{method}.n_failed": float(n_failed)})
+                child[prefix + "n_failed"] = float(n_failed)
+                child[prefix + "n_tasks"] = float(len(recs[method]))
         for p in sorted(out_dir.iterdir()):
             tracker.log_artifact(p)
+        children = {}
+        for name, metrics in per_method.items():
+            trained = [m for ms in models.values() for m in ms if m.get("method") == name]
+            tags = {"kind": "benchmark-method", "method": name, "benchmark_run": run_id,
+                    **({"model_versions": ",".join(sorted({str(m["version"]) for m in trained}))} if trained else {}),
+                    **({"model_runs": ",".join(sorted({m["run_id"] for m in trained if m.get("run_id")}))}
+                       if any(m.get("run_id") for m in trained) else {})}
+            with tracker.child_run(run_name=name, tags=tags):
+                children[name] = tracker.run_id
+                for store in stores.values():
+                    tracker.log_store_input(store, "test", "test")
+                tracker.log_metrics(metrics)
+        experiment_id = tracker.experiment_id()
     tables = {prior: t.to_markdown() for prior, t in rep["tables"].items()}
-    return {"run_id": run_id, "html": str(rep["html"]), "tables": tables,
+    return {"run_id": run_id, "html": str(rep["html"]), "tables": tables, "experiment_id": experiment_id,
+            "child_runs": children, "mlflow_url": tracker.run_url(run_id, experiment_id),
             "records": {p: t.to_records() for p, t in rep["tables"].items()}}
+
+
+def _method_name(label: str) -> str:
+    """``"mace-tnp v3"`` -> ``"mace-tnp"``: one child run per method, whatever version each prior used."""
+    return re.sub(r" v\d+$", "", label)

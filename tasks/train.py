@@ -10,9 +10,11 @@ from prefect import get_run_logger, task
 
 from pipeline_lib.models.registry import get_method
 from pipeline_lib.priors import PriorConfig
+from pipeline_lib.taskdata import task_slice
 from pipeline_lib.training.batching import ChunkedSource, PoolSource, prior_stream
 from pipeline_lib.training.checkpoint import LAST
 from pipeline_lib.training.loop import TrainConfig, train
+from tasks.artifacts import Progress, artifact_key, publish_markdown
 
 __all__ = ["train_method_task"]
 
@@ -32,6 +34,17 @@ def _batch_source(data: str, prior: PriorConfig, store_path: str | None, make_ba
     store = PriorStore.open(store_path)
     bounds = [store.chunk_range("train", c) for c in range(store.n_chunks("train"))]
     return ChunkedSource(lambda a, b: store.read("train", a, b), bounds, make_batch, cfg.batch_size, cfg.seed)
+
+
+def _summary_markdown(method: str, prior: PriorConfig, version, run_id: str, result, data: str) -> str:
+    """The training run's Prefect artifact: the registered version and the final metrics."""
+    rows = [("registered model", f"`causalmeta-{method}` version **{version}**"),
+            ("prior", f"`{prior.name}` (`{prior.content_hash()[:12]}`), {data} data"),
+            ("steps", str(result.step)), ("final training loss", f"{result.history[-1]['loss']:.4g}"),
+            ("best validation loss", "-" if result.best_val is None else f"{result.best_val:.4g}"),
+            ("throughput", f"{result.throughput:.1f} tasks/s on {result.device}"), ("MLflow run", f"`{run_id}`")]
+    return "\n".join([f"### {method} on {prior.name}", "", "| | |", "|---|---|",
+                      *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
 
 
 def build_seeded(spec, model_cfg, seed: int):
@@ -86,11 +99,18 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
         tracker.log_params({"method": method, "prior_hash": prior.content_hash(), "prior_name": prior.name,
                             "model": model_cfg.model_dump(), "train": cfg.model_dump(), "data_source": data,
                             **({"store": str(store_path)} if store_path else {})})
+        if store_path:  # lineage: the run's Datasets panel names the stored splits it read
+            if data == "store":
+                tracker.log_store_input(store_path, "train", "train")
+            tracker.log_store_input(store_path, "val", "val")
         every = max(1, cfg.steps // 100)
+        progress = Progress(artifact_key("train", method, prior.name, "steps"), cfg.steps,
+                            f"{method} on {prior.name}: training steps")
 
         def log_step(rec: dict) -> None:
             if rec["step"] % every == 0 or "val_loss" in rec:
                 tracker.log_metrics({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+            progress.update(rec["step"], f"loss {rec['loss']:.3g}")
 
         try:
             result = train(model, spec.loss_fn, source, cfg, checkpoint_dir=ckpt_dir, val_source=val_source,
@@ -109,8 +129,20 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
             tracker.log_artifact(ckpt_dir / "last.pt")
         version = tracker.log_and_register_model(model, method, prior.content_hash(), prior.name, config=model_cfg)
         run_id = tracker.run_id
+        if val_source is not None:
+            tracker.log_input_example(task_slice(val, 0), spec.answers)
+        headline = (f"best validation loss {result.best_val:.4g}" if result.best_val is not None
+                    else f"final training loss {result.history[-1]['loss']:.4g}")
+        tracker.describe_model_version(
+            method, version, f"{method} meta-trained on prior {prior.name} ({prior.content_hash()[:12]}), "
+            f"{result.step} steps on {data} data, {headline}."
+            + (" Input example and signature: model/input_example.json." if val_source is not None else ""), tags={k: v for k, v in {
+                "steps": result.step, "data_source": data, "best_val_loss": result.best_val,
+                "device": result.device}.items() if v is not None})
     logger.info("%s trained on %s: %d steps, %.1f tasks/s, registered version %s", method, prior.name,
                 result.step, result.throughput, version)
+    publish_markdown(artifact_key("train", method, prior.name), _summary_markdown(
+        method, prior, version, run_id, result, data), description=f"causalmeta-{method} v{version}")
     return {"method": method, "version": str(version), "run_id": run_id, "prior_hash": prior.content_hash(),
             "steps": result.step, "throughput_tasks_per_s": result.throughput, "device": result.device,
             "final_loss": result.history[-1]["loss"], "reused": False, "data": data}

@@ -114,6 +114,9 @@ def test_benchmark_flow_end_to_end(tmp_path):
     assert any(".n_failed" in k and run.data.metrics[k] == 2.0 for k in keys)
     arts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert "report.html" in arts and "records.json" in arts
+    _check_lineage(client, summary, root)
+    _check_prefect_artifacts(summary)
+    _check_terminal_summary(summary)
 
     # second run: same store, same registered model, results reused
     mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if '"ok"' in p.read_text()}
@@ -121,3 +124,110 @@ def test_benchmark_flow_end_to_end(tmp_path):
     (m,) = again["models"][prior_label]
     assert m["reused"] is True
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def _check_lineage(client, summary, root):
+    """MLflow: the parent run has one child per method with the same metric names in each; the
+    parent, the children and the training run log the store as input datasets (digest = the
+    store's content hash, context = the split read); the model version is described."""
+    from storage.prior_store import PriorStore
+    from storage.results import config_key
+
+    (store_path,) = (root / "priors").glob("*.zarr")
+    store = PriorStore.open(store_path)
+    parent = client.get_run(summary["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = sorted(c.info.run_name for c in children)
+    # the two "exact" configs are told apart by their config keys; the failing one has a run too
+    good, bad = (config_key(b.name, b.config) for b in tiny_spec().baselines)
+    assert names == sorted(["mace-tnp", good, bad])
+    assert summary["child_runs"] == {c.info.run_name: c.info.run_id for c in children}
+    metrics = {c.info.run_name: c.data.metrics for c in children}
+    for name in ("mace-tnp", good):  # the same names in every child (one prior: no prefix)
+        assert math.isfinite(metrics[name]["nlpid"]) and metrics[name]["n_tasks"] == 2.0
+    assert metrics[bad]["n_failed"] == 2.0 and "nlpid" not in metrics[bad]
+    (mace,) = [c for c in children if c.info.run_name == "mace-tnp"]
+    (model,) = summary["models"][next(iter(summary["models"]))]
+    assert mace.data.tags["model_versions"] == model["version"] and mace.data.tags["model_runs"] == model["run_id"]
+
+    def inputs(run):
+        return {(d.dataset.digest, next(t.value for t in d.tags if t.key == "mlflow.data.context"),
+                 json.loads(d.dataset.source)["uri"]) for d in run.inputs.dataset_inputs}
+
+    uri = store_path.resolve().as_uri()
+    for run in (parent, *children):
+        assert inputs(run) == {(store.hash[:12], "test", uri)}
+    train = client.get_run(model["run_id"])
+    assert inputs(train) == {(store.hash[:12], "train", uri), (store.hash[:12], "val", uri)}
+    assert train.inputs.dataset_inputs[0].dataset.name.startswith(f"lin-2node-{store.hash[:12]}/")
+    version = client.get_model_version("causalmeta-mace-tnp", model["version"])
+    assert "lin-2node" in version.description and "4 steps" in version.description
+    dest = root / "downloaded"
+    dest.mkdir()
+    example = json.loads(Path(client.download_artifacts(model["run_id"], "model/input_example.json",
+                                                        str(dest))).read_text())
+    assert example["signature"]["inputs"]["x_obs"]["shape"] == ["n_obs", "d"]
+    assert len(example["input_example"]["x_obs"]) == 5
+
+
+def _check_prefect_artifacts(summary):
+    """Prefect: the benchmark run is named after its spec and carries its table, links and
+    progress artifacts; the subflows publish the prior summary, chunk, fit and step progress."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+
+    from flows.benchmark import spec_hash
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"benchmark-tiny-{spec_hash(tiny_spec())}"])))
+            arts = await client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs]}))
+            latest = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
+                "prior-lin-2node", "prior-lin-2node-chunks", "train-mace-tnp-lin-2node-steps",
+                "train-mace-tnp-lin-2node"])))
+            train_runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["train-mace-tnp-lin-2node"])))
+            return runs, arts, latest, train_runs
+
+    runs, arts, latest, train_runs = asyncio.run(read())
+    assert runs and train_runs  # flow-run names say what runs
+    by_key = {a.key: a for a in arts}
+    table = by_key["benchmark-tiny-table"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {r["method"] for r in rows} == {r["method"] for r in summary["records"][next(iter(summary["records"]))]}
+    assert any(r["nlpid"].endswith("(best)") for r in rows)
+    links = by_key["benchmark-tiny"].data
+    assert summary["run_id"] in links and Path(summary["html"]).as_uri() in links and "mlflow server" in links
+    stages = by_key["benchmark-tiny-stages"]
+    assert stages.type == "progress" and float(stages.data) == 100.0
+    keys = {a.key: a for a in latest}
+    assert "content hash" in keys["prior-lin-2node"].data and "tasks train / val / test | 8 / 4 / 3" in \
+        keys["prior-lin-2node"].data
+    assert float(keys["prior-lin-2node-chunks"].data) == 100.0
+    assert float(keys["train-mace-tnp-lin-2node-steps"].data) == 100.0
+    assert "version **" in keys["train-mace-tnp-lin-2node"].data
+
+
+def _check_terminal_summary(summary):
+    """The terminal summary fits 80 columns: one row per method, "-" where a method does not answer."""
+    from rich.console import Console
+
+    from flows.cli import _print_summary
+
+    con = Console(width=80, record=True)
+    _print_summary({**summary, "tracking_uri": "sqlite:///x"}, console=con)
+    text = con.export_text()
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 80, text
+    header = next(ln for ln in lines if ln.startswith("method"))
+    assert "NLPID" in header and "E-SHD" in header and "s/task" in header, text
+    rows = {m: [ln for ln in lines if ln.startswith(m + " ")]
+            for recs in summary["records"].values() for m in {r["method"] for r in recs}}
+    assert all(len(r) == 1 for r in rows.values()), text
+    mace = next(r[0] for m, r in rows.items() if m.startswith("mace-tnp"))
+    assert mace.split()[3] == "-"  # "mace-tnp", "vN", NLPID, E-SHD: mace-tnp answers no graph
+    assert "report:" in text and summary["run_id"] in text and "p<0.05" in text
