@@ -57,7 +57,7 @@ class StageClock:
 
     stages: list[tuple[str, float]]  # (label, expected seconds)
     key: str
-    t0: float = field(default_factory=time.perf_counter)
+    t0: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time (tests)
     done: int = 0
     observed: float = 0.0
     expected_done: float = 0.0

@@ -95,14 +95,15 @@ def answer_tables(answer, task: dict, names: list[str] | None = None) -> list[Ta
 # (column label, metrics in order of preference: the first one the prior's methods answer)
 HEADLINE = (("NLPID", ("nlpid",)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
             ("RMSE", ("sample_rmse", "int_rmse", "noise_rmse", "cf_rmse")), ("s/task", ("runtime_s",)))
-LEGEND = ("mean ± s.e. over test tasks; bold: best mean; * p<0.05, ** p<0.01: Welch's t-test "
-          "vs the best (worse); -: not answered by the method")
+LEGEND = ("mean ± s.e. over test tasks; bold: best mean; -: not answered by the method;\n"
+          "* p<0.05, ** p<0.01: worse than the best (Welch's t-test over tasks)")
 
 
 def _sig(x: float, digits: int) -> str:
+    """``digits`` significant digits, trailing zeros kept (0.0100, not 0.01), no bare trailing point."""
     if x != x:
         return "nan"
-    return f"{x:.{digits}g}"
+    return f"{x:#.{digits}g}".replace(".e", "e").rstrip(".")
 
 
 def format_cell(rec: dict | None) -> tuple[str, bool]:
@@ -184,8 +185,9 @@ def benchmark_summary(summary: dict, wide: bool = False, width: int = 80) -> lis
     out.append(Text(f"report: {summary['html']}"))
     if summary.get("mlflow_url"):
         out.append(Text(f"MLflow run: {summary['mlflow_url']}"))
-    out.append(Text(f"MLflow run id: {summary['run_id']}" + (f" ({summary['tracking_uri']})"
-                                                              if summary.get("tracking_uri") else "")))
+    out.append(Text(f"MLflow run id: {summary['run_id']}"))
+    if summary.get("tracking_uri"):
+        out.append(Text(f"MLflow backend: {summary['tracking_uri']}"))
     if "seconds" in summary:
         out.append(Text(f"total: {format_duration(summary['seconds'])}"))
     return out

@@ -524,6 +524,18 @@ class Tracker:
         return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {self.uri}{art} "
                 f"--host 127.0.0.1 --port {port} --workers 1")
 
+    def describe_run(self, markdown: str) -> None:
+        """The active run's description (``mlflow.note.content``): the markdown on top of its run page.
+
+        Also marks the run's experiment as model development (``mlflow.experimentKind``), so
+        the MLflow 3 UI opens it on its runs table and compare view rather than its GenAI
+        (traces) overview.
+        """
+        self._require_run("describe_run")
+        self._mlflow.set_tag("mlflow.note.content", markdown)
+        self.client.set_experiment_tag(self._run.info.experiment_id, "mlflow.experimentKind",
+                                       "custom_model_development")
+
     # ------------------------------------------------------ lineage (inputs)
     def log_store_input(self, store_path: str | Path, context: str, split: str | None = None) -> str:
         """Log a stored prior as an input dataset of the active run; return the digest.

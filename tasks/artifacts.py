@@ -15,6 +15,13 @@ __all__ = ["Progress", "artifact_key", "publish_markdown", "publish_table"]
 _log = logging.getLogger(__name__)
 
 
+def _in_run() -> bool:
+    """Artifacts belong to a flow or task run; outside one (a plain function call) there is none to show."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def artifact_key(*parts: object) -> str:
     """A Prefect artifact key from ``parts``: lowercase letters, digits and dashes only.
 
@@ -42,6 +49,8 @@ class Progress:
         self._id = None
         self._last = 0.0
         self._done = 0
+        if not _in_run():
+            return
         try:
             from prefect.artifacts import create_progress_artifact
 
@@ -72,6 +81,8 @@ class Progress:
 
 def publish_markdown(key: str, markdown: str, description: str | None = None) -> None:
     """A markdown artifact on the current flow or task run (skipped, logged, if the API is unreachable)."""
+    if not _in_run():
+        return
     try:
         from prefect.artifacts import create_markdown_artifact
 
@@ -82,6 +93,8 @@ def publish_markdown(key: str, markdown: str, description: str | None = None) ->
 
 def publish_table(key: str, rows: list[dict], description: str | None = None) -> None:
     """A table artifact (one dict per row, same keys) on the current run."""
+    if not _in_run():
+        return
     try:
         from prefect.artifacts import create_table_artifact
 

@@ -72,11 +72,16 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
     with tracker.start_run(run_name=run_name, tags={"kind": "benchmark"}):
         run_id = tracker.run_id
         out_dir = Path(root) / "reports" / run_id
-        rep = write_report(out_dir, sections, title=f"causalmeta benchmark {experiment}",
+        rep = write_report(out_dir, sections, title=f"causalmeta benchmark {meta.get('spec', experiment)}",
                            meta={**meta, "mlflow_run_id": run_id})
         # the raw per-task records travel with the run, so `causalmeta report RUN_ID` can rebuild it
         (out_dir / "records.json").write_text(json.dumps({"sections": sections, "meta": meta}, default=float))
         tracker.log_params({k: v for k, v in meta.items()})
+        tracker.describe_run("\n".join(
+            [f"Benchmark `{meta.get('spec', experiment)}`: one child run per method; the full report is the "
+             "artifact `report.html`.", ""]
+            + [f"**{prior}** (mean ± s.e. over test tasks, best in bold, p: Welch's t-test vs the best)\n\n"
+               f"{t.to_markdown()}" for prior, t in rep["tables"].items()]))
         for store in stores.values():
             tracker.log_store_input(store, "test", "test")
         per_method: dict[str, dict[str, float]] = {}
@@ -104,6 +109,10 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
                        if any(m.get("run_id") for m in trained) else {})}
             with tracker.child_run(run_name=name, tags=tags):
                 children[name] = tracker.run_id
+                tracker.describe_run(f"`{name}` in benchmark run `{run_id}`"
+                                     + (f", registered model `causalmeta-{name}` version {tags['model_versions']}"
+                                        f" (training run `{tags.get('model_runs', '?')}`)" if trained else "")
+                                     + ". Metrics named as in every other method's run: compare them side by side.")
                 for store in stores.values():
                     tracker.log_store_input(store, "test", "test")
                 tracker.log_metrics(metrics)

@@ -133,12 +133,13 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
             tracker.log_input_example(task_slice(val, 0), spec.answers)
         headline = (f"best validation loss {result.best_val:.4g}" if result.best_val is not None
                     else f"final training loss {result.history[-1]['loss']:.4g}")
-        tracker.describe_model_version(
-            method, version, f"{method} meta-trained on prior {prior.name} ({prior.content_hash()[:12]}), "
-            f"{result.step} steps on {data} data, {headline}."
-            + (" Input example and signature: model/input_example.json." if val_source is not None else ""), tags={k: v for k, v in {
-                "steps": result.step, "data_source": data, "best_val_loss": result.best_val,
-                "device": result.device}.items() if v is not None})
+        description = (f"{method} meta-trained on prior {prior.name} ({prior.content_hash()[:12]}), "
+                       f"{result.step} steps on {data} data, {headline}."
+                       + (" Input example and signature: model/input_example.json." if val_source is not None else ""))
+        tracker.describe_model_version(method, version, description, tags={k: v for k, v in {
+            "steps": result.step, "data_source": data, "best_val_loss": result.best_val,
+            "device": result.device}.items() if v is not None})
+        tracker.describe_run(f"{description} Registered as `causalmeta-{method}` version {version}.")
     logger.info("%s trained on %s: %d steps, %.1f tasks/s, registered version %s", method, prior.name,
                 result.step, result.throughput, version)
     publish_markdown(artifact_key("train", method, prior.name), _summary_markdown(
