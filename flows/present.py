@@ -14,6 +14,7 @@ from rich.table import Table
 from pipeline_lib.evaluation import make_queries, score_generator
 from pipeline_lib.posterior import capabilities
 from pipeline_lib.taskdata import restrict
+from storage.report import format_cell, headline_columns  # one cell format for every view
 
 TOP_EDGES = 12
 
@@ -92,45 +93,8 @@ def answer_tables(answer, task: dict, names: list[str] | None = None) -> list[Ta
 
 
 # --- the benchmark summary: one row per method, headline metrics, fits 80 columns ----------
-# (column label, metrics in order of preference: the first one the prior's methods answer)
-HEADLINE = (("NLPID", ("nlpid",)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
-            ("RMSE", ("sample_rmse", "int_rmse", "noise_rmse", "cf_rmse")), ("s/task", ("runtime_s",)))
 LEGEND = ("mean ± s.e. over test tasks; bold: best mean; -: not answered by the method;\n"
           "* p<0.05, ** p<0.01: worse than the best (Welch's t-test over tasks)")
-
-
-def _sig(x: float, digits: int) -> str:
-    """``digits`` significant digits, trailing zeros kept (0.0100, not 0.01), no bare trailing point."""
-    if x != x:
-        return "nan"
-    return f"{x:#.{digits}g}".replace(".e", "e").rstrip(".")
-
-
-def format_cell(rec: dict | None) -> tuple[str, bool]:
-    """``("1.23±0.045**", is_best)`` for one (method, metric) record of ComparisonTable.to_records.
-
-    3 significant digits for the mean, 2 for the s.e. (none for one task); the marker is
-    padded to 2 characters so numbers stay aligned in a right-justified column.
-    """
-    if rec is None:
-        return "-", False
-    txt = _sig(rec["mean"], 3) + (f"±{_sig(rec['se'], 2)}" if rec["se"] == rec["se"] else "")
-    p = rec.get("p_vs_best", float("nan"))
-    mark = "" if rec["best"] or p != p else "**" if p < 0.01 else "*" if p < 0.05 else ""
-    return f"{txt}{mark:<2}", bool(rec["best"])
-
-
-def _columns(records: list[dict], wide: bool) -> list[tuple[str, str]]:
-    """(header, metric) of the columns to show: the headline set, or every metric with ``wide``."""
-    have = list(dict.fromkeys(r["metric"] for r in records))
-    if wide:
-        return [(m, m) for m in have]
-    out = []
-    for label, names in HEADLINE:
-        hit = next((m for m in names if m in have), None)
-        if hit is not None:
-            out.append((label if hit == names[0] else hit, hit))
-    return out
 
 
 def summary_table(records: list[dict], title: str | None = None, width: int | None = 80, wide: bool = False):
@@ -167,7 +131,7 @@ def summary_table(records: list[dict], title: str | None = None, width: int | No
             con.print(tab)
         return max(len(line.rstrip()) for line in con.export_text().splitlines())
 
-    cols, dropped = _columns(records, wide), []
+    cols, dropped = headline_columns(records, wide), []
     while width and not wide and len(cols) > 1 and natural_width(build(cols)) > width:
         dropped.insert(0, cols.pop()[0])
     return build(cols, f"not shown (too wide): {', '.join(dropped)}; see --wide or the report" if dropped else None)

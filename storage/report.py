@@ -196,3 +196,60 @@ def prior_summary_markdown(summary: dict[str, Any]) -> str:
     elif sig:
         lines.append(f"| causal signal | not measurable: {sig['unavailable']} |")
     return "\n".join(lines) + "\n"
+
+
+# --- headline cells: the terminal summary, the Prefect table and the MLflow run description ----
+# (column label, metrics in order of preference: the first one the prior's methods answer)
+HEADLINE = (("NLPID", ("nlpid",)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
+            ("RMSE", ("sample_rmse", "int_rmse", "noise_rmse", "cf_rmse")), ("s/task", ("runtime_s",)))
+
+
+def _sig(x: float, digits: int) -> str:
+    """``digits`` significant digits, trailing zeros kept (0.0100, not 0.01), no bare trailing point."""
+    if x != x:
+        return "nan"
+    return f"{x:#.{digits}g}".replace(".e", "e").rstrip(".")
+
+
+def format_cell(rec: dict | None) -> tuple[str, bool]:
+    """``("1.23±0.045**", is_best)`` for one (method, metric) record of ComparisonTable.to_records.
+
+    3 significant digits for the mean, 2 for the s.e. (none for one task); the marker is
+    padded to 2 characters so numbers stay aligned in a right-justified column.
+    """
+    if rec is None:
+        return "-", False
+    txt = _sig(rec["mean"], 3) + (f"±{_sig(rec['se'], 2)}" if rec["se"] == rec["se"] else "")
+    p = rec.get("p_vs_best", float("nan"))
+    mark = "" if rec["best"] or p != p else "**" if p < 0.01 else "*" if p < 0.05 else ""
+    return f"{txt}{mark:<2}", bool(rec["best"])
+
+
+def headline_columns(records: list[dict], wide: bool) -> list[tuple[str, str]]:
+    """(header, metric) of the columns to show: the headline set, or every metric with ``wide``."""
+    have = list(dict.fromkeys(r["metric"] for r in records))
+    if wide:
+        return [(m, m) for m in have]
+    out = []
+    for label, names in HEADLINE:
+        hit = next((m for m in names if m in have), None)
+        if hit is not None:
+            out.append((label if hit == names[0] else hit, hit))
+    return out
+
+
+def headline_markdown(records: list[dict]) -> str:
+    """One prior's records as a markdown table of the headline columns (bold: best)."""
+    cols = headline_columns(records, wide=False)
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    by = {(r["method"], r["metric"]): r for r in records}
+    arrow = {r["metric"]: "↓" if r["lower_is_better"] else "↑" for r in records}
+    lines = ["| method | " + " | ".join(f"{h} {arrow[k]}" for h, k in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for m in methods:
+        cells = []
+        for _, k in cols:
+            txt, best = format_cell(by.get((m, k)))
+            cells.append(f"**{txt.strip()}**" if best else txt.strip())
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -64,7 +64,7 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
     is tagged with the model version and its training run (``models``: meta_train results by
     prior label), so the lineage reads prior -> training run -> model version -> score.
     """
-    from storage.report import write_report
+    from storage.report import headline_markdown, write_report
     from storage.tracking import Tracker
 
     stores, models = stores or {}, models or {}
@@ -80,8 +80,9 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
         tracker.describe_run("\n".join(
             [f"Benchmark `{meta.get('spec', experiment)}`: one child run per method; the full report is the "
              "artifact `report.html`.", ""]
-            + [f"**{prior}** (mean ± s.e. over test tasks, best in bold, p: Welch's t-test vs the best)\n\n"
-               f"{t.to_markdown()}" for prior, t in rep["tables"].items()]))
+            + [f"**{prior}**: mean ± s.e. over test tasks, **best**, * p<0.05, ** p<0.01 worse than the best "
+               f"(Welch's t-test); every metric in the report and the child runs\n\n"
+               f"{headline_markdown(t.to_records())}" for prior, t in rep["tables"].items()]))
         for store in stores.values():
             tracker.log_store_input(store, "test", "test")
         per_method: dict[str, dict[str, float]] = {}

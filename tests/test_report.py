@@ -115,3 +115,15 @@ def test_prior_summary_markdown_says_when_the_signal_is_unknown():
     md = prior_summary_markdown({**base, "signal": {"signal_nats": 0.51, "low_signal": False, "shift_sd_mean": 1.2,
                                                     "shift_sd_median": 0.8, "n_queries": 30, "n_tasks": 10}})
     assert "0.510 nats/sample" in md and "LOW" not in md
+
+
+def test_headline_markdown_bolds_the_best_and_keeps_dashes():
+    from storage.report import headline_markdown
+
+    md = headline_markdown(_records(n_methods=3))
+    head, rule, *rows = md.strip().splitlines()
+    assert head.startswith("| method | NLPID ↓ | E-SHD ↓ | Intv-AUROC ↑ | s/task ↓")
+    exact = next(r for r in rows if r.startswith("| exact |"))
+    assert "**" in exact.split("|")[2]  # exact has the best NLPID
+    mace = next(r for r in rows if r.startswith("| mace-tnp v12 |"))
+    assert mace.split("|")[3].strip() == "-"
