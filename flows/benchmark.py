@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from flows.baselines import run_baselines
 from flows.evaluate import evaluate
 from flows.generate import generate_prior
-from flows.present import LEGEND, format_cell, format_duration
+from flows.present import format_cell, format_duration
 from flows.spec import BenchmarkSpec, load_preset
 from flows.train import meta_train
 from storage.results import config_key
@@ -27,6 +27,10 @@ from tasks.artifacts import Progress, artifact_key, publish_markdown, publish_ta
 from tasks.evaluate import publish_report_task
 
 __all__ = ["benchmark", "spec_hash"]
+
+# the Prefect UI renders artifact descriptions as markdown: asterisks escaped, one line
+TABLE_LEGEND = (r"mean ± s.e. over test tasks; (best): best mean; \* p<0.05, \*\* p<0.01: worse than the best "
+                r"(Welch's t-test over tasks); -: not answered by the method")
 
 
 def spec_hash(spec: BenchmarkSpec) -> str:
@@ -194,13 +198,13 @@ def links_markdown(spec: BenchmarkSpec, summary: dict, root: str) -> str:
                   f"  then http://127.0.0.1:5000/#/experiments/{summary.get('experiment_id', '')}/runs/{run}"]
     for name, child in summary.get("child_runs", {}).items():
         lines.append(f"  - `{name}`: run `{child}`")
-    lines += ["", f"Total {format_duration(summary['seconds'])}. Table (artifact `benchmark-{spec.name}-table`): "
-              + LEGEND + "."]
+    lines += ["", f"Total {format_duration(summary['seconds'])}. Comparison table: artifact "
+              f"`benchmark-{spec.name}-table` ({TABLE_LEGEND})."]
     return "\n".join(lines) + "\n"
 
 
 def _publish_artifacts(spec: BenchmarkSpec, summary: dict, root: str) -> None:
     publish_table(artifact_key("benchmark", spec.name, "table"), comparison_rows(summary["records"]),
-                  description=f"benchmark {spec.name}: mean ± s.e. over test tasks; {LEGEND}")
+                  description=f"benchmark {spec.name}: {TABLE_LEGEND}")
     publish_markdown(artifact_key("benchmark", spec.name), links_markdown(spec, summary, root),
                      description=f"benchmark {spec.name}: report and MLflow run")

@@ -181,7 +181,7 @@ def prior_summary_markdown(summary: dict[str, Any]) -> str:
     t = summary["tasks"]
     lines = [f"### Prior `{summary['name']}`", "",
              "| | |", "|---|---|",
-             f"| content hash | `{summary['hash'][:12]}` (`{summary['hash']}`) |",
+             f"| content hash | `{summary['hash'][:12]}` (the full hash is in the store's attributes) |",
              f"| tasks train / val / test | {t['train']} / {t['val']} / {t['test']} |",
              f"| size on disk | {_human_bytes(summary['bytes'])} |",
              f"| store | `{summary['path']}` |",

@@ -77,12 +77,12 @@ def publish_report_task(root: str, experiment: str, sections: dict, meta: dict, 
         # the raw per-task records travel with the run, so `causalmeta report RUN_ID` can rebuild it
         (out_dir / "records.json").write_text(json.dumps({"sections": sections, "meta": meta}, default=float))
         tracker.log_params({k: v for k, v in meta.items()})
+        # the table first: the run page shows a description's first lines until "Show more"
         tracker.describe_run("\n".join(
-            [f"Benchmark `{meta.get('spec', experiment)}`: one child run per method; the full report is the "
-             "artifact `report.html`.", ""]
-            + [f"**{prior}**: mean ± s.e. over test tasks, **best**, * p<0.05, ** p<0.01 worse than the best "
-               f"(Welch's t-test); every metric in the report and the child runs\n\n"
-               f"{headline_markdown(t.to_records())}" for prior, t in rep["tables"].items()]))
+            [f"**{prior}**\n\n{headline_markdown(t.to_records())}" for prior, t in rep["tables"].items()]
+            + [f"Mean ± s.e. over test tasks, **best**, * p<0.05, ** p<0.01 worse than the best (Welch's t-test). "
+               f"Benchmark `{meta.get('spec', experiment)}`: one child run per method; every metric in the "
+               "child runs and in the report, the artifact `report.html`."]))
         for store in stores.values():
             tracker.log_store_input(store, "test", "test")
         per_method: dict[str, dict[str, float]] = {}
