@@ -137,7 +137,8 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
                        f"{result.step} steps on {data} data, {headline}."
                        + (" Input example and signature: model/input_example.json." if val_source is not None else ""))
         tracker.describe_model_version(method, version, description, tags={k: v for k, v in {
-            "steps": result.step, "data_source": data, "best_val_loss": result.best_val,
+            "steps": result.step, "data_source": data,
+            "best_val_loss": None if result.best_val is None else f"{result.best_val:.4g}",
             "device": result.device}.items() if v is not None})
         tracker.describe_run(f"{description} Registered as `causalmeta-{method}` version {version}.")
     logger.info("%s trained on %s: %d steps, %.1f tasks/s, registered version %s", method, prior.name,
