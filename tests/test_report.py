@@ -127,3 +127,13 @@ def test_headline_markdown_bolds_the_best_and_keeps_dashes():
     assert "**" in exact.split("|")[2]  # exact has the best NLPID
     mace = next(r for r in rows if r.startswith("| mace-tnp v12 |"))
     assert mace.split("|")[3].strip() == "-"
+
+
+def test_benchmark_and_demo_offer_wide():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for cmd in ("benchmark", "demo"):
+        r = CliRunner().invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "--wide" in r.output
