@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline_lib.metrics import comparison_table, mean_se  # noqa: E402
+from pipeline_lib.metrics import captured_fraction, comparison_table, mean_se  # noqa: E402
 
 REPORT_METRICS = ("nlpid", "nlpid_per_sample", "calibration_error", "coverage_50", "coverage_90", "e_shd", "e_sid", "edge_auroc",
                   "edge_auprc", "intv_auroc", "intv_auprc", "sample_rmse", "int_rmse", "cf_rmse", "noise_rmse",
@@ -94,6 +94,27 @@ def make_plots(arrays: dict[str, dict[str, np.ndarray]], out_dir: Path, prefix: 
     return paths
 
 
+def captured_fractions(records: list[dict]) -> dict[str, float]:
+    """{method: captured fraction of the empty-graph -> oracle NLPID gap} from comparison
+    records (``ComparisonTable.to_records``); empty when either reference is missing."""
+    nl = {r["method"]: r["mean"] for r in records if r["metric"] == "nlpid"}
+    empty = next((v for m, v in nl.items() if m.startswith("empty-graph")), None)
+    oracle = next((v for m, v in nl.items() if m.startswith("oracle")), None)
+    if empty is None or oracle is None:
+        return {}
+    return {m: captured_fraction(v, empty, oracle) for m, v in nl.items()
+            if not (m.startswith("empty-graph") or m.startswith("oracle"))}
+
+
+def captured_text(records: list[dict]) -> str | None:
+    """One line for the report and the terminal, or None without both references."""
+    frac = captured_fractions(records)
+    if not frac:
+        return None
+    return ("captured fraction of the NLPID gap empty-graph -> oracle: "
+            + ", ".join(f"{m} {v:.2f}" for m, v in frac.items()))
+
+
 def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]], title: str,
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write tables (markdown, JSON), plots and ``report.html`` for each prior section.
@@ -119,6 +140,9 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
         body.append(f"<h2>Prior {html.escape(prior)}</h2>")
         n = max((len(next(iter(a.values()))) for a in arrays.values() if a), default=0)
         body.append(table.to_html())
+        cap = captured_text(table.to_records())
+        if cap:
+            body.append(f"<p>{html.escape(cap)} (1 = the true SCM, 0 = no better than ignoring causality)</p>")
         body.append(f"<p class='legend'>mean ± s.e. over {n} test tasks; <b>bold</b>: best mean; "
                     "p: Welch's t-test against the best method; -: not answered by the method; "
                     "↓ lower is better, ↑ higher is better.</p>")

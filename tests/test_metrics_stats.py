@@ -145,3 +145,12 @@ def test_comparison_table_missing_metrics_and_single_values():
     assert math.isnan(table.cells[("a", "sid")].p_vs_best)  # n = 1: no test
     assert ("a", "runtime") not in table.cells
     assert "| a | 3 ± nan | - |" in table.to_markdown()
+
+
+def test_captured_fraction_by_hand():
+    from pipeline_lib.metrics import captured_fraction
+
+    assert captured_fraction(175.4, 260.7, 149.4) == pytest.approx((260.7 - 175.4) / (260.7 - 149.4))
+    assert captured_fraction(149.4, 260.7, 149.4) == 1.0 and captured_fraction(260.7, 260.7, 149.4) == 0.0
+    assert captured_fraction(300.0, 260.7, 149.4) < 0
+    assert math.isnan(captured_fraction(100.0, 150.0, 150.0))  # no gap: nothing to capture

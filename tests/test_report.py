@@ -137,3 +137,12 @@ def test_benchmark_and_demo_offer_wide():
     for cmd in ("benchmark", "demo"):
         r = CliRunner().invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "--wide" in r.output
+
+
+def test_captured_fraction_line_needs_both_references():
+    from storage.report import captured_text
+
+    rec = lambda m, v: {"method": m, "metric": "nlpid", "mean": v}  # noqa: E731
+    line = captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0), rec("oracle", 150.0)])
+    assert line.endswith("mace-tnp v1 0.50")
+    assert captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0)]) is None

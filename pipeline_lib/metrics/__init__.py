@@ -40,6 +40,7 @@ from pipeline_lib.metrics.stats import (
     MetricUndefinedWarning,
     auroc,
     average_precision,
+    captured_fraction,
     comparison_table,
     mean_se,
     metric_direction,
@@ -78,4 +79,5 @@ __all__ = [
     "ComparisonCell",
     "ComparisonTable",
     "comparison_table",
+    "captured_fraction",
 ]

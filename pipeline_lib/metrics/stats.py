@@ -122,6 +122,17 @@ def mean_se(values: Any) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
 
 
+def captured_fraction(method: float, empty: float, oracle: float) -> float:
+    """``(empty - method) / (empty - oracle)`` of mean NLPIDs: the share of the gap between the
+    non-causal empty-graph reference and the oracle floor that a method closes (1: as good as
+    the true SCM, 0: no better than ignoring causality, < 0: worse). nan when the gap is not
+    positive (a prior without causal signal: nothing to capture)."""
+    gap = float(empty) - float(oracle)
+    if not (math.isfinite(gap) and gap > 0 and math.isfinite(float(method))):
+        return float("nan")
+    return (float(empty) - float(method)) / gap
+
+
 def welch_test(a: Any, b: Any) -> tuple[float, float]:
     """Welch's two-sided t-test of equal means, ``(t, p)``; nan entries are dropped.
 
