@@ -94,6 +94,15 @@ def make_plots(arrays: dict[str, dict[str, np.ndarray]], out_dir: Path, prefix: 
     return paths
 
 
+def is_reference(label: str) -> bool:
+    """Rows of the non-causal and true-SCM references (shown, never ranked best)."""
+    from pipeline_lib.baselines.registry import baseline_names, get_baseline
+
+    name = label.split(" v")[0]
+    name = name if name in baseline_names() else name.rsplit("-", 1)[0]
+    return name in baseline_names() and get_baseline(name).reference
+
+
 def captured_fractions(records: list[dict]) -> dict[str, float]:
     """{method: captured fraction of the empty-graph -> oracle NLPID gap} from comparison
     records (``ComparisonTable.to_records``); empty when either reference is missing."""
@@ -130,7 +139,8 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
         # raw coverage has no "better" direction: it is plotted; the table ranks calibration_error
         # 3 significant digits: with 4 a cell ("141.7 ± 43.11 (p=0.188)") wraps inside the page
         table = comparison_table({m: {k: v for k, v in a.items() if not k.startswith("coverage")}
-                                  for m, a in arrays.items() if a}, digits=3)
+                                  for m, a in arrays.items() if a}, digits=3,
+                                 references=[m for m in arrays if is_reference(m)])
         tables[prior] = table
         (out / f"{prior}-table.md").write_text(table.to_markdown())
         (out / f"{prior}-table.json").write_text(json.dumps(table.to_records(), indent=1, default=float))

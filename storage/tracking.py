@@ -228,19 +228,8 @@ class Tracker:
         else:
             run = self._mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
                                          tags=str_tags)
-        self._run = run
-        status = "FINISHED"
-        try:
+        with self._ending(run, restore=None):
             yield self
-        except Exception:
-            status = "FAILED"
-            raise
-        except BaseException:
-            status = "KILLED"
-            raise
-        finally:
-            self._mlflow.end_run(status=status)
-            self._run = None
 
     @contextmanager
     def training_run(self, folder: str | Path, resume: bool, run_name: str | None = None,
@@ -554,6 +543,24 @@ class Tracker:
         return ds.digest
 
     @contextmanager
+    def _ending(self, run, restore):
+        """Make ``run`` the tracker's run; end it FINISHED, FAILED (an error) or KILLED (an
+        interrupt such as Ctrl-C / SIGTERM); then the tracker's run is ``restore`` again."""
+        self._run = run
+        status = "FINISHED"
+        try:
+            yield
+        except Exception:
+            status = "FAILED"
+            raise
+        except BaseException:
+            status = "KILLED"
+            raise
+        finally:
+            self._mlflow.end_run(status=status)
+            self._run = restore
+
+    @contextmanager
     def child_run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator["Tracker"]:
         """A run nested under the active one (``mlflow.parentRunId``), e.g. one per benchmarked method.
 
@@ -564,19 +571,8 @@ class Tracker:
         parent = self._run
         run = self._mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name, nested=True,
                                      tags={k: str(v) for k, v in (tags or {}).items()})
-        self._run = run
-        status = "FINISHED"
-        try:
+        with self._ending(run, restore=parent):
             yield self
-        except Exception:
-            status = "FAILED"
-            raise
-        except BaseException:
-            status = "KILLED"
-            raise
-        finally:
-            self._mlflow.end_run(status=status)
-            self._run = parent
 
     def describe_model_version(self, method: str, version: int | str, description: str,
                                tags: Mapping[str, Any] | None = None) -> None:

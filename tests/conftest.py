@@ -201,3 +201,16 @@ def prefect_server(services, tmp_path_factory) -> PrefectServer:
     api_url = f"http://127.0.0.1:{port}/api"
     services.wait_http(service, f"{api_url}/health", timeout=90)
     return PrefectServer(api_url=api_url, home=home, service=service)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batched tensors: one intra-op thread avoids oversubscription stalls on a shared
+    2-core machine (10x slower fits were seen with two). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

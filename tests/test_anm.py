@@ -13,12 +13,7 @@ from pipeline_lib.priors.sampler import sample_batch, split_seed
 from pipeline_lib.taskdata import restrict, task_slice
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(kind: str = "linear", n_obs: int = 400, seed: int = 0):

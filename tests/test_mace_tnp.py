@@ -15,13 +15,7 @@ from tests.linear_scm import two_node_linear_tasks
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread avoids oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = MaceTNPConfig(d_model=32, n_heads=4, n_layers=2, n_components=4)

@@ -16,13 +16,7 @@ SMALL = dict(n_train_tasks=8, n_test_tasks=8, n_support=10, n_query=30, n_test_r
              n_edge_mc=200, query_batch=16, n_hsic=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batched ops: inter-op threading only adds contention (10x slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted_system(d: int = 4, seed: int = 0, n_regimes: int = 16) -> dict:

@@ -154,3 +154,14 @@ def test_captured_fraction_by_hand():
     assert captured_fraction(149.4, 260.7, 149.4) == 1.0 and captured_fraction(260.7, 260.7, 149.4) == 0.0
     assert captured_fraction(300.0, 260.7, 149.4) < 0
     assert math.isnan(captured_fraction(100.0, 150.0, 150.0))  # no gap: nothing to capture
+
+
+def test_references_are_shown_but_never_best():
+    from pipeline_lib.metrics import comparison_table
+
+    res = {"a": {"nlpid": [10.0, 11.0, 12.0]}, "b": {"nlpid": [20.0, 21.0, 19.0]},
+           "oracle": {"nlpid": [1.0, 1.1, 0.9]}}
+    t = comparison_table(res, references=["oracle"])
+    assert t.best("nlpid") == "a" and not t.cells[("oracle", "nlpid")].is_best
+    assert t.cells[("b", "nlpid")].p_vs_best < 0.01  # b is compared with a, not with the oracle
+    assert comparison_table(res).best("nlpid") == "oracle"

@@ -16,12 +16,7 @@ from pipeline_lib.training.checkpoint import LAST, load_checkpoint
 from tests.linear_scm import two_node_linear_tasks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _linear_tasks(n_tasks: int, rng: np.random.Generator, n: int = 24, n_int: int = 8):

@@ -25,7 +25,7 @@ import html
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from scipy import stats as _sps
@@ -306,6 +306,7 @@ def comparison_table(
     results: Mapping[str, Mapping[str, Any]],
     lower_is_better: Mapping[str, bool] | None = None,
     digits: int = 4,
+    references: Iterable[str] = (),
 ) -> ComparisonTable:
     """Build a :class:`ComparisonTable` from ``{method: {metric: per-task values}}``.
 
@@ -314,7 +315,9 @@ def comparison_table(
     other method gets Welch's p-value against the best (nan if either side has < 2 finite
     values). Directions come from ``lower_is_better`` and otherwise from
     :func:`metric_direction` on the metric name. Methods and metrics keep their first-seen
-    order; a method may lack a metric (its cell is left empty).
+    order; a method may lack a metric (its cell is left empty). ``references`` (e.g. the
+    oracle, the empty graph) are shown but never "best": the best and the p-values are among
+    the methods, so a reference floor does not mark every method as significantly worse.
     """
     if not results:
         raise ValueError("results is empty")
@@ -324,6 +327,7 @@ def comparison_table(
         for k in results[m]:
             if k not in metrics:
                 metrics.append(k)
+    refs = set(references)
     given = dict(lower_is_better or {})
     directions = {k: given[k] if k in given else metric_direction(k) for k in metrics}
     table = ComparisonTable(methods, metrics, directions, digits=digits)
@@ -339,7 +343,8 @@ def comparison_table(
             continue
         means = {m: float(v.mean()) for m, v in clean.items()}
         sign = 1.0 if directions[k] else -1.0
-        best = min(clean, key=lambda m: sign * means[m])  # min keeps the first on ties
+        candidates = [m for m in clean if m not in refs] or list(clean)
+        best = min(candidates, key=lambda m: sign * means[m])  # min keeps the first on ties
         for m, v in clean.items():
             _, se = mean_se(v)
             if m == best or v.size < 2 or clean[best].size < 2:
