@@ -41,7 +41,9 @@ def test_linear_gaussian_density_matches_the_closed_form():
     stored = sample_batch(cfg, [split_seed(cfg, "test", 0)])
     W, b, s = par["weights"][0], par["intercepts"][0], par["noise_scale"][0]
     m, sd = stored["obs_mean"][0].astype(float), stored["obs_std"][0].astype(float)
-    scm = TrueSCM(cfg, "test", 0, n_mc=20000)
+    scm = TrueSCM(cfg, "test", 0, n_mc=20000, closed_form=False)
+    exact = TrueSCM(cfg, "test", 0)
+    assert exact.closed_form and not scm.closed_form
     d = 3
     for j in range(d):
         for i in range(d):
@@ -60,8 +62,11 @@ def test_linear_gaussian_density_matches_the_closed_form():
             var_raw = (A[i] ** 2 * ss**2).sum()
             pts = np.array([-2.0, 0.0, 1.0, 2.5])
             ref = stats.norm.logpdf(m[i] + sd[i] * pts, mean_raw, np.sqrt(var_raw)) + np.log(sd[i])
-            est = scm.interventional_log_density(j, a_std, i, pts)
+            est = scm.interventional_log_density(j, a_std, i, pts)  # Monte Carlo, unbiased in density
             assert np.all(np.abs(est.log_density - ref) < 4 * est.mc_stderr + 1e-6), (j, i, est, ref)
+            cf = exact.interventional_log_density(j, a_std, i, pts)  # the oracle's closed form
+            np.testing.assert_allclose(cf.log_density, ref, atol=1e-5)
+            assert not cf.mc_stderr.any()
 
 
 def test_oracle_is_the_nlpid_floor_and_needs_its_prior():

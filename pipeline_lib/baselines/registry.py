@@ -169,7 +169,7 @@ class OracleConfig(BaseModel):
     """Monte Carlo draws of the oracle's interventional densities."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    n_mc: int = Field(2000, ge=10)
+    n_mc: int = Field(20000, ge=10, description="draws for nonlinear mechanisms (linear-Gaussian is closed form)")
 
 
 def _oracle(data: dict, cfg: OracleConfig):
