@@ -289,3 +289,14 @@ def test_prefect_form_lists_the_registered_names(registered):
     assert {"gauss-empty", "exact", "bacadi"} <= set(BaselineRun.model_json_schema()["properties"]["name"]["enum"])
     with pytest.raises(ValueError, match="method 'nope' is unknown"):
         MethodRun(name="nope")
+
+
+def test_every_shipped_preset_validates_against_the_registries():
+    from flows.spec import CONFIGS, load_preset
+
+    names = sorted(p.stem for p in (CONFIGS / "benchmarks").glob("*.yaml"))
+    assert "cond-fip-cpu" in names
+    for name in names:
+        spec = load_preset(name)
+        assert spec.methods or spec.baselines
+        assert any(b.name == "oracle" for b in spec.baselines)  # every NLPID table shows the floor
