@@ -50,7 +50,7 @@ def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, r
     jobs, keys = [], {}
     for b in baselines:
         b = BaselineRun.model_validate(b)
-        key = config_key(b.name, b.config)
+        key = config_key(b.name, b.typed_config.model_dump(mode="json"))
         keys[key] = b.name
         jobs += [dict(method=b.name, method_key=key, config=b.typed_config, split="test", index=t) for t in range(n)]
     threads = torch.get_num_threads()

@@ -139,7 +139,7 @@ def benchmark(spec: BenchmarkSpec | None = None, preset: str | None = "quick", r
                                      lr=m.lr, device=m.device, preset=m.preset, model=m.model,
                                      force=spec.force_retrain, seed=spec.seed, data=m.data))
             logger.info(clock.finish(reused=models[-1].get("reused", False)))
-        keys = {config_key(b.name, b.config): b.name for b in spec.baselines}
+        keys = {config_key(b.name, b.typed_config.model_dump(mode="json")): b.name for b in spec.baselines}
         if spec.baselines:
             run_baselines(store, spec.baselines, spec.n_test_tasks, root, spec.n_workers,
                           spec.max_queries_per_task, spec.seed)

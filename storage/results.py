@@ -25,6 +25,8 @@ import numpy as np
 
 
 def config_key(name: str, config: dict[str, Any] | None) -> str:
+    """``<name>-<sha256(config)[:8]>``; the flows pass the FULL typed config (defaults
+    included), so a changed default gets fresh results instead of reusing stale ones."""
     blob = json.dumps(config or {}, sort_keys=True, separators=(",", ":"), default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 

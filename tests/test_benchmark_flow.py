@@ -140,7 +140,7 @@ def _check_lineage(client, summary, root):
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(c.info.run_name for c in children)
     # the two "exact" configs are told apart by their config keys; the failing one has a run too
-    good, bad = (config_key(b.name, b.config) for b in tiny_spec().baselines)
+    good, bad = (config_key(b.name, b.typed_config.model_dump(mode="json")) for b in tiny_spec().baselines)
     assert names == sorted(["mace-tnp", good, bad])
     assert summary["child_runs"] == {c.info.run_name: c.info.run_id for c in children}
     metrics = {c.info.run_name: c.data.metrics for c in children}
