@@ -164,4 +164,5 @@ def test_references_are_shown_but_never_best():
     t = comparison_table(res, references=["oracle"])
     assert t.best("nlpid") == "a" and not t.cells[("oracle", "nlpid")].is_best
     assert t.cells[("b", "nlpid")].p_vs_best < 0.01  # b is compared with a, not with the oracle
+    assert math.isnan(t.cells[("oracle", "nlpid")].p_vs_best)
     assert comparison_table(res).best("nlpid") == "oracle"

@@ -317,7 +317,8 @@ def comparison_table(
     :func:`metric_direction` on the metric name. Methods and metrics keep their first-seen
     order; a method may lack a metric (its cell is left empty). ``references`` (e.g. the
     oracle, the empty graph) are shown but never "best": the best and the p-values are among
-    the methods, so a reference floor does not mark every method as significantly worse.
+    the methods, so a reference floor does not mark every method as significantly worse; a
+    reference gets no p-value itself.
     """
     if not results:
         raise ValueError("results is empty")
@@ -347,7 +348,7 @@ def comparison_table(
         best = min(candidates, key=lambda m: sign * means[m])  # min keeps the first on ties
         for m, v in clean.items():
             _, se = mean_se(v)
-            if m == best or v.size < 2 or clean[best].size < 2:
+            if m == best or m in refs or v.size < 2 or clean[best].size < 2:
                 p = float("nan")
             else:
                 p = welch_test(v, clean[best])[1]
