@@ -13,7 +13,7 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
-from flows.runtime import make_task_runner
+from flows.runtime import make_task_runner, store_run_name
 from flows.spec import BaselineRun
 from storage.prior_store import PriorStore
 from storage.results import config_key
@@ -40,7 +40,7 @@ def fit_baselines_parallel(store: str, root: str, jobs: list[dict], max_queries:
     return records
 
 
-@flow(name="run-baselines")
+@flow(name="run-baselines", flow_run_name=store_run_name("baselines"))
 def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, root: str = ".causalmeta",
                   n_workers: int = 2, max_queries: int | None = None, seed: int = 0) -> dict[str, list[dict]]:
     """Fit every baseline on the first ``n_tasks`` test tasks of ``store``; return records by method key."""

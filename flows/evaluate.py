@@ -8,6 +8,8 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.runtime import store_run_name
+
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
 from tasks.evaluate import score_amortized_task
@@ -15,7 +17,7 @@ from tasks.evaluate import score_amortized_task
 __all__ = ["evaluate"]
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name=store_run_name("evaluate"))
 def evaluate(store: str, models: list[dict], baseline_keys: dict[str, str], n_tasks: int = 10,
              root: str = ".causalmeta", max_queries: int | None = None, seed: int = 0) -> dict[str, list[dict]]:
     """Per-task records by method label for one prior.

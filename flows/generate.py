@@ -59,6 +59,15 @@ def prior_resource(store: PriorStore) -> dict[str, str]:
     }
 
 
+def _run_name() -> str:
+    """``generate-<prior name>``: what the Prefect UI lists for the run."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    name = config.get("name") if isinstance(config, dict) else getattr(config, "name", "prior")
+    return f"generate-{name}"
+
+
 @flow(name="generate-prior-chunks")
 def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, int, int, int]]) -> list[dict]:
     """Run `generate_chunk` for every (split, chunk_index, start, stop) on the flow's task runner."""
@@ -81,7 +90,7 @@ def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, i
     return summaries
 
 
-@flow(name="generate-prior")
+@flow(name="generate-prior", flow_run_name=_run_name)
 def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: int = 2) -> str:
     """Generate (or resume, or just locate) the store of `config` under `root`; return its path.
 

@@ -57,3 +57,18 @@ def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskT
             "worker_dashboard_address": LOOPBACK_ANY_PORT,
         },
     )
+
+
+def store_run_name(kind: str):
+    """A Prefect ``flow_run_name`` callable: ``<kind>-<prior name>`` from the flow's ``store``
+    parameter (``<root>/priors/<name>-<hash12>.zarr``), so the UI says what runs."""
+
+    def name() -> str:
+        from pathlib import Path
+
+        from prefect.runtime import flow_run
+
+        store = str(flow_run.parameters.get("store", "")).rstrip("/")
+        return f"{kind}-{Path(store).stem.rsplit('-', 1)[0] or 'prior'}"
+
+    return name

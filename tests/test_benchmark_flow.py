@@ -191,10 +191,13 @@ def _check_prefect_artifacts(summary):
                 "train-mace-tnp-lin-2node"])))
             train_runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 name=FlowRunFilterName(any_=["train-mace-tnp-lin-2node"])))
-            return runs, arts, latest, train_runs
+            stage_runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["generate-lin-2node", "baselines-lin-2node", "evaluate-lin-2node"])))
+            return runs, arts, latest, train_runs, {r.name for r in stage_runs}
 
-    runs, arts, latest, train_runs = asyncio.run(read())
+    runs, arts, latest, train_runs, stage_names = asyncio.run(read())
     assert runs and train_runs  # flow-run names say what runs
+    assert stage_names == {"generate-lin-2node", "baselines-lin-2node", "evaluate-lin-2node"}
     by_key = {a.key: a for a in arts}
     table = by_key["benchmark-tiny-table"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
