@@ -29,8 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.metrics.graph import is_dag
-from pipeline_lib.models.cond_fip.answer import SampledInterventional, check_intervention, check_rows
-from pipeline_lib.posterior import SCMGenerator
+from pipeline_lib.posterior import SampledInterventional, SCMGenerator, check_intervention, check_rows
 
 
 class ANMConfig(BaseModel):

@@ -34,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from pipeline_lib.posterior import (DensityEstimate, GraphPosterior, InterventionalPredictor, SCMGenerator,
-                                    check_query)
+                                    check_intervention, check_query, check_rows)
 
 from . import graphs, mechanisms, noise
 from .config import PriorConfig
@@ -110,12 +110,8 @@ class TrueSCM(GraphPosterior, InterventionalPredictor, SCMGenerator):
         return x[0]
 
     def _to_raw_do(self, intervention: Mapping[int, float]) -> dict[int, float]:
-        out = {}
-        for r, a in intervention.items():
-            if not 0 <= int(r) < self.n_nodes:
-                raise ValueError(f"intervened node {r} is out of range for {self.n_nodes} nodes")
-            out[int(self._canon[int(r)])] = float(self._mean[int(r)] + self._std[int(r)] * float(a))
-        return out
+        mask, values = check_intervention(intervention, self.n_nodes)
+        return {int(self._canon[r]): float(self._mean[r] + self._std[r] * values[r]) for r in np.flatnonzero(mask)}
 
     def _noise_c(self, n: int, rng: np.random.Generator | None, noise_std: np.ndarray | None) -> np.ndarray:
         """Raw canonical noise ``(n, d)``: from standardised ``noise_obs``-units, or fresh."""
@@ -187,9 +183,7 @@ class TrueSCM(GraphPosterior, InterventionalPredictor, SCMGenerator):
         return self._standardise(self._ancestral(self._noise_c(n, rng, noise), self._to_raw_do(intervention)))
 
     def predict_noise(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.n_nodes:
-            raise ValueError(f"x: expected shape (n, {self.n_nodes}), got {x.shape}")
+        x = check_rows(x, self.n_nodes, "x")
         raw = np.zeros((1, len(x), self.config.d_max))
         raw[0][:, self._canon] = x * self._std + self._mean
         u = np.stack([raw[0, :, c] - mechanisms.evaluate(self.config.mechanism, self._params, self._adj_c, raw, c)[0]

@@ -8,7 +8,8 @@
 * :mod:`.presets` - :data:`PRESETS` (``default``, ``cpu-small``, ``tiny``).
 """
 
-from pipeline_lib.models.cond_fip.answer import CondFiPAnswer, SampledInterventional, predict
+from pipeline_lib.models.cond_fip.answer import CondFiPAnswer, predict
+from pipeline_lib.posterior import SampledInterventional
 from pipeline_lib.models.cond_fip.batching import cond_fip_batch, make_batch
 from pipeline_lib.models.cond_fip.model import CondFiP, CondFiPConfig, DatasetEmbedding, cond_fip_loss
 from pipeline_lib.models.cond_fip.presets import PRESETS, preset

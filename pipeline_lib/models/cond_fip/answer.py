@@ -18,7 +18,7 @@ over the task's real nodes, in the units of the data it was given:
 * ``counterfactual(x, do)``: abduct ``n_hat(x)`` with the encoder, then act (the default of
   :class:`~pipeline_lib.posterior.SCMGenerator`).
 
-The interventional density (:class:`SampledInterventional`) is a **Gaussian kernel density
+The interventional density (:class:`pipeline_lib.posterior.SampledInterventional`) is a **Gaussian kernel density
 estimate** fitted to generated samples, not a closed form::
 
     q(x_i | do(X_j = a)) = (1/S) sum_s N(x_i; y_s, h^2),   y_s = X_i of sample s ~ do(X_j = a),
@@ -33,75 +33,14 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from scipy.special import logsumexp
 
 from pipeline_lib.metrics.graph import is_dag
 from pipeline_lib.models.cond_fip.model import CondFiP, DatasetEmbedding, parent_mask
-from pipeline_lib.posterior import DensityEstimate, InterventionalPredictor, SCMGenerator, check_query
+from pipeline_lib.posterior import SampledInterventional, SCMGenerator, check_intervention, check_rows
 from pipeline_lib.taskdata import restrict
 
 #: rows per forward pass when generating or abducting (bounds memory, not results)
 CHUNK_ROWS = 2048
-
-
-class SampledInterventional(InterventionalPredictor):
-    """Interventional density as a Gaussian KDE on ``S`` samples of :meth:`sample_do`
-    (module docstring). Subclasses provide ``sample_do`` and ``n_nodes``; samples of a
-    query are drawn from ``default_rng([kde_seed, j])`` and cached, so repeated queries
-    give identical answers."""
-
-    kde_samples: int = 2000
-    kde_seed: int = 0
-
-    def _kde_draws(self, j: int, a: float) -> np.ndarray:
-        cache = self.__dict__.setdefault("_kde_cache", {})
-        key = (int(j), float(a))
-        if key not in cache:
-            rng = np.random.default_rng([self.kde_seed, int(j)])
-            cache[key] = self.sample_do({int(j): float(a)}, self.kde_samples, rng=rng)
-        return cache[key]
-
-    def interventional_log_density(self, j: int, a: float, i: int, x: np.ndarray) -> DensityEstimate:
-        """``log q(x_i | do(X_j = a))`` at ``x: (m,)`` by the KDE of the module docstring."""
-        check_query(j, i, self.n_nodes)
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if not np.isfinite(x).all():
-            raise ValueError("x (query points) contains NaN/inf")
-        y = self._kde_draws(j, a)[:, int(i)]
-        s = y.size
-        spread = float(np.std(y))
-        h = max(1.06 * spread * s ** (-0.2), 1e-3 * max(spread, 1.0))
-        logk = -0.5 * ((x[:, None] - y[None, :]) / h) ** 2 - np.log(h * np.sqrt(2.0 * np.pi))  # (m, S)
-        lse = logsumexp(logk, axis=1)
-        w = np.exp(logk - lse[:, None])  # k_s / sum_s k_s
-        se = np.sqrt(np.maximum(s * (w**2).sum(1) - 1.0, 0.0) / s)
-        return DensityEstimate(lse - np.log(s), se)
-
-    def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` joint samples ``(n, d)`` under ``do(X_j = a)`` from fresh noise."""
-        return self.sample_do({int(j): float(a)}, n, rng=rng)
-
-
-def check_rows(x: np.ndarray, d: int, name: str) -> np.ndarray:
-    """``x`` as float64 ``(n, d)`` with finite entries, else ``ValueError`` naming ``name``."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"{name} must have shape (n, {d}), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN/inf")
-    return x
-
-
-def check_intervention(intervention: Mapping[int, float], d: int) -> tuple[np.ndarray, np.ndarray]:
-    """``{node: value}`` -> ``(mask (d,) bool, values (d,))``; nodes in range, values finite."""
-    mask, values = np.zeros(d, dtype=bool), np.zeros(d)
-    for j, a in dict(intervention).items():
-        if not 0 <= int(j) < d:
-            raise ValueError(f"intervention node {j} is out of range for {d} nodes")
-        if not np.isfinite(float(a)):
-            raise ValueError(f"intervention value for node {j} is not finite: {a}")
-        mask[int(j)], values[int(j)] = True, float(a)
-    return mask, values
 
 
 class CondFiPAnswer(SampledInterventional, SCMGenerator):
