@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .perturbation import DrugPerturbationConfig, check_drug_prior
+
 #: Bumped whenever a change of the sampling code changes the bytes drawn for a config.
 #: It is part of ``PriorConfig.content_hash`` so stale stores are never reused.
 GENERATOR_VERSION = "1"
@@ -302,6 +304,9 @@ class InterventionConfig(_Strict):
     soft_scale_max: float = 1.5
     perturbation_dim: int = 0
     perturbation_noise: float = 0.1
+    #: drug x dose experiments whose features determine the targets (GIM, ``perturbation.py``);
+    #: omitted from the JSON when unset, so the hashes of other priors do not change
+    drugs: DrugPerturbationConfig | None = Field(None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _check(self) -> "InterventionConfig":
@@ -408,6 +413,7 @@ class PriorConfig(_Strict):
                 f"noise.kind={self.noise.kind!r}: mechanism.kind='bge' is linear-Gaussian, "
                 "use noise.kind='gaussian'"
             )
+        check_drug_prior(self)
         if self.mechanism.kind == "grn" and self.counterfactuals:
             raise PriorConfigError(
                 "counterfactuals=True: mechanism.kind='grn' has no exogenous noise to hold fixed"

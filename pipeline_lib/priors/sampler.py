@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import graphs, grn, interventions, mechanisms, noise
+from . import graphs, grn, interventions, mechanisms, noise, perturbation
 from .config import SPLIT_IDS, PriorConfig, PriorConfigError
 
 #: Entropy tag of streaming (``sample_tasks``) seeds, distinct from split ids 0, 1, 2.
@@ -76,7 +76,10 @@ def _draw_task(config: PriorConfig, seed: np.random.SeedSequence) -> dict[str, n
     scale = s_draw if scale is None else scale
     u_obs = noise.standard_noise(config.noise.kind, (config.n_obs, d), g_noise)
     u_int = noise.standard_noise(config.noise.kind, (k, config.n_int, d), g_noise)
-    ints = interventions.draw_interventions(config.interventions, n, d, g_int)
+    if config.interventions.drugs is not None:  # drug x dose experiments (GIM)
+        ints = perturbation.draw_drug_regimes(config.interventions.drugs, config.mechanism.kind, n, d, g_int)
+    else:
+        ints = interventions.draw_interventions(config.interventions, n, d, g_int)
 
     task = {"n": np.int64(n), "adj": adj, "perm": perm, "scale": scale, "u_obs": u_obs, "u_int": u_int}
     task.update({"mech_" + key: val for key, val in params.items()})
@@ -236,7 +239,9 @@ def sample_batch(
     }
     if x_cf is not None:
         out["x_cf"] = _columns(x_cf, inv).astype(np.float32)
-    if icfg.perturbation_dim > 0:
+    if icfg.drugs is not None:  # features of the drug x dose experiments, node-label free
+        out["perturbation"] = b["int_features"].astype(np.float32)
+    elif icfg.perturbation_dim > 0:
         out["perturbation"] = interventions.perturbation_features(
             targets_out, b["int_pert_map"], b["int_pert_noise"], icfg.perturbation_noise
         ).astype(np.float32)
