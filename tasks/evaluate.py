@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from pipeline_lib.evaluation import evaluate_amortized
+from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many
 from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
@@ -21,7 +21,10 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
                          max_queries: int | None, seed: int) -> list[dict]:
     """Score registered model ``causalmeta-<method>`` version ``version`` on the test tasks.
 
-    Records are keyed by (model version, prior hash): an existing ok record is reused.
+    Records are keyed by (model version, prior hash): an existing ok record is reused. The
+    tasks still to score are read at once and answered in one batched inference pass
+    (``evaluate_amortized_many``); if that fails, each is scored alone so that only the
+    failing tasks are recorded as failed.
     """
     from storage.tracking import Tracker
 
@@ -29,26 +32,39 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
     results = ResultStore.for_store(root, store_path)
     store = PriorStore.open(store_path)
     n = min(n_tasks, store.n_tasks("test"))
-    model = None
-    records = []
-    for t in range(n):
-        rec = results.load(key, "test", t)
-        if rec is None or rec.get("status") != "ok":
-            if model is None:
-                model = Tracker(root).load_registered_model(method, int(version))
+    records = [results.load(key, "test", t) for t in range(n)]
+    todo = [t for t, rec in enumerate(records) if rec is None or rec.get("status") != "ok"]
+    if todo:
+        model = Tracker(root).load_registered_model(method, int(version))
+        try:  # one read and one batched inference pass over every task still to score
+            batch = store.read("test", min(todo), max(todo) + 1)
+            tasks = [task_slice(batch, t - min(todo)) for t in todo]
+            scored = evaluate_amortized_many(method, model, tasks, max_queries=max_queries,
+                                             seeds=[seed + t for t in todo])
+        except Exception:  # some task is bad (damaged chunk, bad data): one by one, so only it fails
+            scored = [_score_one(store, method, model, t, max_queries, seed + t) for t in todo]
+        for t, result in zip(todo, scored):
             rec = {"method": method, "method_key": key, "split": "test", "task": t, "version": version}
-            try:
-                task_data = task_slice(store.read("test", t, t + 1), 0)
-                metrics, arrays = evaluate_amortized(method, model, task_data, max_queries=max_queries, seed=seed + t)
-                rec.update(status="ok", error=None, metrics=metrics)
-            except Exception as exc:
+            if isinstance(result, BaseException):
                 arrays = None
-                rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={},
-                           traceback=traceback.format_exc(limit=5))
+                rec.update(status="failed", error=f"{type(result).__name__}: {result}", metrics={},
+                           traceback="".join(traceback.format_exception(result, limit=5)))
                 get_run_logger().warning("%s failed on test[%d]: %s", key, t, rec["error"])
+            else:
+                metrics, arrays = result
+                rec.update(status="ok", error=None, metrics=metrics)
             results.save(key, "test", t, rec, arrays)
-        records.append(rec)
+            records[t] = rec
     return records
+
+
+def _score_one(store, method, model, t, max_queries, seed):
+    """``evaluate_amortized`` of test task ``t`` alone, or the exception it raised."""
+    try:
+        task = task_slice(store.read("test", t, t + 1), 0)
+        return evaluate_amortized(method, model, task, max_queries=max_queries, seed=seed)
+    except Exception as exc:  # recorded with its traceback, never dropped
+        return exc
 
 
 @task(retries=2, retry_delay_seconds=[2, 8], persist_result=False)

@@ -4,14 +4,24 @@ All queries of a task go through ONE batched forward pass: the observational dat
 shared, each query ``(j, a, i)`` is one row of the batch, and the mixture-of-Gaussians head
 gives ``log q(x_i^m | do(X_j = a), D_obs)`` for every true sample ``m`` of that query.
 Quantiles (for calibration) are the mixture's, by bisection on its CDF.
+
+An answer keeps the mixtures of the last query sets it computed, so scoring NLPID and then
+calibration on the same queries costs one forward pass, not two. :func:`prepare_many`
+computes the mixtures of MANY tasks' queries in few forward passes: tasks with the same
+``(n_obs, d)`` are stacked (no padding, so every row sees exactly the tensors it would
+alone) and their queries split into chunks of at most ``max_rows`` batch rows.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from pipeline_lib.models.mog import MixtureOfGaussians
 from pipeline_lib.posterior import DensityEstimate, InterventionalPredictor, check_query
 from pipeline_lib.taskdata import restrict
+
+#: query sets whose mixtures an answer keeps (NLPID, calibration and sampling reuse them)
+_CACHE_SIZE = 4
 
 
 class MaceTNPAnswer(InterventionalPredictor):
@@ -30,14 +40,33 @@ class MaceTNPAnswer(InterventionalPredictor):
         self.model = model
         self.x_obs = x_obs
         self.n_nodes = x_obs.shape[1]
+        self._cache: dict[bytes, MixtureOfGaussians] = {}
 
-    def _mog(self, j: np.ndarray, a: np.ndarray, i: np.ndarray):
+    def _queries(self, j, a, i) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+        """Validated query arrays and their cache key."""
         j, i = np.asarray(j, dtype=np.int64).reshape(-1), np.asarray(i, dtype=np.int64).reshape(-1)
-        for jq, iq in zip(j, i):
-            check_query(int(jq), int(iq), self.n_nodes)
-        x = torch.as_tensor(self.x_obs)[None].expand(len(j), *self.x_obs.shape)
-        return self.model.predict(x, None, torch.as_tensor(j), torch.as_tensor(np.asarray(a, dtype=np.float32)),
-                                  torch.as_tensor(i))
+        a = np.asarray(a, dtype=np.float32).reshape(-1)
+        if not len(j) == len(a) == len(i):
+            raise ValueError(f"j, a, i must have one entry per query, got lengths {len(j)}, {len(a)}, {len(i)}")
+        d = self.n_nodes
+        bad = (j < 0) | (j >= d) | (i < 0) | (i >= d) | (j == i)
+        if bad.any():
+            q = int(np.flatnonzero(bad)[0])
+            check_query(int(j[q]), int(i[q]), d)  # raises, naming the problem
+        return j, a, i, j.tobytes() + a.tobytes() + i.tobytes()
+
+    def _remember(self, key: bytes, mog: MixtureOfGaussians) -> None:
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = mog
+
+    def _mog(self, j: np.ndarray, a: np.ndarray, i: np.ndarray) -> MixtureOfGaussians:
+        j, a, i, key = self._queries(j, a, i)
+        if key not in self._cache:
+            x = torch.as_tensor(self.x_obs)[None].expand(len(j), *self.x_obs.shape)
+            self._remember(key, self.model.predict(x, None, torch.as_tensor(j), torch.as_tensor(a),
+                                                   torch.as_tensor(i)))
+        return self._cache[key]
 
     def log_density_batch(self, j, a, i, x) -> DensityEstimate:
         mog = self._mog(j, a, i)
@@ -48,8 +77,9 @@ class MaceTNPAnswer(InterventionalPredictor):
 
     def quantiles_batch(self, j, a, i, probs, rng=None, n_samples: int = 0) -> np.ndarray:
         mog = self._mog(j, a, i)  # one forward pass serves every level
-        with torch.no_grad():
-            return np.stack([mog.quantile(float(p)).reshape(-1).double().cpu().numpy() for p in probs], axis=1)
+        levels = torch.as_tensor(np.asarray(probs, dtype=np.float64).reshape(-1), dtype=mog.means.dtype)
+        with torch.no_grad():  # one bisection over every level at once
+            return mog.quantile(levels).reshape(-1, len(levels)).double().cpu().numpy()
 
     def interventional_log_density(self, j: int, a: float, i: int, x: np.ndarray) -> DensityEstimate:
         est = self.log_density_batch(np.array([j]), np.array([a]), np.array([i]), np.asarray(x).reshape(1, -1))
@@ -64,6 +94,55 @@ class MaceTNPAnswer(InterventionalPredictor):
             with torch.no_grad():
                 out[:, others] = mog.sample(n, generator=gen).double().cpu().numpy().reshape(len(others), n).T
         return out
+
+    @staticmethod
+    def prepare_many(answers: list["MaceTNPAnswer"], queries: list[tuple], max_rows: int = 256) -> None:
+        """Compute the mixtures of ``queries[t] = (j, a, i)`` for ``answers[t]`` in few forward passes.
+
+        All answers must share one model. Tasks with the same ``x_obs`` shape ``(N, d)`` are
+        stacked and their queries concatenated; one forward pass takes at most ``max_rows``
+        query rows (memory: the attention over samples holds ``rows * d * heads * N^2`` floats).
+        Afterwards ``answers[t].log_density_batch(j, a, i, ...)`` and ``quantiles_batch`` on the
+        same queries run no network. The mixture of a query does not depend on which other
+        queries share its batch (no padding; rows never interact), up to float rounding.
+        """
+        if len(answers) != len(queries):
+            raise ValueError(f"answers and queries differ in length: {len(answers)} vs {len(queries)}")
+        if not answers:
+            return
+        model = answers[0].model
+        if any(ans.model is not model for ans in answers):
+            raise ValueError("prepare_many: all answers must come from one model")
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows} must be >= 1")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for t, ans in enumerate(answers):
+            groups.setdefault(ans.x_obs.shape, []).append(t)
+        for members in groups.values():
+            checked = [answers[t]._queries(*queries[t]) for t in members]
+            # one row per query: (task position in the group, j, a, i)
+            owner = np.concatenate([np.full(len(c[0]), m) for m, c in enumerate(checked)])
+            j = np.concatenate([c[0] for c in checked])
+            a = np.concatenate([c[1] for c in checked])
+            i = np.concatenate([c[2] for c in checked])
+            x_all = torch.as_tensor(np.stack([answers[t].x_obs for t in members]))  # (G, N, d)
+            parts = []
+            for lo in range(0, len(j), max_rows):
+                sl = slice(lo, lo + max_rows)
+                x = x_all[torch.as_tensor(owner[sl])]  # (rows, N, d)
+                parts.append(model.predict(x, None, torch.as_tensor(j[sl]), torch.as_tensor(a[sl]),
+                                           torch.as_tensor(i[sl])))
+            logits, means, scales = (torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "means", "scales"))
+            start = 0
+            for m, t in enumerate(members):
+                stop = start + len(checked[m][0])
+                answers[t]._remember(checked[m][3], MixtureOfGaussians(logits[start:stop], means[start:stop],
+                                                                       scales[start:stop]))
+                start = stop
+
+
+#: :meth:`MaceTNPAnswer.prepare_many` as a function
+prepare_many = MaceTNPAnswer.prepare_many
 
 
 def predict(model, task: dict) -> MaceTNPAnswer:

@@ -1,0 +1,132 @@
+"""Batched MACE-TNP inference: the same answers as one task at a time, from fewer forward passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many, make_queries
+from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPAnswer, MaceTNPConfig, predict
+from pipeline_lib.models.mace_tnp.model import ROLE_OTHER
+from pipeline_lib.priors import PriorConfig, sample_split_range
+from pipeline_lib.taskdata import task_slice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = MaceTNPConfig(d_model=16, n_heads=2, n_layers=2, n_components=3, ff_mult=2)
+
+
+def _model(seed: int = 0) -> MaceTNP:
+    torch.manual_seed(seed)
+    return MaceTNP(TINY).eval()
+
+
+def _tasks(n_tasks: int = 6) -> list[dict]:
+    """Tasks with 3 to 4 real nodes (two shapes after restriction, padding in the store)."""
+    cfg = PriorConfig.from_dict({
+        "name": "speed-test", "graph": {"kind": "erdos_renyi", "n_nodes_min": 3, "n_nodes_max": 4,
+                                        "expected_parents": 1.0},
+        "mechanism": {"kind": "linear"}, "interventions": {"n_regimes": 4}, "n_obs": 24, "n_int": 10,
+        "splits": {"train": 1, "val": 1, "test": n_tasks}})
+    batch = sample_split_range(cfg, "test", 0, n_tasks)
+    tasks = [task_slice(batch, t) for t in range(n_tasks)]
+    assert len({int(t["node_mask"].sum()) for t in tasks}) == 2  # both shapes present
+    return tasks
+
+
+def _reference_forward(model: MaceTNP, batch: dict):
+    """The forward pass with no inference shortcut: every layer on every row, no column sharing."""
+    x, om, nm = batch["x_obs"], batch["obs_mask"], batch["node_mask"]
+    j, i, a = batch["int_node"], batch["out_node"], batch["int_value"]
+    b, n, d = x.shape
+    roles = model._roles(j, i, d)
+    h_obs = model._embed_by_role(model.obs_embed, x, roles)
+    v = torch.arange(d)[None, :]
+    h_int = model._embed_by_role(model.int_embed, torch.where(v == j[:, None], a[:, None], 0.0)[:, None, :], roles)
+    for layer in model.layers:
+        h_obs, h_int = layer(h_obs, h_int, om, nm)
+    params = model.decoder(model.out_norm(h_int[torch.arange(b), 0, i])).float()
+    return params
+
+
+@torch.no_grad()
+def test_inference_shortcuts_change_no_output():
+    """Shared first-layer columns and the last layer on interventional rows only are exact."""
+    model = _model()
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(2, 30, 4, generator=g)
+    # every (j, i) query of two datasets: their first-layer columns repeat (2 * 12 * 4 = 96 columns)
+    pairs = [(jq, iq) for jq in range(4) for iq in range(4) if jq != iq]
+    owner = torch.arange(2).repeat_interleave(len(pairs))
+    batch = {"x_obs": data[owner], "obs_mask": torch.ones(len(owner), 30, dtype=torch.bool),
+             "node_mask": torch.ones(len(owner), 4, dtype=torch.bool),
+             "int_node": torch.tensor([p[0] for p in pairs] * 2), "out_node": torch.tensor([p[1] for p in pairs] * 2),
+             "int_value": torch.randn(len(owner), generator=g)}
+    roles = model._roles(batch["int_node"], batch["out_node"], 4)
+    first, inverse = model._distinct_columns(batch["x_obs"], roles, batch["obs_mask"])
+    assert len(first) == 2 * 4 * 3  # per dataset: 4 columns x 3 roles
+    assert (roles.reshape(-1)[first] != ROLE_OTHER).sum() == 2 * 4 * 2
+    mog = model(batch)
+    ref = _reference_forward(model, batch)
+    torch.testing.assert_close(torch.cat([mog.logits, mog.means], -1), torch.cat(ref.chunk(3, -1)[:2], -1),
+                               atol=1e-5, rtol=1e-5)
+    # with gradients (training) nothing is shared, and the answer is the same
+    with torch.enable_grad():
+        trained_way = model(batch)
+    torch.testing.assert_close(trained_way.means.detach(), mog.means, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_answers_equal_per_task_answers():
+    """prepare_many over tasks of two shapes, in chunks of 5 rows, == each task alone (1e-5)."""
+    model, tasks = _model(), _tasks()
+    alone = [predict(model, t) for t in tasks]
+    together = [predict(model, t) for t in tasks]
+    queries = [make_queries(t) for t in tasks]
+    MaceTNPAnswer.prepare_many(together, [(q.j, q.a, q.i) for q in queries], max_rows=5)
+    for a1, a2, q in zip(alone, together, queries):
+        lp1 = a1.log_density_batch(q.j, q.a, q.i, q.samples).log_density
+        calls = []
+        real_forward = model.forward
+        model.forward = lambda *args, **kw: calls.append(1) or real_forward(*args, **kw)
+        try:
+            lp2 = a2.log_density_batch(q.j, q.a, q.i, q.samples).log_density
+            qu2 = a2.quantiles_batch(q.j, q.a, q.i, np.array([0.05, 0.5, 0.95]))
+        finally:
+            del model.forward
+        assert not calls  # answered from the batched pass, no network
+        np.testing.assert_allclose(lp2, lp1, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(qu2, a1.quantiles_batch(q.j, q.a, q.i, np.array([0.05, 0.5, 0.95])),
+                                   atol=1e-5, rtol=0)
+
+
+def test_evaluate_many_scores_like_one_by_one_with_one_forward_per_task():
+    model, tasks = _model(1), _tasks()
+    calls = []
+    real_forward = model.forward
+    model.forward = lambda *args, **kw: calls.append(1) or real_forward(*args, **kw)
+    try:
+        one = [evaluate_amortized("mace-tnp", model, t, seed=5 + k) for k, t in enumerate(tasks)]
+        assert len(calls) == len(tasks)  # NLPID and calibration share the timed pass
+        calls.clear()
+        many = evaluate_amortized_many("mace-tnp", model, tasks, seeds=[5 + k for k in range(len(tasks))])
+        assert len(calls) == 2  # one per shape (3 and 4 real nodes)
+    finally:
+        del model.forward
+    for (m1, s1), (m2, s2) in zip(one, many):
+        for key in ("nlpid", "nlpid_per_sample", "coverage_50", "coverage_90"):
+            assert m2[key] == pytest.approx(m1[key], abs=1e-5)
+        assert m2["batch_tasks"] == len(tasks) and m1["batch_tasks"] == 1
+        assert m2["runtime_s"] == pytest.approx(m2["runtime_batch_s"] / len(tasks))
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate_amortized_many("mace-tnp", model, tasks, seeds=[0])
+
+
+def test_prepare_many_refuses_bad_queries_and_mixed_models():
+    tasks = _tasks(2)
+    model = _model()
+    answers = [predict(model, t) for t in tasks]
+    with pytest.raises(ValueError, match="outcome node"):
+        MaceTNPAnswer.prepare_many(answers[:1], [(np.array([0]), np.array([1.0]), np.array([0]))])
+    with pytest.raises(ValueError, match="one model"):
+        MaceTNPAnswer.prepare_many([answers[0], predict(_model(1), tasks[1])], [None, None])
