@@ -19,6 +19,9 @@ receives only those:
 | anm-linear    | x_obs, adjacency                      | per-node linear ANM given the TRUE graph (Cond-FiP reference) |
 | anm-mlp       | x_obs, adjacency                      | per-node MLP ANM given the TRUE graph (Cond-FiP reference) |
 | metacadi      | x_obs, x_int                          | MetaCaDI fitted per system: regimes are its experiments, targets UNKNOWN |
+| gim           | x_obs, x_int, perturbation            | GIM per system: seen experiments + features, targets UNKNOWN; last regimes unseen |
+| bacadi-star   | x_obs, x_int                          | BaCaDI* of the GIM paper: seen experiments as regimes, no features |
+| gim-blackbox  | x_obs, x_int, perturbation            | conditional Gaussian features -> samples (no causal model) |
 
 ``empty-graph`` is not a causal discovery method but the reference every method must clear:
 the BGe posterior predictive when the graph is fixed to the empty DAG, so that
@@ -239,8 +242,28 @@ def _metacadi(data: dict, cfg):
     return fit_metacadi(data, cfg)
 
 
+def _gim(data: dict, cfg):
+    from pipeline_lib.models.gim import fit_gim
+
+    return fit_gim(data, cfg)
+
+
+def _bacadi_star(data: dict, cfg):
+    from pipeline_lib.models.gim.baselines import fit_bacadi_star
+
+    return fit_bacadi_star(data, cfg)
+
+
+def _gim_blackbox(data: dict, cfg):
+    from pipeline_lib.models.gim.baselines import fit_blackbox
+
+    return fit_blackbox(data, cfg)
+
+
 def _register_builtin() -> None:
     from pipeline_lib.baselines.anm import ANMConfig
+    from pipeline_lib.models.gim import GIMConfig
+    from pipeline_lib.models.gim.baselines import BlackBoxConfig, bacadi_star_config
     from pipeline_lib.models.metacadi import MetaCaDIConfig
     from pipeline_lib.baselines.bacadi import BaCaDIConfig
     from pipeline_lib.baselines.dcdi import DCDIConfig
@@ -269,6 +292,14 @@ def _register_builtin() -> None:
         BaselineSpec("metacadi", MetaCaDIConfig, _metacadi, ("x_obs", "x_int"),
                      "MetaCaDI: shared DAG + unknown targets per experiment, closed-form adaptation "
                      "(per system; regimes = experiments, see models/metacadi)"),
+        BaselineSpec("gim", GIMConfig, _gim, ("x_obs", "x_int", "perturbation"),
+                     "GIM: causal model + features -> interventions map, joint MAP (per system; the last "
+                     "n_test_regimes regimes unseen, see models/gim)"),
+        BaselineSpec("bacadi-star", bacadi_star_config(), _bacadi_star, ("x_obs", "x_int"),
+                     "BaCaDI*: BaCaDI on the seen experiments as regimes, features unused (GIM comparison)"),
+        BaselineSpec("gim-blackbox", BlackBoxConfig, _gim_blackbox, ("x_obs", "x_int", "perturbation"),
+                     "black-box conditional Gaussian features -> samples (GIM comparison; no graph, no targets)",
+                     reference=True),
     ):
         register_baseline(spec)
 

@@ -1,0 +1,63 @@
+"""``GIMConfig``: the split of one system's experiments and every hyper-parameter of GIM."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GIMInputError(ValueError):
+    """Bad data for :func:`~pipeline_lib.models.gim.fit_gim`; names the array or field."""
+
+
+class GIMConfig(BaseModel):
+    """Hyper-parameters of a GIM fit on one system (defaults: the CPU size of the benchmark)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # --- which experiments are seen
+    n_test_regimes: int = Field(4, ge=0, description="the last regimes are held out (unseen perturbations); the "
+                                                    "fit reads x_obs and regimes 0..K-n_test_regimes-1")
+    standardize: bool = Field(True, description="standardize by the mean / std of x_obs (features by the seen "
+                                                "experiments' mean / std)")
+
+    # --- causal model: x_j = f_j(A_j * x) + sigma_j eps_j, eps ~ N(0, 1)
+    mechanism: Literal["linear", "mlp"] = Field("linear", description="f_j linear or a per-node MLP")
+    hidden: int = Field(16, ge=1, description="hidden units of the mechanism MLPs")
+    layers: int = Field(1, ge=1, description="hidden layers of the mechanism MLPs")
+
+    # --- phi: gamma -> target logits, shift, log-scale of the intervened mechanisms
+    phi_hidden: int = Field(32, ge=1)
+    phi_layers: int = Field(2, ge=1)
+    intervene_scale: bool = Field(True, description="psi includes a log-scale of the intervened noise "
+                                                    "(off: shift interventions only)")
+    target_marginal: Literal["gumbel_mc", "exact"] = Field(
+        "gumbel_mc", description="gumbel_mc: the paper's Monte Carlo over relaxed target samples; exact: the "
+                                 "per-node Bernoulli mixture summed in closed form")
+    n_target_mc: int = Field(8, ge=1, description="relaxed target samples per experiment and step")
+    tau_target: float = Field(0.5, gt=0, description="Gumbel-sigmoid temperature of the target samples")
+
+    # --- DP-DAG graph (the shared sampler of pipeline_lib.models.dpdag)
+    tau_perm: float = Field(0.3, gt=0, description="SoftSort temperature")
+    tau_edge: float = Field(0.5, gt=0, description="edge Gumbel-sigmoid temperature")
+    edge_logit_init: float = Field(0.0)
+    n_graph_mc: int = Field(4, ge=1, description="DAG samples per step (likelihood averaged over them)")
+    n_edge_mc: int = Field(2000, ge=1, description="orderings sampled for the edge marginals")
+
+    # --- priors / regularisers (log-prior terms in nats, see model.py)
+    edge_prior: float = Field(0.1, gt=0, lt=1, description="p0 of the Bernoulli edge prior (KL of the DP-DAG)")
+    lambda_G: float = Field(10.0, ge=0, description="nats per unit of the edge KL (summed over node pairs)")
+    lambda_I: float = Field(10.0, ge=0, description="nats per expected target (L1 of the target probabilities)")
+    target_logit_init: float = Field(-2.0, description="initial bias of the target logits (p ~ 0.12)")
+    theta_prior_std: float = Field(1.0, gt=0, description="N(0, s^2) prior of the mechanism weights")
+    phi_prior_std: float = Field(3.0, gt=0, description="N(0, s^2) prior of phi's weights")
+    shift_prior_std: float = Field(3.0, gt=0, description="N(0, s^2) prior of the predicted shifts")
+    log_scale_prior_std: float = Field(0.5, gt=0, description="N(0, s^2) prior of the predicted log-scales")
+
+    # --- optimisation
+    steps: int = Field(1500, ge=1)
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of mechanisms and phi")
+    lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG")
+    batch_rows: int | None = Field(64, ge=2, description="rows per experiment and step (None: all)")
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
