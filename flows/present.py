@@ -23,10 +23,12 @@ def _name(v: int, names: list[str] | None) -> str:
     return names[v] if names else f"X{v}"
 
 
-def graph_table(answer, data: dict, names: list[str] | None = None) -> Table:
+def graph_table(answer, data: dict, names: list[str] | None = None, note: str | None = None) -> Table:
+    """The most probable edges; ``note`` (a fit that did not converge) heads the table in red."""
     probs = np.asarray(answer.edge_probs())
     truth = data.get("adjacency")
-    tab = Table(title=f"Most probable edges (of {probs.shape[0] * (probs.shape[0] - 1)} possible)")
+    title = f"Most probable edges (of {probs.shape[0] * (probs.shape[0] - 1)} possible)"
+    tab = Table(title=title + (f"\n[bold red]NOT CONVERGED[/]: {note}" if note else ""))
     for c in ("edge", "P(edge | D)") + (("true",) if truth is not None else ()):
         tab.add_column(c)
     flat = [(probs[i, j], i, j) for i in range(len(probs)) for j in range(len(probs)) if i != j]
@@ -38,7 +40,10 @@ def graph_table(answer, data: dict, names: list[str] | None = None) -> Table:
     return tab
 
 
-def targets_table(answer, data: dict, names: list[str] | None = None) -> Table:
+def targets_table(answer, data: dict, names: list[str] | None = None, regimes: list[str] | None = None,
+                  known: np.ndarray | None = None) -> Table:
+    """Top-3 predicted targets per regime; ``regimes`` labels the rows, ``known`` (K,) says which
+    regimes' true targets are known (imported data: "?" where they are not)."""
     probs = np.asarray(answer.intervention_target_probs())
     truth = data.get("int_targets")
     tab = Table(title="Intervention targets per regime (top 3)")
@@ -46,9 +51,10 @@ def targets_table(answer, data: dict, names: list[str] | None = None) -> Table:
         tab.add_column(c)
     for k, row in enumerate(probs):
         top = np.argsort(-row)[:3]
-        cells = [str(k), ", ".join(f"{_name(v, names)} {row[v]:.2f}" for v in top)]
+        cells = [regimes[k] if regimes else str(k), ", ".join(f"{_name(v, names)} {row[v]:.2f}" for v in top)]
         if truth is not None:
-            cells.append(", ".join(_name(v, names) for v in np.flatnonzero(truth[k])) or "none")
+            cells.append("?" if known is not None and not known[k] else
+                         ", ".join(_name(v, names) for v in np.flatnonzero(truth[k])) or "none")
         tab.add_row(*cells)
     return tab
 
@@ -75,13 +81,18 @@ def generator_table(answer, data: dict, seed: int = 0) -> Table:
     return tab
 
 
-def answer_tables(answer, task: dict, names: list[str] | None = None) -> list[Table]:
-    """The tables of every capability ``answer`` has, for ONE task (no task axis)."""
+def answer_tables(answer, task: dict, names: list[str] | None = None, regimes: list[str] | None = None,
+                  known: np.ndarray | None = None, note: str | None = None) -> list[Table]:
+    """The tables of every capability ``answer`` has, for ONE task (no task axis).
+
+    ``names``: node names (imported data); ``regimes`` / ``known``: regime labels and which
+    have known targets; ``note``: why the fit did not converge (shown on the graph table).
+    """
     caps, data, out = capabilities(answer), restrict(task), []
     if "graph" in caps:
-        out.append(graph_table(answer, data, names))
+        out.append(graph_table(answer, data, names, note))
     if "targets" in caps:
-        out.append(targets_table(answer, data, names))
+        out.append(targets_table(answer, data, names, regimes, known))
     if "interventional" in caps:
         try:
             out.append(interventional_table(answer, task, names))

@@ -36,6 +36,98 @@ def metric_arrays(records_by_method: dict[str, list[dict]]) -> dict[str, dict[st
     return out
 
 
+NOT_CONVERGED = "not converged"
+
+
+def mark_not_converged(records_by_method: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Records re-keyed so that a method with any fit whose record says ``converged: False``
+    reads ``"<method> (not converged k/n)"`` in every table: never silently shown as a result."""
+    out = {}
+    for method, recs in records_by_method.items():
+        bad = sum(r.get("converged") is False for r in recs if r.get("status") == "ok")
+        out[f"{method} ({NOT_CONVERGED} {bad}/{len(recs)})" if bad else method] = recs
+    return out
+
+
+def convergence_notes(records_by_method: dict[str, list[dict]]) -> dict[str, str]:
+    """{method label: the first non-converged fit's note} for the methods with one."""
+    out = {}
+    for method, recs in records_by_method.items():
+        bad = [r for r in recs if r.get("converged") is False and r.get("status") == "ok"]
+        if bad:
+            out[method] = str(bad[0].get("convergence", ""))
+    return out
+
+
+def edge_heatmap(probs: np.ndarray, names: list[str], out_dir: str | Path, stem: str, title: str,
+                 note: str | None = None) -> dict[str, Path]:
+    """Edge probabilities ``P(i -> j)`` (row = parent) as a PNG heat map and an HTML page
+    (the PNG plus a table of every cell), with node names; ``note`` (e.g. "not converged")
+    is printed above both."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    probs = np.asarray(probs, dtype=float)
+    d = len(names)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.45 * d), max(4.0, 1.2 + 0.45 * d)))
+    im = ax.imshow(probs, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(d), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(d), names, fontsize=8)
+    ax.set_xlabel("child"), ax.set_ylabel("parent")
+    if d <= 12:
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    ax.text(j, i, f"{probs[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if probs[i, j] < 0.5 else "black")
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9, color="firebrick" if note else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="P(parent -> child | D)")
+    png = out / f"{stem}.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = "".join(
+        f"<tr><th>{html.escape(names[i])}</th>" + "".join(
+            "<td>-</td>" if i == j else
+            f"<td style='background:rgba(68,1,84,{probs[i, j]:.2f});color:{'white' if probs[i, j] > 0.5 else 'black'}'>"
+            f"{probs[i, j]:.3f}</td>" for j in range(d)) + "</tr>" for i in range(d))
+    b64 = base64.b64encode(png.read_bytes()).decode()
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}.warn{color:firebrick}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>"
+            + (f"<p class='warn'>{html.escape(note)}</p>" if note else "")
+            + "<p>P(row -> column | D): row = parent, column = child.</p>"
+            f"<table><tr><th>parent \\ child</th>{head}</tr>{rows}</table>"
+            f'<img alt="{html.escape(stem)}" src="data:image/png;base64,{b64}"/></body></html>')
+    page_path = out / f"{stem}.html"
+    page_path.write_text(page)
+    return {"png": png, "html": page_path}
+
+
+def interventional_plot(grid: np.ndarray, density: np.ndarray, observed: np.ndarray, path: str | Path, *,
+                        do_label: str, outcome: str, method: str, experiment: np.ndarray | None = None,
+                        experiment_label: str | None = None) -> Path:
+    """The predicted density of the outcome under the intervention (``density`` on ``grid``, the
+    user's units) against a histogram of the observational rows (the observational marginal)
+    and, where the data has one, of the rows of an experiment on the same variable."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bins = np.histogram_bin_edges(np.concatenate([observed] + ([experiment] if experiment is not None else [])), 30)
+    ax.hist(observed, bins=bins, density=True, alpha=0.35, color="tab:gray", label=f"observational {outcome}")
+    if experiment is not None and len(experiment):
+        ax.hist(experiment, bins=bins, density=True, alpha=0.35, color="tab:orange",
+                label=experiment_label or "measured under the experiment")
+    ax.plot(grid, density, color="tab:blue", lw=2, label=f"{method}: q({outcome} | {do_label}, D)")
+    ax.set_xlabel(f"{outcome} (data units)"), ax.set_ylabel("density")
+    ax.set_title(f"{outcome} under {do_label}"), ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def failures(records_by_method: dict[str, list[dict]]) -> list[dict[str, Any]]:
     return [{"method": m, "task": r["task"], "error": r.get("error")}
             for m, recs in records_by_method.items() for r in recs if r.get("status") != "ok"]
@@ -125,17 +217,22 @@ def captured_text(records: list[dict]) -> str | None:
 
 
 def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]], title: str,
-                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                 meta: dict[str, Any] | None = None, *, section: str = "Prior",
+                 unit: str = "test tasks") -> dict[str, Any]:
     """Write tables (markdown, JSON), plots and ``report.html`` for each prior section.
 
     ``sections``: {prior label: {method label: per-task records}}. Returns the paths, the
-    comparison tables and the per-task metric arrays (by prior label).
+    comparison tables and the per-task metric arrays (by prior label, keyed as given). A
+    method with an ok record saying ``converged: False`` reads "<method> (not converged k/n)"
+    in the tables and plots, and its note is listed above the table. ``section`` / ``unit``
+    name the sections and what a record is (imported data: "Dataset", "held-out regimes").
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables, plots, body, per_prior = {}, [], [], {}
     for prior, recs in sections.items():
-        arrays = per_prior[prior] = metric_arrays(recs)
+        per_prior[prior] = metric_arrays(recs)  # keyed as given (callers look records up by these labels)
+        arrays = metric_arrays(mark_not_converged(recs))  # what tables and plots show
         # raw coverage has no "better" direction: it is plotted; the table ranks calibration_error
         # 3 significant digits: with 4 a cell ("141.7 ± 43.11 (p=0.188)") wraps inside the page
         table = comparison_table({m: {k: v for k, v in a.items() if not k.startswith("coverage")}
@@ -147,13 +244,18 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
         pngs = make_plots(arrays, out, f"{prior}-")
         plots += pngs
         fails = failures(recs)
-        body.append(f"<h2>Prior {html.escape(prior)}</h2>")
+        body.append(f"<h2>{html.escape(section)} {html.escape(prior)}</h2>")
+        notes = convergence_notes(recs)
+        if notes:
+            items = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(n)}</li>" for m, n in notes.items())
+            body.append(f"<p class='warn'>{NOT_CONVERGED}: fits that did not converge; their graphs are forced "
+                        f"cuts, not estimates</p><ul>{items}</ul>")
         n = max((len(next(iter(a.values()))) for a in arrays.values() if a), default=0)
         body.append(table.to_html())
         cap = captured_text(table.to_records())
         if cap:
             body.append(f"<p>{html.escape(cap)} (1 = the true SCM, 0 = no better than ignoring causality)</p>")
-        body.append(f"<p class='legend'>mean ± s.e. over {n} test tasks; <b>bold</b>: best mean; "
+        body.append(f"<p class='legend'>mean ± s.e. over {n} {html.escape(unit)}; <b>bold</b>: best mean; "
                     "p: Welch's t-test against the best method; -: not answered by the method; "
                     "↓ lower is better, ↑ higher is better.</p>")
         if fails:
@@ -168,7 +270,8 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;white-space:nowrap}td small{display:block;color:#555}"
-            ".legend{color:#555;font-size:90%}img{max-width:100%;margin:6px;vertical-align:top}</style></head>"
+            ".legend{color:#555;font-size:90%}.warn{color:firebrick}img{max-width:100%;margin:6px;vertical-align:top}"
+            "</style></head>"
             f"<body><h1>{html.escape(title)}</h1><ul>{meta_html}</ul>{''.join(body)}</body></html>")
     (out / "report.html").write_text(page)
     return {"html": out / "report.html", "plots": plots, "tables": tables, "arrays": per_prior, "dir": out}

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline_lib.models.registry import UnknownMethodError
 
 __all__ = ["BASELINES", "BaselineConfigError", "BaselineSpec", "UnknownMethodError", "check_baseline",
-           "check_config", "fit_baseline", "get_baseline", "register_baseline"]
+           "check_config", "convergence_of", "fit_baseline", "get_baseline", "register_baseline"]
 
 #: every array a per-dataset method may be given (the keys of ``restrict(task)``)
 DATA_FIELDS = ("x_obs", "x_int", "int_targets", "int_values", "noise_obs", "x_cf", "perturbation", "adjacency", "scm")
@@ -60,6 +60,9 @@ class BaselineSpec:
     ``fit(data, config) -> answer``: ``data`` holds exactly the arrays in ``sees`` (those the
     task has), ``config`` is a ``config_cls`` instance. ``fixed``: config fields that the entry
     sets itself (refused as user overrides). ``reference``: a non-causal reference row.
+    ``convergence(answer) -> (converged, note)``: whether a fit converged (None: the method
+    has no convergence test), see :func:`convergence_of`. ``max_nodes``: the most variables
+    the method supports (None: no limit).
     """
 
     name: str
@@ -69,6 +72,8 @@ class BaselineSpec:
     description: str = ""
     fixed: dict[str, Any] = field(default_factory=dict)
     reference: bool = False
+    convergence: Callable[[Any], tuple[bool | None, str]] | None = None
+    max_nodes: int | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sees if s not in DATA_FIELDS]
@@ -143,6 +148,38 @@ def fit_baseline(name: str, data: dict[str, np.ndarray], config: BaseModel | dic
     spec = get_baseline(name)
     cfg = check_config(name, config)
     return spec.fit({k: data[k] for k in spec.sees if k in data}, cfg)
+
+
+def convergence_of(name: str, answer: Any) -> tuple[bool | None, str]:
+    """``(converged, note)`` of baseline ``name``'s fitted ``answer``.
+
+    True / False from the entry's ``convergence`` test; ``(None, ...)`` for an iterative method
+    without one. Tables mark a False fit "not converged" instead of showing its graph as a result.
+    """
+    test = get_baseline(name).convergence
+    if test is None:
+        return None, "no convergence test for this method (fixed budget)"
+    return test(answer)
+
+
+def _closed_form(answer) -> tuple[bool, str]:
+    return True, "closed form (no iterative fit)"
+
+
+def _particles_acyclic(answer) -> tuple[bool, str]:
+    """DiBS / BaCaDI: converged iff every SVGD particle's graph ends acyclic (the annealed
+    acyclicity prior did its job); cyclic particles are dropped from the posterior."""
+    parts = getattr(answer, "particles", None)
+    if parts is None:
+        return None, "no particles recorded"
+    n, ok = len(parts.acyclic), int(np.sum(parts.acyclic))
+    if ok == n:
+        return True, f"all {n} particles acyclic"
+    return False, f"not converged: {n - ok} of {n} particles cyclic (dropped); run more steps (--set steps=N)"
+
+
+def _dcdi_converged(answer) -> tuple[bool, str]:
+    return bool(answer.converged), answer.convergence
 
 
 # --- the built-in entries ---------------------------------------------------------------
@@ -271,20 +308,23 @@ def _register_builtin() -> None:
 
     for spec in (
         BaselineSpec("exact", ExactConfig, _exact, ("x_obs",),
-                     "exact BGe posterior by DAG enumeration (d <= 5)"),
-        BaselineSpec("dibs", DiBSConfig, _dibs, ("x_obs",), "DiBS, marginal (BGe) likelihood, SVGD"),
+                     "exact BGe posterior by DAG enumeration (d <= 5)", convergence=_closed_form, max_nodes=5),
+        BaselineSpec("dibs", DiBSConfig, _dibs, ("x_obs",), "DiBS, marginal (BGe) likelihood, SVGD",
+                     convergence=_particles_acyclic),
         BaselineSpec("dibs-joint", DiBSConfig, _dibs_joint, ("x_obs",),
-                     "DiBS, joint nonlinear-Gaussian (MLP) likelihood, SVGD"),
+                     "DiBS, joint nonlinear-Gaussian (MLP) likelihood, SVGD", convergence=_particles_acyclic),
         BaselineSpec("bacadi", BaCaDIConfig, _bacadi, ("x_obs", "x_int"),
-                     "BaCaDI: DiBS with unknown intervention targets"),
+                     "BaCaDI: DiBS with unknown intervention targets", convergence=_particles_acyclic),
         BaselineSpec("dcdi", DCDIConfig, _dcdi, ("x_obs", "x_int", "int_targets"),
-                     "DCDI-G with known targets", fixed={"unknown_targets": False}),
+                     "DCDI-G with known targets", fixed={"unknown_targets": False}, convergence=_dcdi_converged),
         BaselineSpec("dcdi-unknown", DCDIConfig, _dcdi, ("x_obs", "x_int"),
-                     "DCDI-G with unknown targets", fixed={"unknown_targets": True}),
+                     "DCDI-G with unknown targets", fixed={"unknown_targets": True}, convergence=_dcdi_converged),
         BaselineSpec("empty-graph", EmptyGraphConfig, _empty_graph, ("x_obs",),
-                     "non-causal reference: the observational marginal", reference=True),
+                     "non-causal reference: the observational marginal", reference=True,
+                     convergence=_closed_form),
         BaselineSpec("oracle", OracleConfig, _oracle, ("scm", "x_obs"),
-                     "reference: the true SCM of the task (the NLPID floor)", reference=True),
+                     "reference: the true SCM of the task (the NLPID floor)", reference=True,
+                     convergence=_closed_form),
         BaselineSpec("anm-linear", ANMConfig, _anm, ("x_obs", "adjacency"),
                      "linear additive-noise SCM fitted per node given the TRUE graph", fixed={"kind": "linear"}),
         BaselineSpec("anm-mlp", ANMConfig, _anm, ("x_obs", "adjacency"),
