@@ -9,6 +9,7 @@
 | ``generate-prior``        | generate-prior  | on demand                                      | causalmeta-cpu |
 | ``meta-train``            | meta-train      | on demand                                      | causalmeta-gpu |
 | ``retrain-on-prior-change`` | meta-train    | event ``causalmeta.prior.updated``             | causalmeta-gpu |
+| ``evaluate-dataset``      | evaluate-dataset | on demand (store path and options as a form)  | causalmeta-cpu |
 
 Two renderings of that table:
 
@@ -196,6 +197,18 @@ def deployment_table(
                 parameters=retrain_params,
             ),
             tags=("causalmeta", "train", "event"),
+        ),
+        DeploymentSpec(
+            name="evaluate-dataset",
+            flow_name="evaluate-dataset",
+            entrypoint="flows/dataset.py:evaluate_dataset",
+            description=(
+                "Score methods on held-out experiments of an imported dataset (causalmeta import): the store "
+                "path, the held-out regimes (all or R1,R2), baselines and registered models as a form."
+            ),
+            work_pool=CPU_POOL,
+            parameters={"root": root, "holdout_regimes": "all"},
+            tags=("causalmeta", "dataset"),
         ),
     )
 

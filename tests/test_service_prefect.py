@@ -68,13 +68,15 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     by_name = {d.name: d for d in model.deployments}
     table = {s.name: s for s in deployment_table("ROOT")}
     assert set(by_name) == set(table) == {
-        "nightly-benchmark", "benchmark", "generate-prior", "meta-train", "retrain-on-prior-change"
+        "nightly-benchmark", "benchmark", "generate-prior", "meta-train", "retrain-on-prior-change",
+        "evaluate-dataset",
     }
     assert by_name["nightly-benchmark"].schedules[0].cron == "0 2 * * *"
     assert by_name["nightly-benchmark"].parameters["preset"] == "quick"
     assert {n: d.work_pool.name for n, d in by_name.items()} == {
         "nightly-benchmark": "causalmeta-cpu", "benchmark": "causalmeta-cpu", "generate-prior": "causalmeta-cpu",
         "meta-train": "causalmeta-gpu", "retrain-on-prior-change": "causalmeta-gpu",
+        "evaluate-dataset": "causalmeta-cpu",
     }
     (trigger,) = by_name["retrain-on-prior-change"].triggers
     parsed = DeploymentEventTrigger.model_validate(trigger)
