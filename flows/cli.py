@@ -658,12 +658,15 @@ def train_gim(prior: str = typer.Option(..., help="shipped prior name, config YA
         t, name, digest = _gim_task(prior, split, task)
     except (BaselineConfigError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))
+    import torch
+
     from pipeline_lib.models.gim import fit_gim
     from pipeline_lib.models.gim.metrics import score_fit
     from pipeline_lib.taskdata import restrict
     from storage.tracking import Tracker, flatten
 
     data = restrict(t)
+    torch.set_num_threads(1)  # small per-node matmuls: one thread is faster on shared cores
     try:
         post = fit_gim(data, cfg)
     except ValueError as exc:
