@@ -215,9 +215,35 @@ class MechanismConfig(_Strict):
     alpha_mu: float = 1.0
     alpha_w: float | None = None
     grn: GRNConfig = Field(default_factory=GRNConfig)
+    # Fields added for the MACE-TNP paper priors (issue 13). Each is omitted from the JSON
+    # (and so from the content hash) at its default, so existing priors keep hash and bytes.
+    #: hidden layers of the ``nn`` MLP; layers after the first: W ~ N(0, 1/H), bias ~ N(0, nn_bias_scale^2)
+    nn_layers: int = Field(1, exclude_if=lambda v: v == 1)
+    #: std of the ``nn`` first-layer weights U (None: 1/sqrt(|pa(j)|)); 1.0 = N(0, 1) weights, unscaled
+    nn_input_scale: float | None = Field(None, exclude_if=lambda v: v is None)
+    #: std of the ``nn`` hidden biases c
+    nn_bias_scale: float = Field(1.0, exclude_if=lambda v: v == 1.0)
+    #: ``gp`` plus a linear kernel: f_j += gp_linear_scale * sum_i w_ij x_i, w_ij ~ N(0, 1)
+    #: (kernel gp_linear_scale^2 x^T x': unbounded, effects keep growing outside the data)
+    gp_linear_scale: float = Field(0.0, exclude_if=lambda v: v == 0.0)
+    #: standardise every node inside the SCM, in causal order, by the mean / std of its own
+    #: observational values (``mechanisms.standardize_nodes``): children see standardised
+    #: parents and interventions act on standardised values ("standardise before the
+    #: intervention"). False: the SCM is sampled raw and the dataset standardised after
+    #: (``PriorConfig.standardize``, "after the intervention")
+    node_standardize: bool = Field(False, exclude_if=lambda v: v is False)
 
     @model_validator(mode="after")
     def _check(self) -> "MechanismConfig":
+        if self.nn_layers < 1:
+            raise PriorConfigError(f"mechanism.nn_layers={self.nn_layers} must be >= 1")
+        if self.nn_input_scale is not None and self.nn_input_scale <= 0:
+            raise PriorConfigError(f"mechanism.nn_input_scale={self.nn_input_scale} must be > 0 (or null)")
+        for field in ("nn_bias_scale", "gp_linear_scale"):
+            if getattr(self, field) < 0:
+                raise PriorConfigError(f"mechanism.{field}={getattr(self, field)} is negative")
+        if self.node_standardize and self.kind == "grn":
+            raise PriorConfigError("mechanism.node_standardize=True: the grn simulator has no additive mechanism to standardise")
         if self.w_min < 0 or self.w_max < self.w_min:
             raise PriorConfigError(
                 f"mechanism.w_min/w_max=({self.w_min}, {self.w_max}): need 0 <= w_min <= w_max"
@@ -272,6 +298,10 @@ class InterventionConfig(_Strict):
     mean and std of X_j over the task's ``x_obs``, a draw z is
     ``z ~ N(0, 1)`` (``value_dist="gaussian"``) or ``z = sign * Uniform[value_low, value_high]``
     with a fair sign (``value_dist="uniform_sign"``, keeps values away from the mean).
+    ``value_dist="beyond_range"`` draws z as ``uniform_sign`` but starts from the edge of the
+    observed range instead of the mean: ``a_j = max_j + value_scale * std_j * z`` for z > 0,
+    ``min_j + value_scale * std_j * z`` for z < 0 (max_j, min_j over the task's ``x_obs``),
+    so every hard value lies outside the observational range (the paper priors of issue 13).
 
     - ``hard``: do(X_j = a_j), a_j = mean_j + value_scale * std_j * z, the same constant for
       all samples of the regime; stored in ``int_values``.
@@ -296,7 +326,7 @@ class InterventionConfig(_Strict):
     max_targets: int = 1
     distinct_targets: bool = True
     targets_known: bool = True
-    value_dist: Literal["gaussian", "uniform_sign"] = "gaussian"
+    value_dist: Literal["gaussian", "uniform_sign", "beyond_range"] = "gaussian"
     value_scale: float = 1.0
     value_low: float = 1.0
     value_high: float = 2.0

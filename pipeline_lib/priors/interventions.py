@@ -7,7 +7,8 @@ Per task (``n`` real nodes in canonical positions ``0..n-1``, ``K`` regimes) we 
   ``distinct_targets`` and ``max_targets == 1`` the K single targets are the first K entries
   of a concatenation of independent random permutations of the n nodes (each node once
   before any repeats);
-- ``z: (K, d)``: ``N(0, 1)`` or ``sign * U[value_low, value_high]`` with a fair sign;
+- ``z: (K, d)``: ``N(0, 1)`` or ``sign * U[value_low, value_high]`` with a fair sign
+  (``uniform_sign`` and ``beyond_range``; the latter is measured from the range's edge);
 - ``soft_scale: (K, d) ~ U[soft_scale_min, soft_scale_max]``;
 - perturbation map ``M: (d, p) ~ N(0, 1)`` and noise ``(K, p) ~ N(0, 1)`` (GIM features).
 

@@ -66,18 +66,31 @@ def draw_params(mech_cfg, adj: np.ndarray, n: int, rng: np.random.Generator) -> 
         return {"weights": weights, "intercepts": intercepts, "noise_std": noise_std}
     if kind == "nn":
         h = mech_cfg.hidden
-        n_pa = np.maximum(a.sum(axis=0), 1.0)  # (d,) parents per node
-        u = rng.standard_normal((d, d, h)) / np.sqrt(n_pa)[None, :, None]
+        if mech_cfg.nn_input_scale is None:
+            n_pa = np.maximum(a.sum(axis=0), 1.0)  # (d,) parents per node
+            u = rng.standard_normal((d, d, h)) / np.sqrt(n_pa)[None, :, None]
+        else:
+            u = rng.standard_normal((d, d, h)) * mech_cfg.nn_input_scale
         c = rng.standard_normal((d, h))
+        if mech_cfg.nn_bias_scale != 1.0:
+            c *= mech_cfg.nn_bias_scale
         v = rng.standard_normal((d, h)) * (mech_cfg.nn_output_scale / np.sqrt(h))
-        return {"u": u, "c": c, "v": v}
+        out = {"u": u, "c": c, "v": v}
+        if mech_cfg.nn_layers > 1:  # drawn after the one-layer parameters: those stay as they were
+            n_deep = mech_cfg.nn_layers - 1
+            out["w_deep"] = rng.standard_normal((d, n_deep, h, h)) / np.sqrt(h)
+            out["c_deep"] = rng.standard_normal((d, n_deep, h)) * mech_cfg.nn_bias_scale
+        return out
     if kind == "gp":
         f = mech_cfg.n_features
         omega = rng.standard_normal((d, d, f))
         b = rng.uniform(0.0, 2.0 * np.pi, (d, f))
         coef = rng.standard_normal((d, f))
         ell = rng.uniform(mech_cfg.lengthscale_min, mech_cfg.lengthscale_max, d)
-        return {"omega": omega, "b": b, "a": coef, "lengthscale": ell}
+        out = {"omega": omega, "b": b, "a": coef, "lengthscale": ell}
+        if mech_cfg.gp_linear_scale > 0:
+            out["lin"] = rng.standard_normal((d, d)) * mech_cfg.gp_linear_scale
+        return out
     raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
 
 
@@ -102,8 +115,16 @@ def evaluate(
     if kind in ("linear", "bge"):
         w_j = params["weights"][:, :, j]  # (T, d)
         return (x * w_j[:, None, :]).sum(axis=-1) + params["intercepts"][:, j, None]
+    out = _nonlinear(mech_cfg, params, adj, x, j)
+    if "out_shift" in params:  # node_standardize: (f_j - m_j) / s_j, roots included
+        out = (out - params["out_shift"][:, j, None]) / params["out_scale"][:, j, None]
+    return out
+
+
+def _nonlinear(mech_cfg, params, adj, x, j) -> np.ndarray:
+    """``f_j`` of the nn / gp mechanisms, ``(T, N)``; tasks where j is a root get exactly 0."""
+    kind = mech_cfg.kind
     out = np.zeros(x.shape[:2])
-    # only tasks where node j has parents need the network: roots stay exactly 0
     idx = np.flatnonzero(adj[:, :, j].any(axis=1))
     if idx.size == 0:
         return out
@@ -113,6 +134,10 @@ def evaluate(
         pre = inp @ params["u"][idx, :, j, :]  # (T', N, H)
         pre += params["c"][idx, None, j, :]
         hid = _activation(mech_cfg.activation, pre)
+        for layer in range(params["w_deep"].shape[2] if "w_deep" in params else 0):
+            pre = hid @ params["w_deep"][idx, j, layer]  # (T', N, H)
+            pre += params["c_deep"][idx, None, j, layer, :]
+            hid = _activation(mech_cfg.activation, pre)
         out[idx] = (hid @ params["v"][idx, j, :, None])[..., 0]
         return out
     if kind == "gp":
@@ -123,5 +148,41 @@ def evaluate(
         np.cos(proj, out=proj)
         feats = (proj @ params["a"][idx, j, :, None])[..., 0]
         out[idx] = feats * (mech_cfg.gp_amplitude * np.sqrt(2.0 / f))
+        if "lin" in params:
+            out[idx] += (inp * params["lin"][idx, None, :, j]).sum(axis=-1)
         return out
     raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
+
+
+def standardize_nodes(mech_cfg, params: dict[str, np.ndarray], adj: np.ndarray, n: int,
+                      eps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fold a per-node standardisation into one task's SCM (``mechanism.node_standardize``).
+
+    In causal (canonical) order, node j's observational values under the noise ``eps: (N, d)``
+    (raw units, the task's own observational noise) are ``r_j = f_j(x'_pa) + eps_j``, with the
+    parents already standardised; with ``m_j, s_j`` their mean and std (ddof 0), the SCM
+    becomes ``x'_j = (f_j(x'_pa) - m_j) / s_j + eps_j / s_j``: still additive noise, with
+    noise std divided by ``s_j``. Linear / bge fold it into weights and intercepts (their
+    closed forms stay valid); nn / gp get ``out_shift = m``, ``out_scale = s`` (``evaluate``
+    applies them). Returns the new parameters and ``s: (d,)`` (1 for padding and constant
+    nodes), by which the caller divides the noise std.
+    """
+    d = adj.shape[0]
+    p = {key: np.array(val, dtype=np.float64)[None] for key, val in params.items()}
+    linear = mech_cfg.kind in ("linear", "bge")
+    if not linear:
+        p["out_shift"], p["out_scale"] = np.zeros((1, d)), np.ones((1, d))
+    x = np.zeros((1,) + eps.shape)
+    s_all = np.ones(d)
+    for j in range(d):
+        raw = evaluate(mech_cfg, p, adj[None], x, j)[0] + eps[:, j]
+        m, s = (float(raw.mean()), float(raw.std())) if j < n else (0.0, 1.0)
+        s = s if s > 0 else 1.0
+        x[0, :, j] = (raw - m) / s
+        s_all[j] = s
+        if linear:
+            p["weights"][0, :, j] /= s
+            p["intercepts"][0, j] = (p["intercepts"][0, j] - m) / s
+        else:
+            p["out_shift"][0, j], p["out_scale"][0, j] = m, s
+    return {key: val[0] for key, val in p.items()}, s_all

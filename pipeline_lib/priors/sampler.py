@@ -76,6 +76,9 @@ def _draw_task(config: PriorConfig, seed: np.random.SeedSequence) -> dict[str, n
     scale = s_draw if scale is None else scale
     u_obs = noise.standard_noise(config.noise.kind, (config.n_obs, d), g_noise)
     u_int = noise.standard_noise(config.noise.kind, (k, config.n_int, d), g_noise)
+    if config.mechanism.node_standardize:  # standardise inside the SCM, by its own x_obs noise
+        params, node_std = mechanisms.standardize_nodes(config.mechanism, params, adj, n, u_obs * scale)
+        scale = scale / node_std
     if config.interventions.drugs is not None:  # drug x dose experiments (GIM)
         ints = perturbation.draw_drug_regimes(config.interventions.drugs, config.mechanism.kind, n, d, g_int)
     else:
@@ -198,6 +201,9 @@ def sample_batch(
         # --- interventional regimes: fresh noise, batched over (task, regime, sample)
         offset = icfg.value_scale * std[:, None, :] * b["int_z"]  # (T, K, d)
         shift = mean[:, None, :] + offset  # hard values a = mean + value_scale * std * z
+        if icfg.value_dist == "beyond_range":  # from the edge of the observed range outwards
+            lo, hi = x_obs.min(axis=1)[:, None, :], x_obs.max(axis=1)[:, None, :]  # (T, 1, d)
+            shift = np.where(b["int_z"] > 0, hi, lo) + offset
         eps_int = b["u_int"] * scale[:, None, None, :]  # (T, K, n_int, d)
         regime = _Regimes(cfg, params, adj, targets, shift, offset, b["int_soft_scale"])
         x_int = regime.sample(eps_int)
