@@ -137,12 +137,26 @@ def heldout_queries(task: dict, k: int) -> Queries:
     return Queries(np.full(len(others), j), np.full(len(others), a), others, rows[:, others].T.copy())
 
 
+def score_reference_graph(answer, reference: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Graph metrics against a reference graph: all of ``score_graph`` for a DAG; for a cyclic
+    reference (a consensus network with feedback loops) E-SHD and edge AUROC / AUPRC only,
+    SID being defined for DAGs."""
+    from pipeline_lib import metrics as M
+
+    if M.is_dag(reference):
+        return score_graph(answer, reference, seed=seed)
+    graphs = answer.sample_graphs(100, np.random.default_rng(seed))
+    probs = answer.edge_probs()
+    return {"e_shd": float(M.expected_shd(reference, graphs)), "edge_auroc": float(M.edge_auroc(reference, probs)),
+            "edge_auprc": float(M.edge_auprc(reference, probs))}
+
+
 def score_heldout(answer, task: dict, held_out: Sequence[int], seed: int = 0) -> list[dict[str, float]]:
     """Metrics of ``answer`` (fitted on :func:`seen_task`) on each held-out regime, in order.
 
     NLPID and calibration per regime where the answer is an interventional predictor, plus,
     in the first regime's entry only (one value per fit), graph metrics against the task's
-    reference graph where both exist.
+    reference graph where both exist (:func:`score_reference_graph`).
     """
     caps = capabilities(answer)
     std = np.asarray(task.get("obs_std", np.ones(np.asarray(task["x_obs"]).shape[1])), dtype=np.float64)
@@ -155,6 +169,6 @@ def score_heldout(answer, task: dict, held_out: Sequence[int], seed: int = 0) ->
             m["nlpid_user"] = m["nlpid"] + float(np.mean(q.samples.shape[1] * np.log(std[q.i])))
             m["n_rows"] = float(q.samples.shape[1])
         if n == 0 and "graph" in caps and "adjacency" in task:
-            m.update(score_graph(answer, np.asarray(task["adjacency"], dtype=np.uint8), seed=seed))
+            m.update(score_reference_graph(answer, np.asarray(task["adjacency"], dtype=np.uint8), seed))
         out.append(m)
     return out

@@ -25,7 +25,7 @@ duplicate variable names, non-numeric or all-NaN variable columns, NaN / inf cel
 per column; ``drop_nan`` drops those rows instead), a target name that is not a variable, a
 regime with inconsistent targets or fewer than 2 rows, fewer than 2 observational rows, a
 column constant on the observational rows, a reference graph naming unknown variables or
-holding a cycle, and more variables than a chosen method supports (``node_limits``). Each
+holding a self-loop, and more variables than a chosen method supports (``node_limits``). Each
 error is a :class:`DataImportError` naming the column, the row or the regime and the problem.
 Rows are numbered from 1, the header excluded (row r of a CSV file is its line r + 1).
 
@@ -43,6 +43,7 @@ Root attributes: ``kind = "imported"``, ``name``, ``hash`` (sha256 of the conten
 ``node_names``, ``regimes`` (label, rows, targets or None when unknown, per regime),
 ``n_obs``, ``truth`` (which truth arrays exist: ``adjacency`` only with a reference graph;
 ``noise_obs``, ``x_cf`` and ``scm`` never: real data has no known noise or SCM),
+``reference_graph_cycle`` (one cycle of a cyclic reference graph, else None),
 ``standardization``, ``source``, ``reference_graph``, ``dropped_rows``, ``created_at`` and,
 written last, ``checksums`` ({"test/<array>": sha256 hex}). One group ``test`` holds the one
 task (leading task axis of length 1, like a prior's split):
@@ -441,10 +442,11 @@ def read_reference_graph(path: str | Path, names: Sequence[str]) -> np.ndarray:
 
     Edge list: a CSV whose first two columns are source and target names (a header row is
     recognised when its cells are not both variable names). GML: read by networkx, directed.
+    A cyclic reference graph is accepted (published consensus networks have feedback loops,
+    e.g. Sachs et al. 2005's PIP3 -> plcg -> PIP2 -> PIP3): it is flagged in the store and
+    scored by SHD and edge AUROC / AUPRC only, since SID is defined for DAGs.
     """
     import networkx as nx
-
-    from pipeline_lib.metrics.graph import is_dag
 
     path = str(path)
     raw = _open_bytes(path)
@@ -478,11 +480,19 @@ def read_reference_graph(path: str | Path, names: Sequence[str]) -> np.ndarray:
         if u == v:
             raise DataImportError(f"--graph {path}: {n} is a self-loop on {u!r}")
         adj[idx[u], idx[v]] = 1
-    if not is_dag(adj):
-        cyc = nx.find_cycle(nx.DiGraph([(names[i], names[j]) for i, j in zip(*np.nonzero(adj))]))
-        raise DataImportError(f"--graph {path}: the reference graph has a cycle "
-                              f"({' -> '.join([u for u, _ in cyc] + [cyc[0][0]])}); graph metrics need a DAG")
     return adj
+
+
+def graph_cycle(adj: np.ndarray, names: Sequence[str]) -> str | None:
+    """One directed cycle of ``adj`` as ``"a -> b -> a"``, or None for a DAG."""
+    import networkx as nx
+
+    from pipeline_lib.metrics.graph import is_dag
+
+    if is_dag(adj):
+        return None
+    cyc = nx.find_cycle(nx.DiGraph([(names[i], names[j]) for i, j in zip(*np.nonzero(adj))]))
+    return " -> ".join([u for u, _ in cyc] + [cyc[0][0]])
 
 
 # ---------------------------------------------------------------------------- writing
@@ -533,6 +543,7 @@ def write_data_store(root: str | Path, data: ImportedData) -> str:
             "kind": KIND, "name": data.name, "hash": h, "node_names": list(data.node_names),
             "regimes": data.regimes, "observational_labels": list(data.obs_labels), "n_obs": int(len(data.x_obs)),
             "truth": {"adjacency": data.adjacency is not None, "noise_obs": False, "x_cf": False, "scm": False},
+            "reference_graph_cycle": None if data.adjacency is None else graph_cycle(data.adjacency, data.node_names),
             "standardization": {"kind": "z-score with the observational rows' mean and std (ddof 0)",
                                 "arrays": ["obs_mean", "obs_std"]},
             "source": data.source, "reference_graph": data.reference_graph, "dropped_rows": data.dropped_rows,

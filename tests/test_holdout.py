@@ -72,3 +72,15 @@ def test_node_range():
     check_node_range("mace-tnp v2", 5, 20, 11)
     with pytest.raises(NodeRangeError, match=r"mace-tnp v1 \(prior lin-3node\) supports d in \[3, 3\]; the data has 11"):
         check_node_range("mace-tnp v1 (prior lin-3node)", 3, 3, 11)
+
+
+def test_cyclic_reference_graph_gets_shd_and_auroc_but_no_sid(imported):
+    from pipeline_lib.baselines.registry import fit_baseline
+    from pipeline_lib.holdout import score_reference_graph
+
+    _, ds = imported
+    answer = fit_baseline("exact", seen_task(ds.task(), [0, 1]))
+    cyclic = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.uint8)
+    out = score_reference_graph(answer, cyclic)
+    assert set(out) == {"e_shd", "edge_auroc", "edge_auprc"} and out["e_shd"] > 0
+    assert "e_sid" in score_reference_graph(answer, ds.task()["adjacency"])

@@ -187,7 +187,6 @@ def test_drop_nan_drops_and_counts(tmp_path, task):
 
 @pytest.mark.parametrize("graph, message", [
     ("source,target\nraf,jnk\n", r"line 2 \(raf -> jnk\) names 'jnk', not a variable"),
-    ("raf,mek\nmek,erk\nerk,raf\n", r"has a cycle \(raf -> mek -> erk -> raf\)"),
     ("raf,raf\n", r"line 1 is a self-loop on 'raf'"),
 ])
 def test_bad_reference_graph(tmp_path, task, graph, message):
@@ -197,6 +196,14 @@ def test_bad_reference_graph(tmp_path, task, graph, message):
         import_dataset(src, tmp_path / "root", "g", regime_col="regime", targets_col="targets",
                        graph=tmp_path / "g_edges.csv")
     assert _no_store_left(tmp_path / "root")
+
+
+def test_cyclic_reference_graph_is_kept_and_flagged(tmp_path, task):
+    (tmp_path / "cyc.csv").write_text("raf,mek\nmek,erk\nerk,raf\n")
+    ds = import_dataset(write(frame_of(task), tmp_path / "g.csv"), tmp_path / "root", "g", regime_col="regime",
+                        targets_col="targets", graph=tmp_path / "cyc.csv")
+    assert ds.attrs["reference_graph_cycle"] == "raf -> mek -> erk -> raf"
+    assert ds.task()["adjacency"].sum() == 3
 
 
 def test_gml_reference_graph(tmp_path, task):
