@@ -27,7 +27,8 @@ p = q + 1), or i.i.d. ``N(0, I_p)`` unrelated to anything (``features="noise"``:
 which no method can predict an unseen experiment).
 
 Held-out combinations: ``n_heldout`` (drug, dose) pairs, drawn so that every drug keeps at
-least one seen dose, are moved to the END of the regime axis: regimes ``0..K - n_heldout - 1``
+least one seen dose (``heldout="random"``) or the largest dose of ``n_heldout`` drugs
+(``"highest_dose"``, the SciPlex3 protocol), are moved to the END of the regime axis: regimes ``0..K - n_heldout - 1``
 are the training experiments, the last ``n_heldout`` the unseen ones (a fit reads only the
 first block; GIM's ``n_test_regimes``). The order of the training block is drug-major.
 """
@@ -58,6 +59,9 @@ class DrugPerturbationConfig(BaseModel):
     ec50: float = Field(0.2, gt=0, description="dose of half the maximal response")
     hill: float = Field(2.0, gt=0, description="Hill coefficient of the dose response")
     n_heldout: int = Field(4, ge=0, description="(drug, dose) pairs held out, stored as the last regimes")
+    heldout: Literal["random", "highest_dose"] = Field(
+        "random", description="random: any pairs, each drug keeping a seen dose; highest_dose: the largest dose "
+                              "of n_heldout drugs (the SciPlex3 protocol)")
     features: Literal["embedding", "noise"] = "embedding"
     feature_noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to each experiment's features")
 
@@ -74,6 +78,8 @@ class DrugPerturbationConfig(BaseModel):
         if self.knockdown_max < self.knockdown_min:
             raise PriorConfigError("interventions.drugs.knockdown_min/knockdown_max: need min <= max")
         max_out = self.n_drugs * (len(self.doses) - 1)  # every drug keeps one seen dose
+        if self.heldout == "highest_dose":
+            max_out = self.n_drugs if len(self.doses) > 1 else 0
         if self.n_heldout > max_out:
             raise PriorConfigError(
                 f"interventions.drugs.n_heldout={self.n_heldout}: at most n_drugs * (len(doses) - 1) = {max_out} "
@@ -127,6 +133,11 @@ def heldout_order(cfg: DrugPerturbationConfig, rng: np.random.Generator) -> np.n
     """Permutation of the K drug-major experiments: the seen ones (in drug-major order) first,
     then ``n_heldout`` held-out pairs, each drug keeping at least one seen dose."""
     n_doses = len(cfg.doses)
+    if cfg.heldout == "highest_dose":
+        top = int(np.argmax(cfg.doses))
+        drugs = np.sort(rng.permutation(cfg.n_drugs)[: cfg.n_heldout])
+        out = drugs * n_doses + top
+        return np.concatenate([np.setdiff1d(np.arange(cfg.n_experiments), out), out])
     keep = rng.integers(0, n_doses, size=cfg.n_drugs)  # one guaranteed seen dose per drug
     candidates = np.array([c * n_doses + l for c in range(cfg.n_drugs) for l in range(n_doses) if l != keep[c]],
                           dtype=np.int64)

@@ -59,5 +59,7 @@ class GIMConfig(BaseModel):
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of mechanisms and phi")
     lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG")
     batch_rows: int | None = Field(64, ge=2, description="rows per experiment and step (None: all)")
+    n_restarts: int = Field(3, ge=1, description="independent fits (seeds seed, seed + 1, ...); the one with the "
+                                                "lowest mean loss over its last tenth of steps is kept (MAP)")
     seed: int = Field(0, ge=0)
     device: str = "cpu"

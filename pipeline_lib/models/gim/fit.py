@@ -210,6 +210,16 @@ def fit_gim(data: Mapping[str, np.ndarray], config: GIMConfig | None = None) -> 
     else:
         x_mean, x_std = np.zeros(d), np.ones(d)
         g_mean, g_std = np.zeros(parts["gamma"].shape[1]), np.ones(parts["gamma"].shape[1])
-    model, history, seconds = train_gim((parts["x_obs"] - x_mean) / x_std, (parts["x_int"] - x_mean) / x_std,
-                                        (parts["gamma"] - g_mean) / g_std, cfg)
-    return GIMPosterior(model.cpu(), cfg, x_mean, x_std, g_mean, g_std, parts["gamma_all"], history, seconds)
+    best, total_seconds = None, 0.0
+    for r in range(cfg.n_restarts):
+        run_cfg = cfg.model_copy(update={"seed": cfg.seed + r})
+        model, history, seconds = train_gim((parts["x_obs"] - x_mean) / x_std, (parts["x_int"] - x_mean) / x_std,
+                                            (parts["gamma"] - g_mean) / g_std, run_cfg)
+        total_seconds += seconds
+        tail = history[-max(1, len(history) // 10):]
+        score = float(np.mean([h["loss"] for h in tail]))
+        if best is None or score < best[0]:
+            best = (score, model, history, run_cfg)
+    _, model, history, run_cfg = best
+    return GIMPosterior(model.cpu(), run_cfg, x_mean, x_std, g_mean, g_std, parts["gamma_all"], history,
+                        total_seconds)

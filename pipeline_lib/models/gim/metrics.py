@@ -19,7 +19,7 @@ from scipy.stats import wasserstein_distance
 
 from pipeline_lib.metrics import energy_distance, mmd_rbf
 
-__all__ = ["DISTRIBUTION_METRICS", "distribution_errors", "marginal_w1", "mean_shift_error", "unseen_errors"]
+__all__ = ["DISTRIBUTION_METRICS", "distribution_errors", "marginal_w1", "mean_shift_error", "score_fit", "unseen_errors"]
 
 DISTRIBUTION_METRICS = ("mmd", "energy", "w1", "mean_shift")
 
@@ -69,3 +69,33 @@ def unseen_errors(sample_fn, data, n_test_regimes: int, n_samples: int = 500, se
         pred = np.asarray(data["x_obs"]) if sample_fn is None else sample_fn(gamma[k], n_samples, rng)
         rows.append(distribution_errors(pred, x_int[k]))
     return {m: float(np.mean([r[m] for r in rows])) for m in DISTRIBUTION_METRICS}
+
+
+def score_fit(answer, data, n_test_regimes: int, n_samples: int = 500, seed: int = 0) -> dict[str, float]:
+    """Structure, targets (seen / unseen regimes) and unseen-perturbation errors of one fit.
+
+    ``answer`` may have a graph (``edge_probs``; ``map_graph`` or graph samples for the SHD),
+    ``(K, d)`` target probabilities and ``sample_perturbation``; metrics of what it lacks are
+    left out. ``data`` = ``restrict(task)`` with the truth arrays.
+    """
+    from pipeline_lib import metrics as M
+
+    out: dict[str, float] = {}
+    k_all = np.asarray(data["x_int"]).shape[0]
+    seen = k_all - n_test_regimes
+    if hasattr(answer, "edge_probs") and "adjacency" in data:
+        adj = data["adjacency"]
+        if hasattr(answer, "map_graph"):
+            out["shd"] = float(M.shd(adj, answer.map_graph()))
+        else:
+            out["shd"] = float(M.expected_shd(adj, answer.sample_graphs(100, np.random.default_rng(seed))))
+        out["edge_auroc"] = float(M.edge_auroc(adj, answer.edge_probs()))
+    if hasattr(answer, "intervention_target_probs") and "int_targets" in data:
+        probs, truth = np.asarray(answer.intervention_target_probs()), np.asarray(data["int_targets"])
+        out["intv_auroc_seen"] = float(M.intervention_auroc(truth[:seen], probs[:seen]))
+        if n_test_regimes:
+            out["intv_auroc_unseen"] = float(M.intervention_auroc(truth[seen:], probs[seen:]))
+    if hasattr(answer, "sample_perturbation") and n_test_regimes:
+        out.update({f"unseen_{k}": v for k, v in
+                    unseen_errors(answer.sample_perturbation, data, n_test_regimes, n_samples, seed).items()})
+    return out

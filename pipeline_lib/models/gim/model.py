@@ -162,7 +162,7 @@ class GIMModel(nn.Module):
         n_targets = torch.sigmoid(logits).sum()
         kl = self.dag.kl_to_bernoulli(cfg.edge_prior)
         total = nll + (prior + cfg.lambda_I * n_targets + cfg.lambda_G * kl) / n_entries
-        parts = {"nll": float(nll.detach()), "prior": float(prior.detach()) / n_entries,
+        parts = {"loss": float(total.detach()), "nll": float(nll.detach()), "prior": float(prior.detach()) / n_entries,
                  "targets": float(n_targets.detach()) / logits.numel(), "edge_kl": float(kl.detach())}
         return total, parts
 
