@@ -377,6 +377,9 @@ class PriorStore:
             raise FileNotFoundError(f"no Zarr prior store at {path}")
         group = zarr.open_group(str(path), mode="r+" if allow_incomplete else "r", zarr_format=3)
         store = cls(path, group)
+        if store._attrs.get("kind") == "imported":  # storage.importing: one task, no PriorConfig
+            raise PriorStoreError(f"{path} is an imported data store, not a prior store; use it with "
+                                  "`causalmeta predict --data` or `causalmeta evaluate --data`")
         if "hash" not in store._attrs or "config" not in store._attrs:
             raise IncompleteStoreError(f"{path}: root attributes 'hash'/'config' absent (creation interrupted)")
         if config is not None:

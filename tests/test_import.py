@@ -263,3 +263,12 @@ def test_fsspec_urls_as_input_and_root(tmp_path, task, scheme):
     assert [Path(x).name for x in fs.ls(f"{p}/data", detail=False)] == [f"{ds.label}.zarr"]  # no temp left
     if scheme == "memory":
         fs.rm(p, recursive=True)
+
+
+def test_a_data_store_is_not_a_prior_store(tmp_path, task):
+    from storage.prior_store import PriorStore, PriorStoreError
+
+    ds = import_dataset(write(frame_of(task), tmp_path / "x.csv"), tmp_path / "root", "x", regime_col="regime",
+                        targets_col="targets")
+    with pytest.raises(PriorStoreError, match="is an imported data store, not a prior store"):
+        PriorStore.open(ds.path)
