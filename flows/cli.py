@@ -550,6 +550,19 @@ def status(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
         except Exception as exc:  # a broken store is shown, not fatal
             tab.add_row(p.name, "?", f"unreadable: {exc}", "", str(p))
     con.print(tab)
+    if (r / "data").is_dir():
+        from storage.importing import DataStore
+
+        dt = Table(title=f"Imported data under {r / 'data'}")
+        for c in ("name", "hash", "variables", "obs rows", "regimes", "path"):
+            dt.add_column(c)
+        for p in sorted((r / "data").glob("*.zarr")):
+            try:
+                ds = DataStore.open(p)  # verifies every array's digest
+                dt.add_row(ds.name, ds.hash[:12], str(ds.d), str(ds.attrs["n_obs"]), str(len(ds.regimes)), str(p))
+            except Exception as exc:  # a broken store is shown, not fatal
+                dt.add_row(p.name, "?", "", "", f"unreadable: {exc}", str(p))
+        con.print(dt)
     from storage.tracking import Tracker
 
     models = Tracker(str(r)).list_registered_models()
