@@ -37,7 +37,8 @@ from pipeline_lib.evaluation import Queries, score_graph, score_interventional
 from pipeline_lib.posterior import capabilities
 
 __all__ = ["HoldoutError", "NodeRangeError", "check_node_range", "heldout_queries", "regime_rows",
-           "score_heldout", "scoreable_regimes", "select_holdout", "seen_task"]
+           "score_heldout", "score_reference_graph", "score_seen_targets", "scoreable_regimes", "select_holdout",
+           "seen_task"]
 
 
 class HoldoutError(ValueError):
@@ -117,6 +118,7 @@ def seen_task(task: dict, held_out: Sequence[int], seed: int = 0) -> dict:
         "x_int": x_int,
         "int_targets": np.asarray(task["int_targets"], dtype=bool)[seen].reshape(len(seen), d),
         "int_values": np.full((len(seen), d), np.nan),
+        "targets_known": np.asarray(task.get("targets_known", np.ones(k_all, bool)), dtype=bool)[seen],
     }
     if "adjacency" in task:
         out["adjacency"] = np.asarray(task["adjacency"], dtype=np.uint8)
@@ -151,12 +153,28 @@ def score_reference_graph(answer, reference: np.ndarray, seed: int = 0) -> dict[
             "edge_auprc": float(M.edge_auprc(reference, probs))}
 
 
-def score_heldout(answer, task: dict, held_out: Sequence[int], seed: int = 0) -> list[dict[str, float]]:
+def score_seen_targets(answer, seen: dict) -> dict[str, float]:
+    """Intv-AUROC / AUPRC of a target posterior over the SEEN regimes whose targets the data
+    names (a method inferring targets never sees them; empty when none is known)."""
+    from pipeline_lib import metrics as M
+
+    known = np.asarray(seen.get("targets_known", np.ones(len(seen["int_targets"]), bool)), dtype=bool)
+    truth = np.asarray(seen["int_targets"], dtype=bool)[known]
+    if not known.any() or not truth.any() or truth.all():
+        return {}
+    probs = np.asarray(answer.intervention_target_probs())[known]
+    return {"intv_auroc": float(M.intervention_auroc(truth, probs)),
+            "intv_auprc": float(M.intervention_auprc(truth, probs))}
+
+
+def score_heldout(answer, task: dict, held_out: Sequence[int], seed: int = 0,
+                  seen: dict | None = None) -> list[dict[str, float]]:
     """Metrics of ``answer`` (fitted on :func:`seen_task`) on each held-out regime, in order.
 
     NLPID and calibration per regime where the answer is an interventional predictor, plus,
     in the first regime's entry only (one value per fit), graph metrics against the task's
-    reference graph where both exist (:func:`score_reference_graph`).
+    reference graph where both exist (:func:`score_reference_graph`) and, given ``seen``,
+    target metrics of a target posterior on the seen regimes (:func:`score_seen_targets`).
     """
     caps = capabilities(answer)
     std = np.asarray(task.get("obs_std", np.ones(np.asarray(task["x_obs"]).shape[1])), dtype=np.float64)
@@ -170,5 +188,7 @@ def score_heldout(answer, task: dict, held_out: Sequence[int], seed: int = 0) ->
             m["n_rows"] = float(q.samples.shape[1])
         if n == 0 and "graph" in caps and "adjacency" in task:
             m.update(score_reference_graph(answer, np.asarray(task["adjacency"], dtype=np.uint8), seed))
+        if n == 0 and "targets" in caps and seen is not None:
+            m.update(score_seen_targets(answer, seen))
         out.append(m)
     return out

@@ -100,7 +100,7 @@ def score_on_dataset(store_path: str, root: str, label: str, kind: str, name: st
             answer = get_method(name).predict(model, seen)
             converged, note = True, "amortized: no per-dataset fit"
         runtime = time.perf_counter() - t0  # fit (baselines) or load + predict (amortized)
-        scores = [{"runtime_s": runtime, **m} for m in score_heldout(answer, t, held_out, seed)]
+        scores = [{"runtime_s": runtime, **m} for m in score_heldout(answer, t, held_out, seed, seen)]
         extra: dict[str, Any] = {"converged": converged, "convergence": note,
                                  "answers": sorted(capabilities(answer))}
         if "graph" in capabilities(answer):

@@ -84,3 +84,24 @@ def test_cyclic_reference_graph_gets_shd_and_auroc_but_no_sid(imported):
     out = score_reference_graph(answer, cyclic)
     assert set(out) == {"e_shd", "edge_auroc", "edge_auprc"} and out["e_shd"] > 0
     assert "e_sid" in score_reference_graph(answer, ds.task()["adjacency"])
+
+
+def test_target_metrics_on_the_seen_regimes(imported, tmp_path):
+    from pipeline_lib.holdout import score_seen_targets
+
+    class Targets:
+        def __init__(self, p):
+            self.p = p
+
+        def intervention_target_probs(self):
+            return self.p
+
+    _, ds = imported
+    seen = seen_task(ds.task(), [])
+    truth = seen["int_targets"].astype(float)
+    assert score_seen_targets(Targets(0.1 + 0.8 * truth), seen) == {"intv_auroc": 1.0, "intv_auprc": 1.0}
+    assert score_seen_targets(Targets(0.9 - 0.8 * truth), seen)["intv_auroc"] == 0.0
+    task = sampled_task()
+    unknown = import_dataset(write(frame_of(task).drop(columns="targets"), tmp_path / "u.csv"), tmp_path / "r", "u",
+                             regime_col="regime", observational="obs")
+    assert score_seen_targets(Targets(np.full((2, 3), 0.5)), seen_task(unknown.task(), [])) == {}
