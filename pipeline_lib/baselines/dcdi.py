@@ -70,6 +70,9 @@ threshold past the weakest edges until it is acyclic. ``edge_probs()`` are ``sig
 (zero diagonal); ``sample_graphs`` returns the DAG n times, because Bernoulli draws from
 the edge probabilities are not acyclic in general. Interventional densities come from the
 refitted MLPs on the DAG through :class:`AncestralGaussianPosterior` (P = 1 component).
+``converged`` / ``convergence`` (:func:`convergence_verdict`) say whether the schedule finished
+with the 0.5-thresholded graph acyclic as it stands; a False fit's DAG is a forced cut and
+tables mark it "not converged".
 
 Simplifications: imperfect interventions (per-regime mechanisms with parents) are not
 implemented; minibatches are drawn with replacement (reference: without, within a batch).
