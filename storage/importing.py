@@ -196,7 +196,11 @@ def read_table(source: str | Path, regime_col: str | None = None, targets_col: s
 
     source = str(source)
     fmt = _format(source, fmt)
-    raw = _open_bytes(source)
+    local = None if _is_url(source) else _local(source)
+    if local is not None and not Path(local).is_file():
+        raise DataImportError(f"{source}: no such file")
+    # local Parquet / h5ad files go to their readers by path (no copy in memory); URLs as bytes
+    raw = _open_bytes(source) if fmt == "csv" or local is None else None
     if fmt == "csv":
         import csv
 
@@ -214,7 +218,10 @@ def read_table(source: str | Path, regime_col: str | None = None, targets_col: s
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(raw))
+        try:
+            table = pq.read_table(local if raw is None else io.BytesIO(raw))
+        except Exception as exc:  # pyarrow errors: not a readable Parquet file
+            raise DataImportError(f"{source}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
         names = [str(n) for n in table.column_names]
         frame = table.to_pandas()
         if len(set(names)) == len(names):
@@ -224,7 +231,7 @@ def read_table(source: str | Path, regime_col: str | None = None, targets_col: s
         import anndata
 
         try:
-            adata = anndata.read_h5ad(io.BytesIO(raw))
+            adata = anndata.read_h5ad(local if raw is None else io.BytesIO(raw))
         except Exception as exc:  # h5py / anndata errors: not a readable h5ad file
             raise DataImportError(f"{source}: not a readable .h5ad file ({type(exc).__name__}: {exc})") from None
         x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)

@@ -272,3 +272,16 @@ def test_a_data_store_is_not_a_prior_store(tmp_path, task):
                         targets_col="targets")
     with pytest.raises(PriorStoreError, match="is an imported data store, not a prior store"):
         PriorStore.open(ds.path)
+
+
+@pytest.mark.parametrize("suffix, message", [(".parquet", "not a readable Parquet file"),
+                                             (".h5ad", "not a readable .h5ad file"),
+                                             (".xlsx", "cannot tell the format")])
+def test_unreadable_files(tmp_path, suffix, message):
+    bad = tmp_path / f"junk{suffix}"
+    bad.write_bytes(b"this is not a table")
+    with pytest.raises(DataImportError, match=message):
+        import_dataset(bad, tmp_path / "root", "junk")
+    with pytest.raises(DataImportError, match="no such file"):
+        import_dataset(tmp_path / "absent.csv", tmp_path / "root", "junk")
+    assert _no_store_left(tmp_path / "root")
