@@ -74,7 +74,7 @@ def unseen_errors(sample_fn, data, n_test_regimes: int, n_samples: int = 500, se
 def score_fit(answer, data, n_test_regimes: int, n_samples: int = 500, seed: int = 0) -> dict[str, float]:
     """Structure, targets (seen / unseen regimes) and unseen-perturbation errors of one fit.
 
-    ``answer`` may have a graph (``edge_probs``; ``map_graph`` or graph samples for the SHD),
+    ``answer`` may have a graph (``edge_probs`` and samples for E-SHD; ``map_graph`` for the SHD),
     ``(K, d)`` target probabilities and ``sample_perturbation``; metrics of what it lacks are
     left out. ``data`` = ``restrict(task)`` with the truth arrays.
     """
@@ -85,10 +85,9 @@ def score_fit(answer, data, n_test_regimes: int, n_samples: int = 500, seed: int
     seen = k_all - n_test_regimes
     if hasattr(answer, "edge_probs") and "adjacency" in data:
         adj = data["adjacency"]
-        if hasattr(answer, "map_graph"):
+        if hasattr(answer, "map_graph"):  # the DAG a point estimate generates with
             out["shd"] = float(M.shd(adj, answer.map_graph()))
-        else:
-            out["shd"] = float(M.expected_shd(adj, answer.sample_graphs(100, np.random.default_rng(seed))))
+        out["e_shd"] = float(M.expected_shd(adj, answer.sample_graphs(100, np.random.default_rng(seed))))
         out["edge_auroc"] = float(M.edge_auroc(adj, answer.edge_probs()))
     if hasattr(answer, "intervention_target_probs") and "int_targets" in data:
         probs, truth = np.asarray(answer.intervention_target_probs()), np.asarray(data["int_targets"])

@@ -1,0 +1,224 @@
+"""GIM benchmark (issue 16): structure, targets of seen and UNSEEN perturbations, and the
+distribution error of predicted samples, against BaCaDI*, a black box and the references.
+
+Protocol (the paper's synthetic study at a CPU size). The preset
+``configs/benchmarks/gim-synthetic.yaml`` names the priors (``configs/priors/gim-*.yaml``:
+d = 20, ER / scale-free with ~2d edges, linear / MLP mechanisms, and the GRN variant), the
+baseline configs and the number of systems per prior (``n_test_tasks``, ``--n-systems``). A
+*system* is one test task: 30 drug x dose experiments (40 for the GRN), the last 6 held out.
+Every method sees ``x_obs`` and the 24 (34) seen experiments only:
+
+* ``gim`` (``pipeline_lib.models.gim``; mechanism ``linear`` on linear priors, ``mlp`` otherwise);
+* ``bacadi-star``: BaCaDI with each seen experiment as a regime, features unused; its unseen
+  target probabilities are the seen mean per node (no feature map), it predicts no samples;
+* ``gim-blackbox``: the conditional Gaussian features -> samples;
+* references: ``observational`` (x_obs as the prediction of every perturbation) and
+  ``oracle``: 500 fresh rows of the true intervened SCM (the same system and regimes drawn
+  with ``n_int + 500`` rows: identical graph, mechanisms, targets and x_obs, new noise).
+
+Metrics (``pipeline_lib.models.gim.metrics``, one definition each): SHD of GIM's MAP DAG,
+E-SHD over 100 DAG samples, edge AUROC; Intv-AUROC over the (regime, node) entries of the
+seen and of the unseen experiments (``(K, d)`` store order); on each unseen experiment 500
+predicted samples against its 100 true rows: MMD (RBF, median heuristic), energy distance,
+mean W1 of the marginals, mean-shift error, averaged over the 6 unseen experiments.
+Aggregates: mean +- s.e. over systems, Welch's two-sided p of GIM against BaCaDI* (structure,
+targets) and against the black box (distributions).
+
+BaCaDI* costs minutes per fit at d = 20 on CPU: it runs on ``--bacadi-systems`` systems of the
+``--bacadi-priors`` only (default: the first system of the two ER priors).
+
+Degradation curve (``--degradation-systems`` systems of the first prior): the features are
+projected on their top-k principal components (fitted on the seen experiments; k = 7 is the
+full rank, k = 0 no features) and GIM is refitted: unseen Intv-AUROC and errors against k,
+the paper's PCA study.
+
+Runs on ``torch.set_num_threads(--threads)`` (default 1), CPU. Results go to
+``benchmarks/results/gim.json`` after every system and to ``Tracker(root).log_benchmark("gim")``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline_lib import metrics as M
+from pipeline_lib.baselines.registry import fit_baseline
+from pipeline_lib.models.gim.metrics import DISTRIBUTION_METRICS, distribution_errors, score_fit, unseen_errors
+from pipeline_lib.priors import PriorConfig, sample_split_range
+from pipeline_lib.taskdata import restrict, task_slice
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "gim.json"
+N_SAMPLES = 500
+PCA_RANKS = (7, 4, 2, 1, 0)
+
+
+def oracle_rows(cfg: PriorConfig, index: int, n: int, x_obs: np.ndarray) -> np.ndarray:
+    """``(K, n, d)`` fresh rows of every regime of test system ``index`` (module docstring)."""
+    big = PriorConfig.from_dict({**cfg.model_dump(mode="json"), "n_int": cfg.n_int + n})
+    task = restrict(task_slice(sample_split_range(big, "test", index, index + 1), 0))
+    if not np.array_equal(task["x_obs"], x_obs):
+        raise RuntimeError("oracle: the enlarged prior drew another system (x_obs differs)")
+    return task["x_int"][:, :n]
+
+
+def project_features(data: dict, n_test: int, rank: int) -> dict:
+    """``data`` with its features replaced by their top-``rank`` principal components (seen rows)."""
+    g = np.asarray(data["perturbation"], dtype=np.float64)
+    seen = g[: len(g) - n_test]
+    mean = seen.mean(0)
+    _, _, vt = np.linalg.svd(seen - mean, full_matrices=False)
+    return {**data, "perturbation": (g - mean) @ vt[:rank].T}
+
+
+def score_system(cfg: PriorConfig, index: int, configs: dict[str, dict], with_bacadi: bool = True
+                 ) -> dict[str, dict[str, float]]:
+    """Every method and reference on one system (BaCaDI* only ``with_bacadi``: its CPU cost)."""
+    data = restrict(task_slice(sample_split_range(cfg, "test", index, index + 1), 0))
+    n_test = configs["gim"]["n_test_regimes"]
+    k_all = data["x_int"].shape[0]
+    out: dict[str, dict[str, float]] = {}
+    for name in ("gim", "bacadi-star", "gim-blackbox"):
+        if name == "bacadi-star" and not with_bacadi:
+            out[name] = {"error": "not run on this system (--bacadi-priors / --bacadi-systems)"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            answer = fit_baseline(name, data, configs[name])
+        except ValueError as exc:  # e.g. BaCaDI with every particle cyclic: recorded, not scored
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        seconds = time.perf_counter() - t0
+        out[name] = {"runtime_s": seconds, **score_fit(answer, data, n_test, N_SAMPLES, seed=index)}
+    out["observational"] = {f"unseen_{k}": v for k, v in unseen_errors(None, data, n_test).items()}
+    truth = oracle_rows(cfg, index, N_SAMPLES, data["x_obs"])
+    rows = [distribution_errors(truth[k], data["x_int"][k]) for k in range(k_all - n_test, k_all)]
+    out["oracle"] = {f"unseen_{m}": float(np.mean([r[m] for r in rows])) for m in DISTRIBUTION_METRICS}
+    return out
+
+
+def degradation(cfg: PriorConfig, index: int, gim_cfg: dict) -> dict[str, dict[str, float]]:
+    """GIM refitted on PCA-projected features of one system, per rank."""
+    data = restrict(task_slice(sample_split_range(cfg, "test", index, index + 1), 0))
+    n_test = gim_cfg["n_test_regimes"]
+    out = {}
+    for rank in PCA_RANKS:
+        proj = project_features(data, n_test, rank)
+        answer = fit_baseline("gim", proj, gim_cfg)
+        s = score_fit(answer, proj, n_test, N_SAMPLES, seed=index)
+        out[str(rank)] = {k: s[k] for k in ("intv_auroc_unseen", "unseen_mean_shift", "unseen_energy", "unseen_w1")}
+    return out
+
+
+def summarise(per_system: list[dict[str, dict[str, float]]]) -> dict[str, dict]:
+    """mean +- s.e. per method and metric; Welch p of GIM vs BaCaDI* / the black box."""
+    methods = per_system[0].keys()
+    summary: dict[str, dict] = {}
+    for m in methods:
+        cells = {}
+        keys = sorted({k for s in per_system for k, v in s[m].items() if not isinstance(v, str)})
+        for key in keys:
+            vals = np.array([s[m][key] for s in per_system if key in s[m]], dtype=np.float64)
+            mean, se = M.mean_se(vals)
+            cells[key] = {"mean": mean, "se": se, "n": int(len(vals))}
+        cells["failed"] = sum("error" in s[m] for s in per_system)
+        summary[m] = cells
+    pvals = {}
+    for other, keys in (("bacadi-star", ("e_shd", "edge_auroc", "intv_auroc_seen", "intv_auroc_unseen")),
+                        ("gim-blackbox", tuple(f"unseen_{k}" for k in DISTRIBUTION_METRICS))):
+        for key in keys:
+            a = [s["gim"][key] for s in per_system if key in s["gim"]]
+            b = [s[other][key] for s in per_system if key in s[other]]
+            if len(a) >= 2 and len(b) >= 2:
+                pvals[f"gim_vs_{other}.{key}"] = M.welch_test(a, b)[1]
+    summary["welch_p"] = pvals
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="gim-synthetic")
+    ap.add_argument("--priors", nargs="*", default=None, help="subset of the preset's priors")
+    ap.add_argument("--n-systems", type=int, default=None, help="systems per prior (default: the preset's)")
+    ap.add_argument("--degradation-systems", type=int, default=1)
+    ap.add_argument("--bacadi-priors", nargs="*", default=["gim-linear-er-20", "gim-nonlinear-er-20"],
+                    help="priors on which BaCaDI* runs (minutes per fit at d = 20 on CPU)")
+    ap.add_argument("--bacadi-systems", type=int, default=1, help="BaCaDI* on the first N systems of those")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--root", default=os.environ.get("CAUSALMETA_ROOT", str(ROOT / ".causalmeta")))
+    ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                    help="config override of one method, e.g. gim.steps=300 (YAML value)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import yaml
+
+    from flows.spec import load_preset
+
+    spec = load_preset(args.preset)
+    base = {b.name: dict(b.config) for b in spec.baselines}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        method, _, field = key.partition(".")
+        if method not in base or not field:
+            ap.error(f"--set {item!r}: expected METHOD.KEY=VALUE with METHOD one of {', '.join(base)}")
+        base[method][field] = yaml.safe_load(value)
+    n_systems = args.n_systems or spec.n_test_tasks
+    priors = [p for p in spec.prior_configs() if args.priors is None or p.name in args.priors]
+    result = {"preset": args.preset, "n_systems": n_systems, "configs": base, "threads": args.threads,
+              "bacadi_priors": args.bacadi_priors, "bacadi_systems": args.bacadi_systems,
+              "priors": {}, "degradation": {}}
+    start = time.perf_counter()
+    for cfg in priors:
+        mech = "linear" if cfg.mechanism.kind == "linear" else "mlp"
+        configs = {**base, "gim": {**base["gim"], "mechanism": mech}}
+        runs = []
+        for index in range(n_systems):
+            bacadi = cfg.name in args.bacadi_priors and index < args.bacadi_systems
+            runs.append(score_system(cfg, index, configs, bacadi))
+            result["priors"][cfg.name] = {"gim_mechanism": mech, "systems": runs, "summary": summarise(runs)}
+            result["total_seconds"] = time.perf_counter() - start
+            args.out.write_text(json.dumps(result, indent=1))
+            print(cfg.name, index, {m: {k: v if isinstance(v, str) else round(v, 3) for k, v in r.items()}
+                                   for m, r in runs[-1].items()},
+                  flush=True)
+    if args.degradation_systems and priors:
+        cfg = priors[0]
+        gim_cfg = {**base["gim"], "mechanism": "linear" if cfg.mechanism.kind == "linear" else "mlp"}
+        curves = [degradation(cfg, i, gim_cfg) for i in range(args.degradation_systems)]
+        result["degradation"] = {"prior": cfg.name, "ranks": list(PCA_RANKS), "systems": curves,
+                                 "mean": {r: {k: float(np.mean([c[r][k] for c in curves])) for k in curves[0][r]}
+                                          for r in curves[0]}}
+        print("degradation", result["degradation"]["mean"], flush=True)
+    result["total_seconds"] = time.perf_counter() - start
+    args.out.write_text(json.dumps(result, indent=1))
+    if not args.no_mlflow:
+        log_mlflow(result, args.out, args.root)
+
+
+def log_mlflow(result: dict, out: Path, root: str) -> None:
+    """Summary means and the degradation curve to ``Tracker.log_benchmark("gim")``."""
+    from storage.tracking import Tracker
+
+    flat = {"total_seconds": result["total_seconds"]}
+    for name, res in result["priors"].items():
+        for method, cells in res["summary"].items():
+            if method == "welch_p":
+                flat.update({f"{name}.{k}": v for k, v in cells.items()})
+                continue
+            for k, c in cells.items():
+                flat[f"{name}.{method}.{k}"] = c["mean"] if isinstance(c, dict) else c
+    for rank, cells in result.get("degradation", {}).get("mean", {}).items():
+        flat.update({f"degradation.k{rank}.{k}": v for k, v in cells.items()})
+    params = {"preset": result["preset"], "n_systems": result["n_systems"], "threads": result["threads"]}
+    Tracker(root).log_benchmark("gim", flat, [out], params=params)
+
+
+if __name__ == "__main__":
+    main()
