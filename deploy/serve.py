@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,7 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = str(Path(args.root).resolve()) if "://" not in args.root else args.root
     table = deployment_table(root, benchmark_preset=args.preset, train_steps=args.train_steps)
     api = settings.prefect_api_url or "(ephemeral API: runs are not visible to a UI)"
-    print(f"causalmeta serve: root={root} api={api}", flush=True)
+    # Runs started from the UI may only use this root (or folders below it): the `root` field of
+    # a form is not a free path into the machine (flows/runtime.check_root). The flow-run
+    # subprocesses inherit the variable.
+    from flows.runtime import ALLOWED_ROOTS_ENV
+
+    os.environ.setdefault(ALLOWED_ROOTS_ENV, root)
+    print(f"causalmeta serve: root={root} api={api} allowed roots={os.environ[ALLOWED_ROOTS_ENV]}", flush=True)
     serve(table, limit=args.limit)
     return 0
 

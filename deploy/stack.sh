@@ -5,10 +5,17 @@
 #   mlflow          mlflow server (sqlite + files)  http://127.0.0.1:$MLFLOW_PORT
 #   dask-scheduler  dask scheduler                  tcp://127.0.0.1:$DASK_PORT
 #   dask-worker-i   N x dask worker --nthreads 1
-#   serve           python -m deploy.serve          the five deployments (deploy/serve.py)
+#   serve           python -m deploy.serve          the deployments (deploy/serve.py)
+#
+# Thread budget (issue 19): every process gets explicit torch / BLAS thread counts so that the
+# work in flight fits the cores: each Dask worker 1 thread (OMP/MKL/OpenBLAS = 1; the baseline
+# fits and chunk sampling), training CAUSALMETA_TRAIN_THREADS (default: all cores), the servers
+# 1. Training and a baseline stage both hold slots of the Prefect concurrency limit
+# causalmeta-cores-<pool> (one slot per core, flows/concurrency.py), so a training started by an
+# event waits for a benchmark's fits instead of sharing the cores with them.
 #
 # Usage: deploy/stack.sh up|down|status [--workers N] [--state DIR]
-#   --workers N   Dask worker processes (default 2)
+#   --workers N   Dask worker processes (default: the number of cores, 1 thread each)
 #   --state DIR   pids, logs and the Prefect database (default $CAUSALMETA_ROOT/stack)
 # Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), DASK_PORT (8786), DASK_HTTP_PORT (8787) from the environment.
 # Data: CAUSALMETA_ROOT (default .causalmeta): prior stores, checkpoints, mlflow.db, mlartifacts/.
@@ -29,12 +36,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 BIN="$REPO/.venv/bin"
 
-usage() { sed -n '10,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '17,27p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 CMD="${1:-}"; [[ -n "$CMD" ]] || usage
 [[ "$CMD" == -h || "$CMD" == --help ]] && usage 0
 shift
-WORKERS=2
+CORES="$(nproc)"
+WORKERS="$CORES"
 ROOT="${CAUSALMETA_ROOT:-.causalmeta}"
 STATE=""
 while [[ $# -gt 0 ]]; do
@@ -80,6 +88,15 @@ PREFECT_URL="http://$BIND:$PREFECT_PORT"
 MLFLOW_URL="http://$BIND:$MLFLOW_PORT"
 if (( NETWORK )); then DASK_ADDR="tls://$BIND:$DASK_PORT"; else DASK_ADDR="tcp://$BIND:$DASK_PORT"; fi
 
+TRAIN_THREADS="${CAUSALMETA_TRAIN_THREADS:-$CORES}"
+[[ "$TRAIN_THREADS" =~ ^[1-9][0-9]*$ ]] || { echo "stack.sh: CAUSALMETA_TRAIN_THREADS must be a positive integer, got '$TRAIN_THREADS'" >&2; exit 2; }
+if [[ "$CMD" == up ]] && (( WORKERS > CORES )); then
+  echo "stack.sh: warning: $WORKERS Dask workers x 1 thread on $CORES cores oversubscribes them" >&2
+fi
+ONE_THREAD=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+# One pool of cores for the serve process's runs and the local workers (flows/concurrency.py).
+export CAUSALMETA_CORE_POOL="${CAUSALMETA_CORE_POOL:-stack-$(hostname)}" CAUSALMETA_POOL_CORES="${CAUSALMETA_POOL_CORES:-$CORES}"
+export CAUSALMETA_DASK_POOL="${CAUSALMETA_DASK_POOL:-$CAUSALMETA_CORE_POOL}" CAUSALMETA_TRAIN_THREADS="$TRAIN_THREADS"
 export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_HOME="$STATE/prefect-home"
 export CAUSALMETA_ROOT="$ROOT"
@@ -188,16 +205,16 @@ do_up() {
   fi
 
   # The three servers start side by side; they do not depend on each other.
-  start prefect-server env PREFECT_UI_API_URL="$PREFECT_URL/api" \
+  start prefect-server env "${ONE_THREAD[@]}" PREFECT_UI_API_URL="$PREFECT_URL/api" \
     "$BIN/prefect" server start --host "$BIND" --port "$PREFECT_PORT"
   # One gunicorn/uvicorn worker and no job runner: ~0.5 GB instead of ~3 GB (ENVIRONMENT.md).
-  start mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow-auth.ini" \
+  start mlflow env "${ONE_THREAD[@]}" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow-auth.ini" \
     MLFLOW_AUTH_ADMIN_PASSWORD="${MLFLOW_TRACKING_PASSWORD:-}" \
     "$BIN/mlflow" server "${mlflow_auth[@]}" --backend-store-uri "sqlite:///$ROOT/mlflow.db" \
     --artifacts-destination "$ROOT/mlartifacts" --host "$BIND" --port "$MLFLOW_PORT" --workers 1
   # --no-dashboard drops the dashboard pages, not the HTTP server (health, metrics): that one
   # listens on every interface unless given an address, and it has no authentication.
-  start dask-scheduler "$BIN/dask" scheduler --host "$BIND" --port "$DASK_PORT" --no-dashboard \
+  start dask-scheduler env "${ONE_THREAD[@]}" "$BIN/dask" scheduler --host "$BIND" --port "$DASK_PORT" --no-dashboard \
     --dashboard-address "127.0.0.1:$DASK_HTTP_PORT" "${dask_tls[@]}"
 
   wait_http prefect-server "$PREFECT_URL/api/health" 180 "${PREFECT_API_AUTH_STRING:-}"
@@ -210,10 +227,12 @@ do_up() {
   for ((i = 0; i < WORKERS; i++)); do
     # --host: the worker and its nanny listen where the scheduler reaches them (without it, on
     # every interface); their HTTP servers stay on loopback like the scheduler's.
-    start "dask-worker-$i" "$BIN/dask" worker "$DASK_ADDR" --nthreads 1 --name "causalmeta-$i" --no-dashboard \
+    start "dask-worker-$i" env "${ONE_THREAD[@]}" "$BIN/dask" worker "$DASK_ADDR" --nthreads 1 --name "causalmeta-$i" --no-dashboard \
       --host "$BIND" --dashboard-address "127.0.0.1:0" "${dask_tls[@]}"
   done
-  start serve "$BIN/python" -m deploy.serve --root "$ROOT"
+  # the serve process and its flow-run subprocesses: training's budget (tasks/train.py sets it too)
+  start serve env OMP_NUM_THREADS="$TRAIN_THREADS" MKL_NUM_THREADS="$TRAIN_THREADS" \
+    OPENBLAS_NUM_THREADS="$TRAIN_THREADS" "$BIN/python" -m deploy.serve --root "$ROOT"
   wait_log serve "deployments are being served" 240
   echo
   do_status

@@ -6,6 +6,8 @@ One Prefect task per (baseline, task) on a DaskTaskRunner (threads locally, or t
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
-from flows.runtime import make_task_runner, store_run_name
+from flows.concurrency import ENV_DASK_POOL, dask_pool, occupy_cores
+from flows.runtime import check_root, dask_address, make_task_runner, store_run_name
 from flows.spec import BaselineRun
 from storage.prior_store import PriorStore
 from storage.results import config_key
@@ -44,7 +47,7 @@ def fit_baselines_parallel(store: str, root: str, jobs: list[dict], max_queries:
 def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, root: str = ".causalmeta",
                   n_workers: int = 2, max_queries: int | None = None, seed: int = 0) -> dict[str, list[dict]]:
     """Fit every baseline on the first ``n_tasks`` test tasks of ``store``; return records by method key."""
-    root = str(Path(root).resolve())
+    root = check_root(root)
     prior = PriorStore.open(store)  # refuses incomplete or corrupt stores before any work
     n = min(n_tasks, prior.n_tasks("test"))
     jobs, keys = [], {}
@@ -56,9 +59,16 @@ def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, r
     threads = torch.get_num_threads()
     if n_workers > 1:
         torch.set_num_threads(1)  # one core per concurrent fit, no oversubscription
+    address = dask_address()
+    # The fits declare their cores (flows/concurrency.py): a training on the same machine waits for
+    # them, or they for it, instead of both running at half speed. A remote cluster whose pool is
+    # not named ($CAUSALMETA_DASK_POOL) runs on other machines' cores: nothing to hold here.
+    pool = dask_pool(address) if (not address or os.environ.get(ENV_DASK_POOL)) else None
+    cores = occupy_cores(n_workers, f"{len(jobs)} baseline fits", pool=pool) if pool else contextlib.nullcontext()
     try:
-        records = fit_baselines_parallel.with_options(task_runner=make_task_runner(n_workers))(
-            store, root, jobs, max_queries, seed)
+        with cores:
+            records = fit_baselines_parallel.with_options(task_runner=make_task_runner(n_workers))(
+                store, root, jobs, max_queries, seed)
     finally:
         torch.set_num_threads(threads)
     out: dict[str, list[dict]] = {k: [] for k in keys}

@@ -17,10 +17,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.baselines import run_baselines
+from flows.concurrency import training_locks
 from flows.evaluate import evaluate
 from flows.generate import generate_prior
 from flows.present import format_cell, format_duration
-from flows.spec import BenchmarkSpec, load_preset
+from flows.runtime import check_root
+from flows.spec import BenchmarkSpec, PresetName, load_preset
 from flows.train import meta_train
 from storage.results import config_key
 from tasks.artifacts import Progress, artifact_key, publish_markdown, publish_table
@@ -113,32 +115,39 @@ def _stage_plan(spec: BenchmarkSpec, configs) -> list[tuple[str, float]]:
 
 
 @flow(name="benchmark", flow_run_name=_run_name)
-def benchmark(spec: BenchmarkSpec | None = None, preset: str | None = "quick", root: str = ".causalmeta") -> dict:
+def benchmark(spec: BenchmarkSpec | None = None, preset: PresetName | None = "quick", root: str = ".causalmeta") -> dict:
     """Run a benchmark spec (or a shipped preset); return the report summary.
 
     Returns ``{"run_id", "html", "tables": {prior: markdown}, "records", "models", "mlflow_url",
     "child_runs", "seconds"}``. Publishes, on the flow run: a table artifact with the comparison
     table (key ``benchmark-<name>-table``), a markdown artifact with links to the HTML report
     and the MLflow run (``benchmark-<name>``) and a progress artifact of the stages.
+
+    ``preset`` is one of the shipped presets (a dropdown in the Prefect form); ``root`` must lie
+    under ``$CAUSALMETA_ALLOWED_ROOTS`` when that is set, as it is in every served deployment.
     """
     logger = get_run_logger()
     spec = spec if spec is not None else load_preset(preset or "quick")
     spec = BenchmarkSpec.model_validate(spec)
-    root = str(Path(root).resolve())
+    root = check_root(root)
     configs = spec.prior_configs()
     clock = StageClock(_stage_plan(spec, configs), artifact_key("benchmark", spec.name, "stages"))
     logger.info("benchmark %s (%s): %d stages, about %s on 2 idle cores", spec.name, spec_hash(spec),
                 len(clock.stages), format_duration(clock.left()))
     sections, models_by_prior, stores = {}, {}, {}
     for config in configs:
-        store = generate_prior(config, root, spec.n_workers)
-        logger.info(clock.finish())
-        models = []
-        for m in spec.methods:
-            models.append(meta_train(method=m.name, prior=store, root=root, steps=m.steps, batch_size=m.batch_size,
-                                     lr=m.lr, device=m.device, preset=m.preset, model=m.model,
-                                     force=spec.force_retrain, seed=spec.seed, data=m.data))
-            logger.info(clock.finish(reused=models[-1].get("reused", False)))
+        # The training locks are taken before generation: the store's causalmeta.prior.updated
+        # event starts retrain-on-prior-change, whose run then waits for this benchmark's
+        # training and reuses its model instead of training a second one (flows/concurrency.py).
+        with training_locks([m.name for m in spec.methods], config.content_hash(), logger):
+            store = generate_prior(config, root, spec.n_workers)
+            logger.info(clock.finish())
+            models = []
+            for m in spec.methods:
+                models.append(meta_train(method=m.name, prior=store, root=root, steps=m.steps,
+                                         batch_size=m.batch_size, lr=m.lr, device=m.device, preset=m.preset,
+                                         model=m.model, force=spec.force_retrain, seed=spec.seed, data=m.data))
+                logger.info(clock.finish(reused=models[-1].get("reused", False)))
         keys = {config_key(b.name, b.typed_config.model_dump(mode="json")): b.name for b in spec.baselines}
         if spec.baselines:
             run_baselines(store, spec.baselines, spec.n_test_tasks, root, spec.n_workers,

@@ -4,11 +4,10 @@ Results are keyed by (model version or baseline config, prior hash) and reused w
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow
 
-from flows.runtime import store_run_name
+from flows.runtime import check_root, store_run_name
 
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
@@ -25,7 +24,7 @@ def evaluate(store: str, models: list[dict], baseline_keys: dict[str, str], n_ta
     ``models``: meta_train results (``method``, ``version``); ``baseline_keys``: {method key:
     baseline name} from run_baselines (records already on disk).
     """
-    root = str(Path(root).resolve())
+    root = check_root(root)
     PriorStore.open(store)
     out: dict[str, list[dict]] = {}
     for m in models:

@@ -32,13 +32,12 @@ complete and writes nothing. The lock is per run, not per chunk: chunk tasks run
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.futures import as_completed
 
-from flows.runtime import make_task_runner
+from flows.runtime import check_root, make_task_runner
 from pipeline_lib.priors import PriorConfig
 from storage.prior_store import PriorStore, store_lock, store_path
 from tasks.artifacts import Progress, artifact_key, publish_markdown
@@ -100,7 +99,7 @@ def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: in
     ``causalmeta.prior.updated`` is emitted with resource :func:`prior_resource`.
     """
     logger = get_run_logger()
-    root = str(Path(root).resolve())  # workers (threads or remote) must see one absolute root
+    root = check_root(root)  # workers (threads or remote) must see one absolute root
     with store_lock(
         store_path(root, config),
         on_wait=lambda holder: logger.info("another generate run holds the store lock (%s); waiting", holder),

@@ -29,10 +29,78 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["DASK_ADDRESS_ENV", "make_task_runner"]
+__all__ = ["ALLOWED_ROOTS_ENV", "DASK_ADDRESS_ENV", "RootNotAllowedError", "TRAIN_THREADS_ENV", "check_root",
+           "dask_address", "make_task_runner", "train_threads"]
 
 DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
+#: torch / BLAS threads of a meta-training run (default: every core this process may use).
+TRAIN_THREADS_ENV = "CAUSALMETA_TRAIN_THREADS"
+#: comma-separated data roots (folders or URLs) that flow runs may use; set by ``deploy.serve`` to its root,
+#: so a root typed into a UI form cannot point a run at an arbitrary path of the machine.
+ALLOWED_ROOTS_ENV = "CAUSALMETA_ALLOWED_ROOTS"
+
+
+class RootNotAllowedError(ValueError):
+    """A flow's ``root`` parameter lies outside the roots this deployment allows."""
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r}: must be a positive integer")
+    return value
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def train_threads() -> int:
+    """The thread budget of a training run: ``$CAUSALMETA_TRAIN_THREADS`` or the usable cores."""
+    return _positive_int_env(TRAIN_THREADS_ENV, usable_cores())
+
+
+def check_root(root: str) -> str:
+    """``root`` made absolute, refused unless it lies under one of ``$CAUSALMETA_ALLOWED_ROOTS``.
+
+    Unset (the CLI, tests, ``make demo``): any root. Set (every run of ``deploy.serve``):
+    the root must be one of the allowed roots or below one; URLs (``memory://``, ``s3://``)
+    must start with an allowed URL.
+    """
+    from pathlib import Path
+
+    text = str(root).strip()
+    if not text:
+        raise RootNotAllowedError("root: empty; give the data root directory")
+    is_url = "://" in text
+    resolved = text.rstrip("/") if is_url else str(Path(text).expanduser().resolve())
+    allowed = [a.strip() for a in os.environ.get(ALLOWED_ROOTS_ENV, "").split(",") if a.strip()]
+    if not allowed:
+        return resolved
+    for base in allowed:
+        if "://" in base:
+            b = base.rstrip("/")
+            if is_url and (resolved == b or resolved.startswith(b + "/")):
+                return resolved
+        elif not is_url:
+            b = Path(base).expanduser().resolve()
+            p = Path(resolved)
+            if p == b or b in p.parents:
+                return resolved
+    raise RootNotAllowedError(
+        f"root: {text!r} is outside the data roots this deployment allows ({', '.join(allowed)}; "
+        f"${ALLOWED_ROOTS_ENV}); leave it at its default or pick a folder below one of them")
+
+
+def dask_address(address: str | None = None) -> str | None:
+    return address or os.environ.get(DASK_ADDRESS_ENV) or None
 
 
 def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskTaskRunner:
@@ -42,7 +110,7 @@ def make_task_runner(n_workers: int = 2, *, address: str | None = None) -> DaskT
     """
     # Dask's INFO lines (scheduler/worker life cycle) drown the pipeline's own progress logs
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    address = dask_address(address)
     if address:
         return DaskTaskRunner(address=address)
     if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:

@@ -261,9 +261,18 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         raise SpecError(_validation_line(path, exc)) from None
 
 
+def shipped_presets() -> tuple[str, ...]:
+    """Names of the benchmark presets in configs/benchmarks/ (sorted)."""
+    return tuple(sorted(p.stem for p in (CONFIGS / "benchmarks").glob("*.yaml")))
+
+
+#: The ``preset`` parameter of the benchmark flow: a dropdown of the shipped presets in the
+#: Prefect form, and a value the API validates when a run is created (not free text).
+PresetName = Literal[shipped_presets()]  # type: ignore[valid-type]
+
+
 def load_preset(name: str) -> BenchmarkSpec:
     path = CONFIGS / "benchmarks" / f"{name}.yaml"
     if not path.is_file():
-        shipped = sorted(p.stem for p in (CONFIGS / "benchmarks").glob("*.yaml"))
-        raise SpecError(f"preset '{name}' is unknown; shipped presets: {', '.join(shipped)}")
+        raise SpecError(f"preset '{name}' is unknown; shipped presets: {', '.join(shipped_presets())}")
     return load_spec(path)

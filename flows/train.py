@@ -11,7 +11,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.concurrency import occupy_cores, training_lock
+from flows.runtime import check_root, train_threads
 from flows.spec import load_prior
+from pipeline_lib.models.registry import get_method
 from pipeline_lib.priors import PriorConfig
 from tasks.artifacts import artifact_key, publish_markdown
 from tasks.train import train_method_task
@@ -60,24 +63,42 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
     from storage.tracking import Tracker
 
     logger = get_run_logger()
-    root = str(Path(root).resolve())
+    root = check_root(root)
+    get_method(method)  # an unknown name fails here, before any lock or store
     config, store_path = resolve_prior(prior)
     prior_hash = config.content_hash()
-    if not force:
-        version = Tracker(root, experiment).registered_model_for_prior(method, prior_hash)
-        if version is not None:
-            logger.info("causalmeta-%s v%s is already trained on prior %s (%s): reused", method, version,
-                        config.name, prior_hash[:12])
-            publish_markdown(artifact_key("train", method, config.name),
-                             f"### {method} on {config.name}\n\nreused: `causalmeta-{method}` version **{version}** "
-                             f"is registered for prior hash `{prior_hash[:12]}` (no training run)\n",
-                             description=f"causalmeta-{method} v{version} (reused)")
-            return {"method": method, "version": str(version), "prior_hash": prior_hash, "reused": True}
-    if data == "store" and store_path is None:
-        from flows.generate import generate_prior
+    tracker = Tracker(root, experiment)
+    if not force and (reused := _reuse(tracker, method, config, waited=None)) is not None:
+        return reused
+    # One training per (method, prior) at a time, across processes and machines (flows/concurrency.py):
+    # a second request waits here, then finds the model the first one registered.
+    with training_lock(method, prior_hash, logger) as waited:
+        if not force and (reused := _reuse(tracker, method, config, waited=waited)) is not None:
+            return reused
+        if data == "store" and store_path is None:
+            from flows.generate import generate_prior
 
-        store_path = generate_prior(config, root, 2)
-    train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                     checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
-    return train_method_task(method, config.to_json(), store_path, root, experiment, train_cfg, preset,
-                             dict(model or {}), data)
+            store_path = generate_prior(config, root, 2)
+        train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                         checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
+        threads = train_threads()
+        with occupy_cores(threads, f"training {method} on {config.name}", logger=logger):
+            return train_method_task(method, config.to_json(), store_path, root, experiment, train_cfg, preset,
+                                     dict(model or {}), data, threads)
+
+
+def _reuse(tracker, method: str, config: PriorConfig, waited: float | None) -> dict | None:
+    """The reuse answer when a model of ``method`` is registered for the prior's hash, else None."""
+    prior_hash = config.content_hash()
+    version = tracker.registered_model_for_prior(method, prior_hash)
+    if version is None:
+        return None
+    how = "" if waited is None else f" by the run that held the training lock ({waited:.0f} s waited)"
+    get_run_logger().info("causalmeta-%s v%s is already trained on prior %s (%s)%s: reused", method, version,
+                          config.name, prior_hash[:12], how)
+    publish_markdown(artifact_key("train", method, config.name),
+                     f"### {method} on {config.name}\n\nreused: `causalmeta-{method}` version **{version}** "
+                     f"is registered for prior hash `{prior_hash[:12]}`{how} (no training run)\n",
+                     description=f"causalmeta-{method} v{version} (reused)")
+    return {"method": method, "version": str(version), "prior_hash": prior_hash, "reused": True,
+            **({"waited_s": round(waited, 1)} if waited is not None else {})}

@@ -63,7 +63,7 @@ def build_seeded(spec, model_cfg, seed: int):
 @task(retries=1, retry_delay_seconds=[5], persist_result=False, task_run_name="train-{method}")
 def train_method_task(method: str, prior_json: str, store_path: str | None, root: str, experiment: str,
                       train_cfg: dict[str, Any], preset: str | None, model_overrides: dict[str, Any],
-                      data: str = "store") -> dict:
+                      data: str = "store", threads: int | None = None) -> dict:
     """Train, log and register; resumes from the checkpoint folder after a crash (same seed -> same state).
 
     Data: ``store`` (default) reads the stored ``train`` split chunk by chunk
@@ -71,7 +71,24 @@ def train_method_task(method: str, prior_json: str, store_path: str | None, root
     background prefetch, the batch of a step a pure function of the step, so a resumed run
     continues at the exact batch); ``stream`` draws fresh tasks from the prior every step
     (unlimited tasks). Validation on the stored ``val`` split when a store is given.
+    ``threads``: torch's intra-op threads for the run (its share of the machine's cores,
+    flows/runtime.train_threads); None keeps the process's setting.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        out = _train(method, prior_json, store_path, root, experiment, train_cfg, preset, model_overrides, data)
+        out["threads"] = torch.get_num_threads()
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(method: str, prior_json: str, store_path: str | None, root: str, experiment: str,
+           train_cfg: dict[str, Any], preset: str | None, model_overrides: dict[str, Any], data: str) -> dict:
     from storage.tracking import Tracker
 
     logger = get_run_logger()

@@ -39,7 +39,9 @@ os.environ.update(
     }
 )
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-for _name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS", "CAUSALMETA_ROOT"):
+for _name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS", "CAUSALMETA_ROOT",
+              "CAUSALMETA_ALLOWED_ROOTS", "CAUSALMETA_TRAIN_THREADS", "CAUSALMETA_CORE_POOL", "CAUSALMETA_DASK_POOL",
+              "CAUSALMETA_POOL_CORES"):
     os.environ.pop(_name, None)
 _PREFECT_HOME = tempfile.mkdtemp(prefix="causalmeta-test-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME

@@ -240,12 +240,12 @@ def _emit_prior_updated(served: Served, resource: dict) -> None:
                    timeout=120)
 
 
-def _write_tiny_store(root: Path):
+def _write_tiny_store(root: Path, name: str = "svc-event", seed: int = 11):
     from pipeline_lib.priors import PriorConfig, sample_split_range
     from storage.prior_store import PriorStore
 
     config = PriorConfig.model_validate(
-        {"name": "svc-event", "seed": 11, "graph": {"n_nodes": 2, "expected_parents": 0.25},
+        {"name": name, "seed": seed, "graph": {"n_nodes": 2, "expected_parents": 0.25},
          "interventions": {"n_regimes": 2}, "n_obs": 40, "n_int": 20,
          "splits": {"train": 4, "val": 2, "test": 2}, "chunk_tasks": 2}
     )
@@ -284,3 +284,62 @@ def test_prior_updated_event_triggers_meta_train(served):
     while served.get(f"/flow_runs/{run['id']}")["state_type"] == "SCHEDULED":
         assert time.monotonic() < deadline, f"triggered run never picked up:\n{served.service.log_tail()}"
         time.sleep(0.5)
+
+
+def test_two_concurrent_meta_train_requests_train_once(served):
+    """Issue 19: two `meta-train` runs for one prior, created together through the REST API,
+    produce one training and one registered model version; the second waits for the training
+    lock (flows/concurrency.py) and reuses the first one's model."""
+    import mlflow
+
+    from storage.tracking import tracking_uri
+
+    store = _write_tiny_store(served.root, name="svc-lock", seed=23)
+    prior_hash = store.config.content_hash()
+    dep = served.get("/deployments/name/meta-train/meta-train")
+    params = {"prior": str(store.path), "steps": 2, "batch_size": 2}
+    runs = [served.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": params}) for _ in range(2)]
+    finals = [served.wait_state(r["id"], timeout=300) for r in runs]
+    assert [f["state_type"] for f in finals] == ["COMPLETED"] * 2, f"{finals}\n{served.service.log_tail()}"
+
+    client = mlflow.tracking.MlflowClient(tracking_uri(str(served.root)))
+    versions = [v for v in client.search_model_versions("name='causalmeta-mace-tnp'")
+                if v.tags.get("prior_hash") == prior_hash]
+    assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
+    exp = client.get_experiment_by_name("meta-train")
+    trained = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("prior_hash") == prior_hash]
+    assert len(trained) == 1, [r.info.run_id for r in trained]
+    # exactly one of the two runs says it reused the other's model after waiting
+    logs = served.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}}, "limit": 200})
+    reused = [entry for entry in logs if "reused" in entry["message"] and "training lock" in entry["message"]]
+    assert len({entry["flow_run_id"] for entry in reused}) == 1, [e["message"] for e in logs][-20:]
+    # the owner tagged its run with the lock's name while it held it (how a waiting run names
+    # whom it waits for), and removed the tag with the lock
+    lock = f"causalmeta-train-mace-tnp-{prior_hash[:16]}"
+    waiting = [e["message"] for e in logs if "waiting for " + lock in e["message"]]
+    assert len(waiting) == 1 and "held by train-mace-tnp-svc-lock" in waiting[0], waiting
+    assert not any(lock in served.get(f"/flow_runs/{r['id']}")["tags"] for r in runs)
+
+
+def test_served_runs_refuse_a_root_outside_the_served_one_and_unknown_presets(served, tmp_path):
+    """The `root` of a form is not a free path (CAUSALMETA_ALLOWED_ROOTS, set by deploy.serve),
+    and `preset` is a dropdown of the shipped presets that the API validates."""
+    dep = served.get("/deployments/name/benchmark/benchmark")
+    schema = dep["parameter_openapi_schema"]
+    text = json.dumps(schema)
+    from flows.spec import shipped_presets
+
+    assert all(f'"{p}"' in text for p in shipped_presets()) and '"enum"' in text, schema["properties"]["preset"]
+    import httpx
+
+    bad = httpx.post(f"{served.api}/deployments/{dep['id']}/create_flow_run",
+                     json={"parameters": {"preset": "no-such-preset"}}, timeout=30)
+    assert bad.status_code in (409, 422), bad.text
+    assert "no-such-preset" in bad.text or "preset" in bad.text
+
+    run = served.post(f"/deployments/{dep['id']}/create_flow_run",
+                      {"parameters": {"spec": TINY_SPEC, "preset": None, "root": str(tmp_path / "elsewhere")}})
+    final = served.wait_state(run["id"], timeout=180)
+    assert final["state_type"] == "FAILED", final
+    assert "outside the data roots" in (final["state"]["message"] or ""), final["state"]
+    assert not (tmp_path / "elsewhere").exists()

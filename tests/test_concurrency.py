@@ -1,0 +1,132 @@
+"""Issue 19: one training per (method, prior), cores held per kind of work, roots and thread budgets.
+
+The locks are Prefect global concurrency limits, so these tests run them against the
+session's real ``prefect server`` (tests/conftest.py); the flow-level behaviour (two
+``meta-train`` runs -> one training) is in tests/test_service_prefect.py.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flows.runtime import RootNotAllowedError, check_root, train_threads
+
+
+# ---------------------------------------------------------------------------- no server
+def test_check_root_allows_everything_when_unset_and_only_the_allowed_roots_when_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAUSALMETA_ALLOWED_ROOTS", raising=False)
+    assert check_root(str(tmp_path / "a" / ".." / "b")) == str(tmp_path / "b")
+    base = tmp_path / "served"
+    monkeypatch.setenv("CAUSALMETA_ALLOWED_ROOTS", f"{base},memory://cm")
+    assert check_root(str(base)) == str(base)
+    assert check_root(str(base / "team" / "x")) == str(base / "team" / "x")
+    assert check_root("memory://cm/sub") == "memory://cm/sub"
+    for bad in [str(tmp_path / "served-evil"), str(base / ".." / "other"), "/etc", "memory://cmx", "s3://b/cm"]:
+        with pytest.raises(RootNotAllowedError, match="outside the data roots"):
+            check_root(bad)
+    with pytest.raises(RootNotAllowedError, match="empty"):
+        check_root("  ")
+
+
+def test_train_threads_default_and_errors(monkeypatch):
+    import os
+
+    monkeypatch.delenv("CAUSALMETA_TRAIN_THREADS", raising=False)
+    assert train_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("CAUSALMETA_TRAIN_THREADS", "3")
+    assert train_threads() == 3
+    for bad in ["0", "-1", "two"]:
+        monkeypatch.setenv("CAUSALMETA_TRAIN_THREADS", bad)
+        with pytest.raises(ValueError, match="CAUSALMETA_TRAIN_THREADS"):
+            train_threads()
+
+
+def test_lock_names():
+    from flows.concurrency import cores_limit_name, training_lock_name
+
+    assert training_lock_name("mace-tnp", "0123456789abcdef" * 4) == "causalmeta-train-mace-tnp-0123456789abcdef"
+    assert cores_limit_name("stack host/1") == "causalmeta-cores-stack-host-1"
+    with pytest.raises(ValueError, match="non-empty"):
+        training_lock_name("", "abc")
+
+
+# ---------------------------------------------------------------------------- server
+@pytest.fixture
+def api(prefect_server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server.api_url
+
+
+def _run_together(*targets):
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+
+
+def _overlap(spans) -> bool:
+    (a0, a1), (b0, b1) = spans
+    return a0 < b1 and b0 < a1
+
+
+@pytest.mark.service
+def test_training_lock_serialises_one_prior_and_is_reentrant(api):
+    from flows.concurrency import training_lock
+
+    h, other = "ab" * 32, "cd" * 32
+    spans, errors = {}, []
+
+    def hold(tag, prior_hash, seconds=1.5):
+        def run():
+            try:
+                with training_lock("m", prior_hash):
+                    t0 = time.monotonic()
+                    with training_lock("m", prior_hash) as again:  # reentrant: no self-deadlock
+                        assert again == 0.0
+                    time.sleep(seconds)
+                    spans[tag] = (t0, time.monotonic())
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+        return run
+
+    _run_together(hold("a", h), hold("b", h))
+    assert not errors, errors
+    assert not _overlap([spans["a"], spans["b"]]), spans  # one prior: one after the other
+    spans.clear()
+    _run_together(hold("a", h), hold("c", other))
+    assert not errors, errors
+    assert _overlap([spans["a"], spans["c"]]), spans  # two priors: side by side
+
+
+@pytest.mark.service
+def test_occupy_cores_caps_at_the_pool_and_serialises_when_full(api, monkeypatch):
+    from flows.concurrency import occupy_cores
+
+    monkeypatch.setenv("CAUSALMETA_POOL_CORES", "2")
+    pool = f"test-{time.monotonic_ns()}"
+    with occupy_cores(5, "more than the pool", pool=pool) as waited:  # capped at 2: no deadlock
+        assert waited < 30
+    spans, errors = {}, []
+
+    def hold(tag, n):
+        def run():
+            try:
+                with occupy_cores(n, tag, pool=pool):
+                    t0 = time.monotonic()
+                    time.sleep(1.5)
+                    spans[tag] = (t0, time.monotonic())
+            except Exception as exc:
+                errors.append(exc)
+        return run
+
+    _run_together(hold("fit-a", 1), hold("fit-b", 1))  # 1 + 1 <= 2: together
+    assert not errors and _overlap([spans["fit-a"], spans["fit-b"]]), (errors, spans)
+    spans.clear()
+    _run_together(hold("train", 2), hold("fit", 1))  # 2 + 1 > 2: one waits
+    assert not errors and not _overlap([spans["train"], spans["fit"]]), (errors, spans)
