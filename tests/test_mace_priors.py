@@ -143,3 +143,14 @@ def test_shipped_mace_priors_load_and_sample(name):
     small = PriorConfig.from_dict({**cfg.model_dump(mode="json"), "splits": {"train": 1, "val": 1, "test": 2}})
     batch = sample_split_range(small, "test", 0, 2)
     assert np.isfinite(batch["x_int"]).all() and np.isfinite(batch["x_obs"]).all()
+
+
+def test_presets_on_the_paper_priors_validate():
+    from flows.spec import load_preset
+    from pipeline_lib.models.mace_tnp import preset
+
+    for name in ("quick", "mace-paper-3node-cpu", "mace-5-20"):
+        spec = load_preset(name)
+        assert {"empty-graph", "oracle"} <= {b.name for b in spec.baselines}
+        assert all(p.startswith("mace-") for p in spec.priors)
+    assert preset("paper-5-20").d_model == 256

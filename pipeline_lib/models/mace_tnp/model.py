@@ -117,6 +117,10 @@ PRESETS: dict[str, dict] = {
     "cpu-small": dict(d_model=64, n_heads=4, n_layers=2, n_components=10),
     "paper-3node": dict(d_model=128, n_heads=8, n_layers=4, n_components=10),
     "paper-large": dict(d_model=256, n_heads=8, n_layers=8, n_components=10),
+    # one model for d in [5, 20] (configs/priors/mace-5-20.yaml, a GPU job): the paper's
+    # 20-40-node width, 4 layers, and its training context sizes within the stored 500 rows
+    "paper-5-20": dict(d_model=256, n_heads=8, n_layers=4, n_components=10, n_obs_min=50, n_obs_max=500,
+                       n_query=200),
 }
 
 
