@@ -63,6 +63,10 @@ GPU_POOL = "causalmeta-gpu"
 PRIOR_UPDATED_EVENT = "causalmeta.prior.updated"
 PRIOR_RESOURCE_PATTERN = "causalmeta.prior.*"
 PRIOR_PATH_TEMPLATE = "{{ event.resource['causalmeta.prior.path'] }}"
+#: Resource label listing the methods the generating flow trains itself (flows.generate.training_label).
+PRIOR_TRAINING_LABEL = "causalmeta.prior.training"
+#: The method runs of retrain-on-prior-change train (meta_train's default).
+RETRAIN_METHOD = "mace-tnp"
 NIGHTLY_CRON = "0 2 * * *"
 TIMEZONE = "UTC"
 #: prefect.yaml is deployed from another machine than the one that runs the flows, so the
@@ -140,7 +144,7 @@ def deployment_table(
     """
     if train_steps is not None and (isinstance(train_steps, bool) or train_steps < 1):
         raise ValueError(f"train_steps must be a positive int or None, got {train_steps!r}")
-    retrain_params: dict[str, Any] = {"prior": PRIOR_PATH_TEMPLATE}
+    retrain_params: dict[str, Any] = {"prior": PRIOR_PATH_TEMPLATE, "method": RETRAIN_METHOD}
     if train_steps is not None:
         retrain_params["steps"] = int(train_steps)
     return (
@@ -194,7 +198,9 @@ def deployment_table(
             trigger=EventTrigger(
                 name="retrain-on-prior-change",
                 expect=PRIOR_UPDATED_EVENT,
-                match={"prefect.resource.id": PRIOR_RESOURCE_PATTERN},
+                match={"prefect.resource.id": PRIOR_RESOURCE_PATTERN,
+                       # not when the flow that generated the prior trains this method itself
+                       PRIOR_TRAINING_LABEL: f"!*,{RETRAIN_METHOD},*"},
                 parameters=retrain_params,
             ),
             tags=("causalmeta", "train", "event"),

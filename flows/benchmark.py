@@ -136,11 +136,12 @@ def benchmark(spec: BenchmarkSpec | None = None, preset: PresetName | None = "qu
                 len(clock.stages), format_duration(clock.left()))
     sections, models_by_prior, stores = {}, {}, {}
     for config in configs:
-        # The training locks are taken before generation: the store's causalmeta.prior.updated
-        # event starts retrain-on-prior-change, whose run then waits for this benchmark's
-        # training and reuses its model instead of training a second one (flows/concurrency.py).
+        # The store's causalmeta.prior.updated event names the methods trained here, and the
+        # retrain trigger skips them: one meta-train run per (method, prior). The training locks
+        # are taken before generation as a second line: a run started meanwhile for the same
+        # (method, prior) by anyone waits for this training and reuses its model (flows/concurrency.py).
         with training_locks([m.name for m in spec.methods], config.content_hash(), logger):
-            store = generate_prior(config, root, spec.n_workers)
+            store = generate_prior(config, root, spec.n_workers, training=[m.name for m in spec.methods])
             logger.info(clock.finish())
             models = []
             for m in spec.methods:

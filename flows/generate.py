@@ -48,13 +48,28 @@ __all__ = ["PRIOR_UPDATED_EVENT", "generate_prior", "generate_prior_chunks", "pr
 PRIOR_UPDATED_EVENT = "causalmeta.prior.updated"
 
 
-def prior_resource(store: PriorStore) -> dict[str, str]:
-    """The Prefect event resource that names a stored prior (deployment triggers match on it)."""
+def training_label(methods=()) -> str:
+    """``,m1,m2,``: the methods the caller trains on a new store itself (``,`` for none).
+
+    Delimited on both sides so that a trigger can match one exact name with a glob
+    (``!*,mace-tnp,*``: "unless mace-tnp is trained by the caller", deploy/serve.py).
+    """
+    return "," + "".join(f"{m}," for m in sorted(set(methods)))
+
+
+def prior_resource(store: PriorStore, training=()) -> dict[str, str]:
+    """The Prefect event resource that names a stored prior (deployment triggers match on it).
+
+    ``causalmeta.prior.training`` lists the methods the generating flow trains on the store
+    right after (a benchmark): the retrain trigger skips those, so one benchmark produces one
+    ``meta-train`` run per (method, prior), not a second, event-triggered one.
+    """
     return {
         "prefect.resource.id": f"causalmeta.prior.{store.hash[:12]}",
         "causalmeta.prior.hash": store.hash,
         "causalmeta.prior.name": store.config.name,
         "causalmeta.prior.path": str(store.path),
+        "causalmeta.prior.training": training_label(training),
     }
 
 
@@ -90,13 +105,16 @@ def generate_prior_chunks(config_json: str, root: str, chunks: list[tuple[str, i
 
 
 @flow(name="generate-prior", flow_run_name=_run_name)
-def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: int = 2) -> str:
+def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: int = 2,
+                   training: list[str] | None = None) -> str:
     """Generate (or resume, or just locate) the store of `config` under `root`; return its path.
 
     A complete store whose chunks all pass their digests returns without running any chunk
     task. Otherwise every pending or damaged chunk is sampled on `n_workers` Dask workers,
     the store is finalized (checksums written last) and the event
     ``causalmeta.prior.updated`` is emitted with resource :func:`prior_resource`.
+    ``training``: methods the caller trains on the store itself (the event says so, and the
+    retrain trigger leaves them alone).
     """
     logger = get_run_logger()
     root = check_root(root)  # workers (threads or remote) must see one absolute root
@@ -104,7 +122,7 @@ def generate_prior(config: PriorConfig, root: str = ".causalmeta", n_workers: in
         store_path(root, config),
         on_wait=lambda holder: logger.info("another generate run holds the store lock (%s); waiting", holder),
     ):
-        path = _generate_locked(config, root, n_workers)
+        path = _generate_locked(config, root, n_workers, training or ())
     _publish_summary(path)
     return path
 
@@ -122,7 +140,7 @@ def _publish_summary(path: str) -> None:
                      description=f"stored prior {summary['name']}-{summary['hash'][:12]}")
 
 
-def _generate_locked(config: PriorConfig, root: str, n_workers: int) -> str:
+def _generate_locked(config: PriorConfig, root: str, n_workers: int, training=()) -> str:
     logger = get_run_logger()
     store = PriorStore.create_or_open(root, config)
     damaged = store.damaged_chunks()
@@ -148,7 +166,7 @@ def _generate_locked(config: PriorConfig, root: str, n_workers: int) -> str:
     logger.info("prior %s finalized at %s", config.name, store.path)
     emit_event(
         event=PRIOR_UPDATED_EVENT,
-        resource=prior_resource(store),
+        resource=prior_resource(store, training),
         payload={"n_chunks_written": len(pending), "generator_version": store.attrs["generator_version"]},
     )
     return str(store.path)

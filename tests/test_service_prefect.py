@@ -81,8 +81,9 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     (trigger,) = by_name["retrain-on-prior-change"].triggers
     parsed = DeploymentEventTrigger.model_validate(trigger)
     assert parsed.expect == {"causalmeta.prior.updated"}
-    assert parsed.match.root == {"prefect.resource.id": "causalmeta.prior.*"}
-    assert parsed.parameters == {"prior": PRIOR_PATH_TEMPLATE}
+    assert parsed.match.root == {"prefect.resource.id": "causalmeta.prior.*",
+                                 "causalmeta.prior.training": "!*,mace-tnp,*"}
+    assert parsed.parameters == {"prior": PRIOR_PATH_TEMPLATE, "method": "mace-tnp"}
     for name, spec in table.items():
         assert by_name[name].entrypoint == spec.entrypoint
         assert set(by_name[name].parameters) == set(spec.parameters)
@@ -260,9 +261,13 @@ def test_prior_updated_event_triggers_meta_train(served):
     from flows.generate import prior_resource
 
     dep = served.get("/deployments/name/meta-train/retrain-on-prior-change")
+    # a prior whose generating flow trains mace-tnp itself (a benchmark) triggers nothing:
+    # emitted first, so by the time the second event's run exists the first one was evaluated
+    skipped = _write_tiny_store(served.root, name="svc-benchmark-trains", seed=12)
+    _emit_prior_updated(served, prior_resource(skipped, training=["cond-fip", "mace-tnp"]))
     store = _write_tiny_store(served.root)
     t0 = time.monotonic()
-    _emit_prior_updated(served, prior_resource(store))
+    _emit_prior_updated(served, prior_resource(store, training=["mace-tnp-large"]))  # another method
 
     deadline, mine = time.monotonic() + 60, []
     while not mine and time.monotonic() < deadline:
@@ -272,6 +277,8 @@ def test_prior_updated_event_triggers_meta_train(served):
     print(f"triggered run created {time.monotonic() - t0:.1f}s after emit_event")
     (run,) = mine
     assert run["parameters"]["steps"] == 2 and run["parameters"]["root"] == str(served.root)
+    time.sleep(2)
+    assert not [r for r in served.runs_of(dep["id"]) if r["parameters"].get("prior") == str(skipped.path)]
 
     # The benchmark of the previous test generated a prior: its event triggered a run too.
     benchmark_priors = [p.name for p in (served.root / "priors").glob("lin-2node-*.zarr")]
