@@ -52,7 +52,12 @@ def method_node_ranges(root: str, methods: list[tuple[str, str]], baselines: lis
             v = version if version != "latest" else str(max(
                 (int(k[1]) for k in versions if k[0] == method), default=0))
             m = versions.get((method, v))
-            found = prior_node_range(root, m["prior_hash"]) if m and m.get("prior_hash") else None
+            if m is None:
+                have = sorted(int(k[1]) for k in versions if k[0] == method)
+                raise ValueError(f"method {method}:{version}: no registered model causalmeta-{method} version "
+                                 f"{v if v != '0' else '(any)'} under {root} (registered: {have or 'none'}); "
+                                 f"train one with `causalmeta train {method}`")
+            found = prior_node_range(root, m["prior_hash"]) if m.get("prior_hash") else None
             if found is not None:
                 out[f"{method} v{v} (trained on prior {found[0]})"] = (found[1], found[2])
     return out

@@ -142,6 +142,9 @@ def test_evaluate_dataset_flow(data):
                                              r"\[2, 2\]; the data has 3 variables"):
         evaluate_dataset(store=ds.path, baselines=[BaselineRun(name="empty-graph")], methods=[f"mace-tnp:{v_two}"],
                          root=str(root))
+    with pytest.raises(ValueError, match=r"no registered model causalmeta-mace-tnp version 99 .*\(registered: \[1, 2\]\)"):
+        evaluate_dataset(store=ds.path, baselines=[BaselineRun(name="empty-graph")], methods=["mace-tnp:99"],
+                         root=str(root))
 
 
 def test_cli_import_predict_and_errors(data, tmp_path):
