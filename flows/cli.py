@@ -349,7 +349,7 @@ def evaluate(data: str = typer.Option(..., help="imported data store (see `causa
         amortized = [parse_method(m) for m in method or []]
         check_ranges(method_node_ranges(_root(root), amortized, names), ds.d)
     except (BaselineConfigError, UnknownMethodError, NodeRangeError, HoldoutError, ValueError) as exc:
-        _fail(str(exc).splitlines()[0] if "validation error" not in str(exc) else str(exc))
+        _fail(str(exc))
     summary = evaluate_dataset(store=ds.path, holdout_regimes=holdout_regimes, baselines=runs,
                                methods=[f"{m}:{v}" for m, v in amortized], root=_root(root), seed=seed)
     from rich.console import Console
