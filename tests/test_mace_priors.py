@@ -149,7 +149,7 @@ def test_presets_on_the_paper_priors_validate():
     from flows.spec import load_preset
     from pipeline_lib.models.mace_tnp import preset
 
-    for name in ("quick", "mace-paper-3node-cpu", "mace-5-20"):
+    for name in ("quick", "mace-paper-3node-cpu", "mace-paper-nn-cpu", "mace-5-20"):
         spec = load_preset(name)
         assert {"empty-graph", "oracle"} <= {b.name for b in spec.baselines}
         assert all(p.startswith("mace-") for p in spec.priors)
