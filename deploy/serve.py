@@ -8,12 +8,14 @@
 | ``benchmark``             | benchmark       | on demand (the UI renders BenchmarkSpec as a form) | causalmeta-cpu |
 | ``generate-prior``        | generate-prior  | on demand                                      | causalmeta-cpu |
 | ``meta-train``            | meta-train      | on demand                                      | causalmeta-gpu |
-| ``retrain-on-prior-change`` | meta-train    | event ``causalmeta.prior.updated``             | causalmeta-gpu |
+| ``retrain-on-prior-change`` | meta-train    | event ``causalmeta.prior.updated`` (not for the methods the generating flow trains) | causalmeta-gpu |
+| ``evaluate-dataset``      | evaluate-dataset | on demand (an imported store, held-out regimes) | causalmeta-cpu |
+| ``train-mace-5-20``       | meta-train      | on demand: one MACE-TNP for d in [5, 20]       | causalmeta-gpu |
 | ``evaluate-dataset``      | evaluate-dataset | on demand (store path and options as a form)  | causalmeta-cpu |
 
 Two renderings of that table:
 
-- ``python -m deploy.serve``: one process that registers the five deployments with the
+- ``python -m deploy.serve``: one process that registers the deployments with the
   Prefect API in ``$PREFECT_API_URL`` and executes their runs itself (``prefect.serve``,
   no work pool): the single-machine stack of ``deploy/stack.sh``.
 - ``python -m deploy.serve --render-prefect-yaml``: the text of ``deploy/prefect.yaml`` for
@@ -67,6 +69,9 @@ PRIOR_PATH_TEMPLATE = "{{ event.resource['causalmeta.prior.path'] }}"
 PRIOR_TRAINING_LABEL = "causalmeta.prior.training"
 #: The method runs of retrain-on-prior-change train (meta_train's default).
 RETRAIN_METHOD = "mace-tnp"
+#: train-mace-5-20: the settings of configs/benchmarks/mace-5-20.yaml (a test checks they agree).
+MACE_5_20_TRAINING = {"method": "mace-tnp", "prior": "mace-5-20", "preset": "paper-5-20", "steps": 20000,
+                      "batch_size": 32, "lr": 0.0003}
 NIGHTLY_CRON = "0 2 * * *"
 TIMEZONE = "UTC"
 #: prefect.yaml is deployed from another machine than the one that runs the flows, so the
@@ -216,6 +221,19 @@ def deployment_table(
             work_pool=CPU_POOL,
             parameters={"root": root, "holdout_regimes": "all"},
             tags=("causalmeta", "dataset"),
+        ),
+        DeploymentSpec(
+            name="train-mace-5-20",
+            flow_name="meta-train",
+            entrypoint="flows/train.py:meta_train",
+            description=(
+                "One MACE-TNP for 5 to 20 variables (prior mace-5-20, model preset paper-5-20, 20000 steps of "
+                "32 tasks): the model `causalmeta import --method mace-tnp` and evaluate-dataset apply to "
+                "imported tables without retraining. A GPU job (hours on a CPU)."
+            ),
+            work_pool=GPU_POOL,
+            parameters={"root": root, **MACE_5_20_TRAINING},
+            tags=("causalmeta", "train", "mace-5-20"),
         ),
     )
 

@@ -69,14 +69,14 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     table = {s.name: s for s in deployment_table("ROOT")}
     assert set(by_name) == set(table) == {
         "nightly-benchmark", "benchmark", "generate-prior", "meta-train", "retrain-on-prior-change",
-        "evaluate-dataset",
+        "evaluate-dataset", "train-mace-5-20",
     }
     assert by_name["nightly-benchmark"].schedules[0].cron == "0 2 * * *"
     assert by_name["nightly-benchmark"].parameters["preset"] == "quick"
     assert {n: d.work_pool.name for n, d in by_name.items()} == {
         "nightly-benchmark": "causalmeta-cpu", "benchmark": "causalmeta-cpu", "generate-prior": "causalmeta-cpu",
         "meta-train": "causalmeta-gpu", "retrain-on-prior-change": "causalmeta-gpu",
-        "evaluate-dataset": "causalmeta-cpu",
+        "evaluate-dataset": "causalmeta-cpu", "train-mace-5-20": "causalmeta-gpu",
     }
     (trigger,) = by_name["retrain-on-prior-change"].triggers
     parsed = DeploymentEventTrigger.model_validate(trigger)
@@ -87,6 +87,15 @@ def test_prefect_yaml_validates_with_prefects_own_models():
     for name, spec in table.items():
         assert by_name[name].entrypoint == spec.entrypoint
         assert set(by_name[name].parameters) == set(spec.parameters)
+
+
+def test_train_mace_5_20_deployment_matches_its_benchmark_preset():
+    from deploy.serve import MACE_5_20_TRAINING
+    from flows.spec import load_preset
+
+    (m,) = load_preset("mace-5-20").methods
+    assert MACE_5_20_TRAINING == {"method": m.name, "prior": "mace-5-20", "preset": m.preset, "steps": m.steps,
+                                  "batch_size": m.batch_size, "lr": m.lr}
 
 
 def test_table_matches_the_flows():
