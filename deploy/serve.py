@@ -9,7 +9,6 @@
 | ``generate-prior``        | generate-prior  | on demand                                      | causalmeta-cpu |
 | ``meta-train``            | meta-train      | on demand                                      | causalmeta-gpu |
 | ``retrain-on-prior-change`` | meta-train    | event ``causalmeta.prior.updated`` (not for the methods the generating flow trains) | causalmeta-gpu |
-| ``evaluate-dataset``      | evaluate-dataset | on demand (an imported store, held-out regimes) | causalmeta-cpu |
 | ``train-mace-5-20``       | meta-train      | on demand: one MACE-TNP for d in [5, 20]       | causalmeta-gpu |
 | ``evaluate-dataset``      | evaluate-dataset | on demand (store path and options as a form)  | causalmeta-cpu |
 
