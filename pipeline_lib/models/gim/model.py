@@ -29,8 +29,8 @@ nodes given A). The marginal over targets is estimated by Monte Carlo over S rel
     log p(D_e) ~= log (1/S) sum_s exp(log p(D_e | I~_s)),
 
 or, with ``target_marginal="exact"``, in closed form, ``sum_j logaddexp(log(1 - p_ej) + L0_ej,
-log p_ej + L1_ej)`` (possible because the targets are independent per node). One DAG sample
-(straight-through) per step. The loss per likelihood entry ``N_e = (rows seen) x d``,
+log p_ej + L1_ej)`` (possible because the targets are independent per node). The likelihood
+is averaged over ``n_graph_mc`` straight-through DAG samples per step. The loss per likelihood entry ``N_e = (rows seen) x d``,
 
     loss = -(sum_e log p(D_e) + log p(D_obs | I = 0)) / N
            + [ ||theta||^2 / (2 s_theta^2) + ||phi||^2 / (2 s_phi^2)
