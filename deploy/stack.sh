@@ -223,6 +223,9 @@ do_up() {
 
   # Everything below executes flow and task code: it gets the whole stack's addresses.
   export PREFECT_API_URL="$PREFECT_URL/api" MLFLOW_TRACKING_URI="$MLFLOW_URL" DASK_SCHEDULER_ADDRESS="$DASK_ADDR"
+  # The server keeps concurrency leases in memory: slots held by runs that died with an earlier
+  # server are taken forever unless cleared now, before anything runs (flows/concurrency.py).
+  "$BIN/python" -m flows.concurrency reset || fail "clearing stale concurrency slots failed" prefect-server
   local i
   for ((i = 0; i < WORKERS; i++)); do
     # --host: the worker and its nanny listen where the scheduler reaches them (without it, on

@@ -140,7 +140,7 @@ def benchmark(spec: BenchmarkSpec | None = None, preset: PresetName | None = "qu
         # retrain trigger skips them: one meta-train run per (method, prior). The training locks
         # are taken before generation as a second line: a run started meanwhile for the same
         # (method, prior) by anyone waits for this training and reuses its model (flows/concurrency.py).
-        with training_locks([m.name for m in spec.methods], config.content_hash(), logger):
+        with training_locks([m.name for m in spec.methods], config.content_hash(), logger, root):
             store = generate_prior(config, root, spec.n_workers, training=[m.name for m in spec.methods])
             logger.info(clock.finish())
             models = []

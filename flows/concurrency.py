@@ -21,6 +21,18 @@ lease expires after :data:`LEASE_S` seconds and its slots come back):
   Dask workers is ``$CAUSALMETA_DASK_POOL`` (default: this process's pool for the local threaded
   cluster, the scheduler address for a remote one, i.e. other cores than ours).
 
+Two backends, chosen per call:
+
+* with a Prefect **server** (``PREFECT_API_URL`` set: the stack, a cluster) the limits above;
+  the server keeps leases in memory, so a restarted server would see the slots of runs that
+  died with it as taken forever: ``deploy/stack.sh up`` clears the ``causalmeta-*`` slots
+  (``python -m flows.concurrency reset``) before anything runs;
+* with Prefect's **ephemeral** API (the CLI, ``make demo``) every process starts its own
+  temporary server on a shared SQLite file, and a process killed while holding a slot would
+  leave it taken for every later run. There, the same locks are ``fcntl.flock`` files (the
+  kernel releases them when the holder dies): the training lock in ``<root>/locks/``, the
+  cores as one slot file per core in ``$TMPDIR/causalmeta-locks-<uid>/`` (this machine only).
+
 The owner of a training lock tags its flow run ``<limit name>`` while it holds it (visible in
 the UI's run list), which is how a waiting run can say whom it waits for.
 """
@@ -28,10 +40,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 __all__ = [
@@ -42,6 +59,8 @@ __all__ = [
     "ensure_limit",
     "occupy_cores",
     "pool_cores",
+    "reset_stale_slots",
+    "server_mode",
     "training_lock",
     "training_lock_name",
     "training_locks",
@@ -190,32 +209,109 @@ def _acquire(name: str, occupy: int, what: str, logger, owners: bool) -> Iterato
         yield time.perf_counter() - t0
 
 
+def server_mode() -> bool:
+    """True when a Prefect server is configured (``PREFECT_API_URL``), False for the ephemeral API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def machine_lock_dir() -> Path:
+    """This machine's folder of lock files (cores), private to the user."""
+    path = Path(tempfile.gettempdir()) / f"causalmeta-locks-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _run_label() -> str:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = f"{ctx.flow_run.name} ({ctx.flow_run.id})" if ctx and ctx.flow_run else "no flow run"
+    return f"{run}, pid {os.getpid()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+
+
+def _try_flock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _run_label().encode(), 0)
+    return fd
+
+
 @contextlib.contextmanager
-def training_lock(method: str, prior_hash: str, logger=None) -> Iterator[float]:
-    """Hold the one training slot of (method, prior); yields the seconds waited (0 when reentrant)."""
+def _file_slots(folder: Path, size: int, occupy: int, what: str, logger) -> Iterator[float]:
+    """``occupy`` of ``size`` flock slot files in ``folder``, all or none (no partial holds, so
+    two waiters cannot deadlock each other); yields the seconds waited."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    t0, told, fds = time.perf_counter(), False, []
+    while True:
+        for i in range(size):
+            fd = _try_flock(folder / f"slot-{i}.lock")
+            if fd is not None:
+                fds.append(fd)
+                if len(fds) == occupy:
+                    break
+        if len(fds) == occupy:
+            break
+        for fd in fds:
+            os.close(fd)
+        fds = []
+        if not told:
+            holders = sorted({(folder / f"slot-{i}.lock").read_text(errors="replace").strip() for i in range(size)
+                              if (folder / f"slot-{i}.lock").is_file()} - {""})
+            logger.info("%s: waiting for %s%s", what, folder.name, f", held by {'; '.join(holders)}" if holders else "")
+            told = True
+        time.sleep(0.5)
+    try:
+        yield time.perf_counter() - t0
+    finally:
+        for fd in fds:
+            os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def training_lock(method: str, prior_hash: str, logger=None, root: str | None = None) -> Iterator[float]:
+    """Hold the one training slot of (method, prior); yields the seconds waited (0 when reentrant).
+
+    ``root``: the data root, where the ephemeral backend keeps its lock file (default: this
+    machine's lock folder).
+    """
     logger = logger or log
     name = training_lock_name(method, prior_hash)
     if name in _held.get():
         yield 0.0
         return
-    ensure_limit(name, 1)
-    with _acquire(name, 1, f"training {method} on prior {prior_hash[:12]}", logger, owners=True) as waited:
-        _tag_own_run(name, True)
+    what = f"training {method} on prior {prior_hash[:12]}"
+    if server_mode():
+        ensure_limit(name, 1)
+        held = _acquire(name, 1, what, logger, owners=True)
+    else:
+        folder = (Path(root) / "locks" if root and "://" not in str(root) else machine_lock_dir()) / name
+        held = _file_slots(folder, 1, 1, what, logger)
+    with held as waited:
+        if server_mode():
+            _tag_own_run(name, True)
         token = _held.set(_held.get() | {name})
         try:
             yield waited
         finally:
             _held.reset(token)
-            with contextlib.suppress(Exception):  # a tag left behind only misnames an owner
-                _tag_own_run(name, False)
+            if server_mode():
+                with contextlib.suppress(Exception):  # a tag left behind only misnames an owner
+                    _tag_own_run(name, False)
 
 
 @contextlib.contextmanager
-def training_locks(methods, prior_hash: str, logger=None) -> Iterator[None]:
+def training_locks(methods, prior_hash: str, logger=None, root: str | None = None) -> Iterator[None]:
     """:func:`training_lock` for several methods on one prior, in name order (no lock-order deadlock)."""
     with contextlib.ExitStack() as stack:
         for m in sorted(set(methods)):
-            stack.enter_context(training_lock(m, prior_hash, logger))
+            stack.enter_context(training_lock(m, prior_hash, logger, root))
         yield
 
 
@@ -225,7 +321,46 @@ def occupy_cores(n: int, what: str, pool: str | None = None, logger=None) -> Ite
     logger = logger or log
     pool = pool or core_pool()
     name = cores_limit_name(pool)
-    size = ensure_limit(name, pool_cores())
-    n = max(1, min(int(n), size))
-    with _acquire(name, n, f"{what} ({n} cores of pool {pool})", logger, owners=False) as waited:
+    if server_mode():
+        size = ensure_limit(name, pool_cores())
+        n = max(1, min(int(n), size))
+        held = _acquire(name, n, f"{what} ({n} cores of pool {pool})", logger, owners=False)
+    else:
+        size = pool_cores()
+        n = max(1, min(int(n), size))
+        held = _file_slots(machine_lock_dir() / name, size, n, f"{what} ({n} cores of pool {pool})", logger)
+    with held as waited:
         yield waited
+
+
+def reset_stale_slots(prefix: str = "causalmeta-") -> list[str]:
+    """Set the active slots of every limit named ``prefix*`` to 0; the names reset.
+
+    Only correct when no holder is alive: right after a Prefect server (re)started, whose
+    in-memory leases died with the old process (deploy/stack.sh calls it before serving).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    done = []
+    with get_client(sync_client=True) as client:
+        for limit in client.read_global_concurrency_limits(limit=200):
+            if limit.name.startswith(prefix) and limit.active_slots:
+                client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
+                done.append(f"{limit.name} ({limit.active_slots} slots)")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["reset"]:
+        print("usage: python -m flows.concurrency reset   (clear stale causalmeta-* slots after a server restart)",
+              file=sys.stderr)
+        return 2
+    done = reset_stale_slots()
+    print("cleared stale slots: " + (", ".join(done) if done else "none"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

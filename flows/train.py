@@ -72,7 +72,7 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
         return reused
     # One training per (method, prior) at a time, across processes and machines (flows/concurrency.py):
     # a second request waits here, then finds the model the first one registered.
-    with training_lock(method, prior_hash, logger) as waited:
+    with training_lock(method, prior_hash, logger, root) as waited:
         if not force and (reused := _reuse(tracker, method, config, waited=waited)) is not None:
             return reused
         if data == "store" and store_path is None:

@@ -7,6 +7,7 @@ session's real ``prefect server`` (tests/conftest.py); the flow-level behaviour 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -130,3 +131,71 @@ def test_occupy_cores_caps_at_the_pool_and_serialises_when_full(api, monkeypatch
     spans.clear()
     _run_together(hold("train", 2), hold("fit", 1))  # 2 + 1 > 2: one waits
     assert not errors and not _overlap([spans["train"], spans["fit"]]), (errors, spans)
+
+
+# ---------------------------------------------------------------------------- ephemeral API: flock files
+def test_without_a_server_the_locks_are_flock_files_released_when_the_holder_dies(tmp_path, monkeypatch):
+    """The ephemeral API keeps leases in a process that dies with its flow; flock files do not
+    outlive their holder, so a killed `make demo` cannot leave a training lock taken."""
+    import subprocess
+    import sys
+
+    from flows.concurrency import occupy_cores, server_mode, training_lock
+
+    assert not server_mode()
+    monkeypatch.setenv("CAUSALMETA_POOL_CORES", "2")
+    h = "ef" * 32
+    code = (
+        "import sys, time\n"
+        "from flows.concurrency import training_lock\n"
+        "with training_lock('m', sys.argv[1], root=sys.argv[2]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, h, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        got = []
+        t = threading.Thread(target=lambda: got.append(training_lock("m", h, root=str(tmp_path)).__enter__()))
+        t.start()
+        t.join(timeout=2)
+        assert t.is_alive() and not got  # blocked by the other process
+        holder.kill()  # SIGKILL: no cleanup runs
+        t.join(timeout=30)
+        assert got and got[0] > 1.5, got
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "locks" / f"causalmeta-train-m-{h[:16]}" / "slot-0.lock").is_file()
+    pool = f"test-local-{time.monotonic_ns()}"
+    spans = {}
+
+    def hold(tag, n):
+        def run():
+            with occupy_cores(n, tag, pool=pool):
+                t0 = time.monotonic()
+                time.sleep(1.0)
+                spans[tag] = (t0, time.monotonic())
+        return run
+
+    _run_together(hold("a", 1), hold("b", 1))
+    assert _overlap([spans["a"], spans["b"]]), spans
+    spans.clear()
+    _run_together(hold("train", 2), hold("fit", 1))
+    assert not _overlap([spans["train"], spans["fit"]]), spans
+
+
+@pytest.mark.service
+def test_reset_clears_stale_slots(api):
+    from prefect.client.orchestration import get_client
+
+    from flows.concurrency import ensure_limit, reset_stale_slots
+
+    name = f"causalmeta-test-stale-{time.monotonic_ns()}"
+    ensure_limit(name, 1)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots(names=[name], slots=1, mode="concurrency")  # a holder that died
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
+        assert any(name in r for r in reset_stale_slots())
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
