@@ -46,6 +46,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,13 +201,28 @@ def _acquire(name: str, occupy: int, what: str, logger, owners: bool) -> Iterato
     from prefect.concurrency.sync import concurrency
 
     t0 = time.perf_counter()
-    with contextlib.suppress(Exception):  # best effort: a failed lookup must not stop the work
-        if _busy(name, occupy):
-            who = ", ".join(_owners(name)) if owners else ""
-            logger.info("%s: waiting for %s%s", what, name, f", held by {who}" if who else "")
-    with concurrency(name, occupy=occupy, lease_duration=LEASE_S, strict=True, holder=_holder(),
-                     raise_on_lease_renewal_failure=False):  # a transient API error must not kill a long training
+
+    def report() -> None:  # best effort: a failed lookup must not stop the work
+        with contextlib.suppress(Exception):
+            if _busy(name, occupy):
+                who = ", ".join(_owners(name)) if owners else ""
+                logger.info("%s: waiting for %s%s", what, name, f", held by {who}" if who else "")
+
+    # said once, if the slots are not granted within a second (a check before asking could
+    # race the holder's own acquisition and miss it)
+    timer = threading.Timer(1.0, report)
+    timer.daemon = True
+    timer.start()
+    try:
+        cm = concurrency(name, occupy=occupy, lease_duration=LEASE_S, strict=True, holder=_holder(),
+                         raise_on_lease_renewal_failure=False)  # a transient API error must not kill a long training
+        cm.__enter__()
+    finally:
+        timer.cancel()
+    try:
         yield time.perf_counter() - t0
+    finally:
+        cm.__exit__(None, None, None)
 
 
 def server_mode() -> bool:

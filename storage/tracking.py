@@ -172,8 +172,30 @@ class Tracker:
         if self._local:
             self.root.mkdir(parents=True, exist_ok=True)
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self._run = None
+        if self._local:
+            self.client = self._init_local_db(MlflowClient)
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _init_local_db(self, client_cls):
+        """Create / migrate the sqlite database under a file lock.
+
+        Two processes opening a fresh root at once (two runs started together by the serve
+        process) both ran MLflow's schema migrations and one failed with ``duplicate column
+        name: step``; the first query creates the schema, so it runs alone.
+        """
+        import fcntl
+
+        fd = os.open(self.root / ".mlflow-db.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            client = client_cls(tracking_uri=self.uri, registry_uri=self.uri)
+            client.search_experiments(max_results=1)  # the tracking store
+            client.search_registered_models(max_results=1)  # the registry store: its own engine
+            return client
+        finally:
+            os.close(fd)
 
     # ---------------------------------------------------------------- runs
     def _use(self) -> None:

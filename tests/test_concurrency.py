@@ -96,9 +96,22 @@ def test_training_lock_serialises_one_prior_and_is_reentrant(api):
                 errors.append(exc)
         return run
 
-    _run_together(hold("a", h), hold("b", h))
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("flows.concurrency").addHandler(handler)
+    logging.getLogger("flows.concurrency").setLevel(logging.INFO)
+    try:
+        _run_together(hold("a", h), hold("b", h))
+    finally:
+        logging.getLogger("flows.concurrency").removeHandler(handler)
     assert not errors, errors
     assert not _overlap([spans["a"], spans["b"]]), spans  # one prior: one after the other
+    # the second one said, once, what it waits for
+    said = [r.getMessage() for r in records if "waiting for causalmeta-train-m-" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in records]
     spans.clear()
     _run_together(hold("a", h), hold("c", other))
     assert not errors, errors
