@@ -200,19 +200,22 @@ def answer_summary(answer) -> dict[str, np.ndarray]:
 
 
 def evaluate_baseline(name: str, config, task: dict, *, max_queries: int | None = None,
-                      seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                      seed: int = 0, info: dict | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Fit baseline ``name`` on one task (real nodes only) and score what it answers.
 
     Returns (metrics, summary arrays to persist). ``runtime_s`` is the fit time; scoring is
-    not timed.
+    not timed. ``info``, when given, receives ``converged`` (True / False / None: no test) and
+    ``convergence`` (the note) of the fit (``baselines.registry.convergence_of``).
     """
     import time
 
-    from pipeline_lib.baselines.registry import fit_baseline
+    from pipeline_lib.baselines.registry import convergence_of, fit_baseline
 
     t0 = time.perf_counter()
     answer = fit_baseline(name, restrict(task), config)
     metrics = {"runtime_s": time.perf_counter() - t0}
+    if info is not None:
+        info["converged"], info["convergence"] = convergence_of(name, answer)
     metrics.update(evaluate_answer(answer, task, max_queries=max_queries, seed=seed))
     return metrics, answer_summary(answer)
 

@@ -37,8 +37,13 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
               "config": config.model_dump(mode="json")}
     t0 = time.perf_counter()
     try:
-        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed + index)
-        record.update(status="ok", error=None, metrics=metrics)
+        info: dict = {}
+        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed + index,
+                                            info=info)
+        # converged False: the report names the method "(not converged k/n)" (storage/report.py)
+        record.update(status="ok", error=None, metrics=metrics, **info)
+        if info.get("converged") is False:
+            get_run_logger().warning("%s on %s[%d] did not converge: %s", method, split, index, info["convergence"])
     except Exception as exc:  # recorded, by design: see docstring
         arrays = None
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={},

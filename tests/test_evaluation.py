@@ -72,3 +72,18 @@ def test_nlpid_separates_causal_from_non_causal_only_on_the_strong_prior(prior, 
           for name in ("exact", "empty-graph")}
     assert nl["exact"] < nl["empty-graph"]  # modelling the causal effects pays on both priors
     assert (nl["empty-graph"] / nl["exact"] > 1.5) == separates
+
+
+def test_evaluate_baseline_reports_convergence_and_a_short_dcdi_run_is_not_converged():
+    """Issue 17: every fit says whether it converged; a DCDI stopped after 50 steps has not
+    (its schedule did not finish), and the benchmark's records carry that flag."""
+    from pipeline_lib.baselines.registry import check_config
+    from pipeline_lib.evaluation import evaluate_baseline
+
+    task, _ = chain_task()
+    info = {}
+    evaluate_baseline("exact", check_config("exact", {}), task, max_queries=2, info=info)
+    assert info["converged"] is True and "closed form" in info["convergence"]
+    info = {}
+    evaluate_baseline("dcdi", check_config("dcdi", {"max_iter": 50}), task, max_queries=2, info=info)
+    assert info["converged"] is False and "not converged" in info["convergence"], info
