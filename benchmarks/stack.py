@@ -11,7 +11,9 @@ Three measurements, each on fresh roots (nothing reused between them):
    state. Afterwards the ``meta-train`` flow runs in the API, grouped by (method, prior): the
    event-triggered retrain must not add a second one;
 3. **baseline stage, 2 workers vs 1**: ``run_baselines`` of the preset's baselines on the
-   stored prior of (1), results into two fresh roots.
+   stored prior of (1), results into two fresh roots, embedded: the local cluster's workers
+   are threads of one process (flows/runtime.py), so this measures how far the fits release
+   the GIL (measured 0.96x on 2 cores: they do not; see the README).
 
 Ratios: stack / embedded (goal <= 1.2) and 1 worker / 2 workers (goal >= 1.7). The machine's
 load average is recorded at the start and end: another job on the machine skews both sides.
@@ -114,7 +116,9 @@ def run_stack(preset: str, workers: int, tmp: Path) -> dict:
         runs = api.call("POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["meta-train"]}}})
         per = Counter((r["parameters"].get("method", "mace-tnp"), Path(str(r["parameters"].get("prior"))).name)
                       for r in runs)
-        return {"wall_s": wall, "up_s": up_s, "meta_train_runs": {f"{m} @ {p}": n for (m, p), n in per.items()},
+        # keys are MLflow metric names too: method/prior store stem
+        return {"wall_s": wall, "up_s": up_s,
+                "meta_train_runs": {f"{m}/{p.removesuffix('.zarr')}": n for (m, p), n in per.items()},
                 "meta_train_runs_max_per_pair": max(per.values(), default=0), "workers": workers}
     finally:
         subprocess.run([*stack, "down", "--state", str(state_dir)], env=env, cwd=ROOT, capture_output=True, text=True)
