@@ -106,18 +106,9 @@ def cores_limit_name(pool: str) -> str:
 
 def pool_cores() -> int:
     """Cores of this machine's pool: ``$CAUSALMETA_POOL_CORES`` or the CPUs this process may use."""
-    raw = os.environ.get(ENV_POOL_CORES)
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"{ENV_POOL_CORES}={raw!r}: must be a positive integer")
-        return n
-    from flows.runtime import usable_cores
+    from flows.runtime import positive_int_env, usable_cores
 
-    return usable_cores()
+    return positive_int_env(ENV_POOL_CORES, usable_cores())
 
 
 def ensure_limit(name: str, limit: int) -> int:

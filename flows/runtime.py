@@ -45,7 +45,8 @@ class RootNotAllowedError(ValueError):
     """A flow's ``root`` parameter lies outside the roots this deployment allows."""
 
 
-def _positive_int_env(name: str, default: int) -> int:
+def positive_int_env(name: str, default: int) -> int:
+    """The positive integer in ``$name``, ``default`` when unset or empty; an error naming it otherwise."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -64,7 +65,7 @@ def usable_cores() -> int:
 
 def train_threads() -> int:
     """The thread budget of a training run: ``$CAUSALMETA_TRAIN_THREADS`` or the usable cores."""
-    return _positive_int_env(TRAIN_THREADS_ENV, usable_cores())
+    return positive_int_env(TRAIN_THREADS_ENV, usable_cores())
 
 
 def check_root(root: str) -> str:

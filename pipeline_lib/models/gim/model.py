@@ -54,18 +54,11 @@ from torch import nn
 from pipeline_lib.models.dpdag import DPDAG
 from pipeline_lib.models.gim.config import GIMConfig
 from pipeline_lib.models.metacadi.likelihood import NodeMLP, masked_inputs
-from pipeline_lib.models.metacadi.targets import sample_targets
+from pipeline_lib.models.metacadi.targets import _mlp, sample_targets
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        mods.append(nn.Linear(a, b))
-        if k < len(sizes) - 2:
-            mods.append(nn.LeakyReLU(0.1))
-    return nn.Sequential(*mods)
 
 
 def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
