@@ -135,8 +135,9 @@ def test_evaluate_dataset_flow(data):
     assert "raf" in (out / "edges-exact.html").read_text()
     records = json.loads((out / "records.json").read_text())["records"]
     assert [r["regime"] for r in records["exact"]] == ds.regime_labels
-    mlflow.set_tracking_uri(tracking_uri(str(root)))
-    run = mlflow.get_run(summary["run_id"])
+    # a client, not mlflow.set_tracking_uri: that writes MLFLOW_TRACKING_URI into os.environ, and
+    # every later test's subprocesses (the served stack) would log into this test's database
+    run = mlflow.tracking.MlflowClient(tracking_uri(str(root))).get_run(summary["run_id"])
     assert run.data.metrics["exact.nlpid"] == pytest.approx(recs["exact"]["mean"])
     with pytest.raises(NodeRangeError, match=rf"mace-tnp v{v_two} \(trained on prior tiny-2node\) supports d in "
                                              r"\[2, 2\]; the data has 3 variables"):
