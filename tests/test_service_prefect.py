@@ -308,7 +308,7 @@ def test_two_concurrent_meta_train_requests_train_once(served):
     lock (flows/concurrency.py) and reuses the first one's model."""
     import mlflow
 
-    from storage.tracking import tracking_uri
+    from storage.settings import default_tracking_uri
 
     store = _write_tiny_store(served.root, name="svc-lock", seed=23)
     prior_hash = store.config.content_hash()
@@ -318,7 +318,9 @@ def test_two_concurrent_meta_train_requests_train_once(served):
     finals = [served.wait_state(r["id"], timeout=300) for r in runs]
     assert [f["state_type"] for f in finals] == ["COMPLETED"] * 2, f"{finals}\n{served.service.log_tail()}"
 
-    client = mlflow.tracking.MlflowClient(tracking_uri(str(served.root)))
+    # the database the served runs write (the serve process was started without
+    # MLFLOW_TRACKING_URI), whatever this test process's environment says
+    client = mlflow.tracking.MlflowClient(default_tracking_uri(str(served.root)))
     versions = [v for v in client.search_model_versions("name='causalmeta-mace-tnp'")
                 if v.tags.get("prior_hash") == prior_hash]
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
