@@ -320,7 +320,10 @@ def test_two_concurrent_meta_train_requests_train_once(served):
 
     # the database the served runs write (the serve process was started without
     # MLFLOW_TRACKING_URI), whatever this test process's environment says
-    client = mlflow.tracking.MlflowClient(default_tracking_uri(str(served.root)))
+    # registry_uri too: without it the client takes mlflow's process-wide registry URI, which an
+    # earlier test's Tracker set (mlflow.set_registry_uri) to its own database
+    uri = default_tracking_uri(str(served.root))
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = [v for v in client.search_model_versions("name='causalmeta-mace-tnp'")
                 if v.tags.get("prior_hash") == prior_hash]
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]
