@@ -12,14 +12,15 @@ Three measurements, each on fresh roots (nothing reused between them):
    event-triggered retrain must not add a second one;
 3. **baseline stage, 2 workers vs 1**: ``run_baselines`` of the preset's baselines on the
    stored prior of (1), results into two fresh roots, embedded: the local cluster's workers
-   are threads of one process (flows/runtime.py), so this measures how far the fits release
-   the GIL (measured 0.96x on 2 cores: they do not; see the README).
+   are threads of one process (flows/runtime.py); with 2 workers each fit runs in one of 2
+   processes (tasks/fitprocs.py; in threads, the fits held the GIL: 0.96x).
 
 Ratios: stack / embedded (goal <= 1.2) and 1 worker / 2 workers (goal >= 1.7). The machine's
 load average is recorded at the start and end: another job on the machine skews both sides.
 
 Results: ``benchmarks/results/stack.json`` and an MLflow run ``stack`` in experiment
-``benchmarks``. Usage: ``python benchmarks/stack.py [--preset quick] [--workers 2]``.
+``benchmarks``. Usage: ``python benchmarks/stack.py [--preset quick] [--workers 2]``;
+``--baselines-only STORE`` re-measures (3) alone and keeps the file's other numbers.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def free_port() -> int:
 def quiet_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DASK_SCHEDULER_ADDRESS", "CAUSALMETA_ROOT")}
-    env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                COLUMNS="80", **extra)
     return env
 
@@ -158,19 +159,28 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--workers", type=int, default=2, help="Dask workers of the stack")
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--baselines-only", metavar="STORE",
+                    help="measure only (3) on this stored prior; the stack numbers of the results file are kept")
     args = ap.parse_args()
-    out: dict = {"preset": args.preset, "cores": len(os.sched_getaffinity(0)), "load_average_start": os.getloadavg()[0],
-                 "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    with tempfile.TemporaryDirectory(prefix="causalmeta-stack-bench-") as d:
-        tmp = Path(d)
-        emb = run_embedded(args.preset, tmp)
-        out["embedded"] = {"wall_s": emb["wall_s"]}
-        out["stack"] = run_stack(args.preset, args.workers, tmp)
-        out["ratio_stack_over_embedded"] = out["stack"]["wall_s"] / emb["wall_s"]
-        if not args.skip_baselines:
-            stores = sorted((Path(emb["root"]) / "priors").glob("*.zarr"))
-            out["baselines"] = run_baseline_stage(args.preset, str(stores[0]), tmp)
-    out["load_average_end"] = os.getloadavg()[0]
+    now = {"cores": len(os.sched_getaffinity(0)), "load_average_start": os.getloadavg()[0],
+           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if args.baselines_only:
+        out = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"preset": args.preset}
+        with tempfile.TemporaryDirectory(prefix="causalmeta-stack-bench-") as d:
+            out["baselines"] = {**run_baseline_stage(args.preset, args.baselines_only, Path(d)), **now,
+                                "load_average_end": os.getloadavg()[0]}
+    else:
+        out = {"preset": args.preset, **now}
+        with tempfile.TemporaryDirectory(prefix="causalmeta-stack-bench-") as d:
+            tmp = Path(d)
+            emb = run_embedded(args.preset, tmp)
+            out["embedded"] = {"wall_s": emb["wall_s"]}
+            out["stack"] = run_stack(args.preset, args.workers, tmp)
+            out["ratio_stack_over_embedded"] = out["stack"]["wall_s"] / emb["wall_s"]
+            if not args.skip_baselines:
+                stores = sorted((Path(emb["root"]) / "priors").glob("*.zarr"))
+                out["baselines"] = run_baseline_stage(args.preset, str(stores[0]), tmp)
+        out["load_average_end"] = os.getloadavg()[0]
     out["goals"] = {"ratio_stack_over_embedded<=1.2": out["ratio_stack_over_embedded"] <= 1.2,
                     "one_meta_train_run_per_method_prior": out["stack"]["meta_train_runs_max_per_pair"] == 1,
                     **({"baselines_2_over_1>=1.7": out["baselines"]["speedup_2_over_1"] >= 1.7}

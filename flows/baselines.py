@@ -1,6 +1,7 @@
 """Flow: fit per-dataset baselines on the test tasks of a stored prior, in parallel on Dask.
 
-One Prefect task per (baseline, task) on a DaskTaskRunner (threads locally, or the scheduler at
+One Prefect task per (baseline, task) on a DaskTaskRunner (threads locally, each handing its
+fit to one of ``n_workers`` processes, ``tasks/fitprocs.py``; or the scheduler at
 ``$DASK_SCHEDULER_ADDRESS``). Records go to ``storage.results.ResultStore`` keyed by
 (baseline, config hash, prior), so re-running reuses finished fits and retries failed ones.
 """
@@ -22,6 +23,7 @@ from storage.prior_store import PriorStore
 from storage.results import config_key
 from tasks.artifacts import Progress, artifact_key
 from tasks.baselines import fit_baseline_task
+from tasks.fitprocs import fit_processes
 
 __all__ = ["run_baselines", "fit_baselines_parallel"]
 
@@ -60,13 +62,16 @@ def run_baselines(store: str, baselines: list[BaselineRun], n_tasks: int = 10, r
     if n_workers > 1:
         torch.set_num_threads(1)  # one core per concurrent fit, no oversubscription
     address = dask_address()
+    # the local cluster's workers are threads, and fits hold the GIL: each fit runs in one of
+    # n_workers processes (tasks/fitprocs.py); a remote cluster's workers are processes already
+    procs = fit_processes(n_workers) if (not address and n_workers > 1) else contextlib.nullcontext()
     # The fits declare their cores (flows/concurrency.py): a training on the same machine waits for
     # them, or they for it, instead of both running at half speed. A remote cluster whose pool is
     # not named ($CAUSALMETA_DASK_POOL) runs on other machines' cores: nothing to hold here.
     pool = dask_pool(address) if (not address or os.environ.get(ENV_DASK_POOL)) else None
     cores = occupy_cores(n_workers, f"{len(jobs)} baseline fits", pool=pool) if pool else contextlib.nullcontext()
     try:
-        with cores:
+        with cores, procs:
             records = fit_baselines_parallel.with_options(task_runner=make_task_runner(n_workers))(
                 store, root, jobs, max_queries, seed)
     finally:

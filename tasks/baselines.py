@@ -7,10 +7,10 @@ import traceback
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from pipeline_lib.evaluation import evaluate_baseline
 from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
+from tasks.fitprocs import evaluate_in_process
 
 __all__ = ["fit_baseline_task"]
 
@@ -23,7 +23,8 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     Reading the store is retried (storage may be remote); a failure of the method itself
     is NOT retried: it is recorded as ``status: failed`` with the error, so one failing
     fit never aborts the others and is never silently dropped. An existing ``ok`` record
-    for the same (method key, prior) is reused.
+    for the same (method key, prior) is reused. The fit runs in a process of the flow's fit
+    pool when one is open (``tasks/fitprocs.py``), else in this thread.
     """
     results = ResultStore.for_store(root, store_path)
     done = results.load(method_key, split, index)
@@ -37,9 +38,8 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
               "config": config.model_dump(mode="json")}
     t0 = time.perf_counter()
     try:
-        info: dict = {}
-        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed + index,
-                                            info=info)
+        metrics, arrays, info = evaluate_in_process(method, config, task_data, max_queries=max_queries,
+                                                    seed=seed + index)
         # converged False: the report names the method "(not converged k/n)" (storage/report.py)
         record.update(status="ok", error=None, metrics=metrics, **info)
         if info.get("converged") is False:

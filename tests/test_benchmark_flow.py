@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,8 @@ def test_benchmark_flow_end_to_end(tmp_path):
     good = [r for r in failed if r["status"] == "ok" and r["method"] == "exact"]
     assert len(bad) == 2 and all("no_such_prior" in r["error"] for r in bad)
     assert len(good) == 2 and all(math.isfinite(r["metrics"]["nlpid"]) for r in good)
+    # n_workers 2 on the local (threaded) cluster: each fit ran in a fit process (tasks/fitprocs.py)
+    assert all(r["fit_pid"] != os.getpid() for r in good), [r.get("fit_pid") for r in good]
 
     client = mlflow.tracking.MlflowClient(tracking_uri(str(root)))
     run = client.get_run(summary["run_id"])

@@ -177,6 +177,23 @@ class Served:
             time.sleep(0.5)
         raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout}s:\n{self.service.log_tail()}")
 
+    def logs_of(self, flow_run_ids: list[str], until=None, timeout: float = 30.0) -> list[dict]:
+        """All logs of the runs, oldest first, read in pages. A run's state turns terminal before
+        its last log lines arrive (the serve process ships logs in batches every few seconds), so
+        this polls until ``until(logs)`` holds or ``timeout`` passes, then answers what it has."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logs: list[dict] = []
+            while True:
+                page = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": list(flow_run_ids)}},
+                                                  "sort": "TIMESTAMP_ASC", "limit": 200, "offset": len(logs)})
+                logs += page
+                if len(page) < 200:
+                    break
+            if until is None or until(logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(1.0)
+
     def runs_of(self, deployment_id: str) -> list[dict]:
         body = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
         return self.post("/flow_runs/filter", body)
@@ -333,8 +350,11 @@ def test_two_concurrent_meta_train_requests_train_once(served):
     # exactly one of the two runs says it reused the other's model: after waiting for the
     # training lock when both were in flight together, or (a run started late by a busy serve
     # process) on its first registry check
-    logs = served.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}}, "limit": 200})
-    reused = {e["flow_run_id"] for e in logs if "reused" in e["message"]}
+    def _reused(logs):
+        return {e["flow_run_id"] for e in logs if "reused" in e["message"]}
+
+    logs = served.logs_of([r["id"] for r in runs], until=lambda logs: len(_reused(logs)) >= 1)
+    reused = _reused(logs)
     assert len(reused) == 1, [e["message"] for e in logs][-20:]
     lock = f"causalmeta-train-mace-tnp-{prior_hash[:16]}"
     import re

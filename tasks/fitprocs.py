@@ -1,0 +1,194 @@
+"""Baseline fits in worker processes, for the embedded (threaded) Dask cluster.
+
+The local cluster's workers are threads of the flow process (``flows/runtime.py``: worker
+processes would each start an ephemeral Prefect API on one SQLite file). A DiBS, BaCaDI or
+DCDI fit is thousands of small torch ops whose Python dispatch holds the GIL, so two such
+threads fitted no faster than one (``benchmarks/stack.py``: 0.96x with 2 workers). So the
+flow opens a pool of ``n`` single-threaded processes for its baseline stage
+(:func:`fit_processes`), and each Prefect task, still in its worker thread where it logs,
+retries and persists, hands the fit itself to a process (:func:`evaluate_in_process`).
+
+The processes are ``python -m tasks._fitworker``, started with ``subprocess`` and one torch /
+BLAS thread each (environment), talking over two private pipes. Not ``multiprocessing``: its
+``spawn`` and ``forkserver`` children re-run the caller's ``__main__`` script (a script
+without a ``__main__`` guard then runs its whole benchmark again in every child; measured),
+and a ``fork`` of a process that runs threads may deadlock. They never touch Prefect, MLflow
+or the store: they get the task's arrays, run ``pipeline_lib.evaluation.evaluate_baseline``
+and send back metrics and arrays. A process that dies (out of memory, a native crash) fails
+its own fit with :class:`FitProcessDied` and is replaced, so the other fits go on. No pool
+open (one worker, or a remote Dask cluster whose workers are processes already), or a
+baseline registered at run time outside ``pipeline_lib`` (the fit processes do not know it):
+the fit runs in the calling thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from tasks._fitworker import read_message, write_message
+
+__all__ = ["FitProcessDied", "evaluate_in_process", "fit_processes", "open_pool_size"]
+
+_REPO = Path(__file__).resolve().parents[1]
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class FitProcessDied(RuntimeError):
+    """The process that ran a fit ended without an answer (killed, out of memory, a native crash)."""
+
+
+class _Worker:
+    """One ``tasks._fitworker`` process and its two pipes; one request at a time."""
+
+    def __init__(self):
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        env = {**os.environ, **dict.fromkeys(_THREAD_VARS, "1"),
+               "PYTHONPATH": os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p)}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tasks._fitworker", str(to_child_r), str(from_child_w)],
+                                         pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+
+    def call(self, fn, args, kwargs):
+        try:
+            write_message(self._to_child, (fn, args, kwargs))
+            ok, value = read_message(self._from_child)
+        except (EOFError, BrokenPipeError, OSError) as exc:
+            self.close(kill=True)
+            code = self.proc.poll()
+            raise FitProcessDied(f"the process running this fit (pid {self.proc.pid}) died without an answer "
+                                 f"(exit code {code}; killed or out of memory?); the fit was not retried, the "
+                                 f"other fits go on") from exc
+        if not ok:
+            raise value
+        return value
+
+    def close(self, kill: bool = False) -> None:
+        for fd in (self._to_child, self._from_child):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if kill:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Pool:
+    """``n`` worker processes, started at once (their imports overlap the Dask cluster's start);
+    a dead one is replaced by the next fit."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._slots = threading.BoundedSemaphore(n)
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(n):
+            self._idle.put(self._start())
+
+    def run(self, fn, /, *args, **kwargs):
+        with self._slots:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                worker = self._start()
+            try:
+                value = worker.call(fn, args, kwargs)
+            except FitProcessDied:
+                with self._lock:
+                    self._all.discard(worker)
+                raise
+            except BaseException:
+                self._idle.put(worker)  # the method raised; its process is fine
+                raise
+            self._idle.put(worker)
+            return value
+
+    def _start(self) -> _Worker:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the fit pool is closed")
+            worker = _Worker()
+            self._all.add(worker)
+            return worker
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers, self._all = list(self._all), set()
+        for worker in workers:  # closing its input ends a worker's loop
+            worker.close()
+
+
+_OPEN: _Pool | None = None
+_OPEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def fit_processes(n: int) -> Iterator[None]:
+    """Run the fits of :func:`evaluate_in_process` in up to ``n`` worker processes inside this block.
+
+    The pool is process-wide (the local Dask cluster's worker threads see it); blocks nest, the
+    innermost pool serving. Its processes start on entry and end with the block.
+    """
+    global _OPEN
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: the number of fit processes must be a positive int, got {n!r}")
+    pool = _Pool(n)
+    with _OPEN_LOCK:
+        previous, _OPEN = _OPEN, pool
+    try:
+        yield
+    finally:
+        with _OPEN_LOCK:
+            _OPEN = previous
+        pool.shutdown()
+
+
+def open_pool_size() -> int:
+    """The number of processes of the open pool, 0 when fits run in the calling thread."""
+    pool = _OPEN
+    return 0 if pool is None else pool.n
+
+
+def _evaluate(method: str, config, task_data: dict, max_queries: int | None, seed: int) -> tuple[dict, dict, dict]:
+    from pipeline_lib.evaluation import evaluate_baseline
+
+    info: dict = {}
+    metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed, info=info)
+    info["fit_pid"] = os.getpid()
+    return metrics, arrays, info
+
+
+def _builtin(method: str) -> bool:
+    from pipeline_lib.baselines.registry import get_baseline
+
+    return get_baseline(method).fit.__module__.startswith("pipeline_lib.")
+
+
+def evaluate_in_process(method: str, config, task_data: dict, *, max_queries: int | None,
+                        seed: int) -> tuple[dict, dict, dict]:
+    """``evaluate_baseline`` of one task in the open pool (or here): (metrics, arrays, info).
+
+    ``info`` holds ``converged`` / ``convergence`` of the fit and ``fit_pid``, the process that
+    fitted. An error of the method is raised here as it was raised there. A baseline registered
+    outside ``pipeline_lib`` (by a user's script or a test, at run time) exists in this process
+    only: it is fitted here.
+    """
+    pool = _OPEN
+    if pool is None or not _builtin(method):
+        return _evaluate(method, config, task_data, max_queries, seed)
+    return pool.run(_evaluate, method, config, task_data, max_queries, seed)

@@ -1,0 +1,76 @@
+"""Baseline fits in worker processes (tasks/fitprocs.py): the same answers as in the calling
+thread, from another process, and a dying process fails only its own fit."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline_lib.baselines.registry import check_config
+from tasks.fitprocs import FitProcessDied, evaluate_in_process, fit_processes, open_pool_size
+from tests.linear_scm import chain_task
+
+
+def _without_runtime(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("runtime")}
+
+
+def test_a_fit_in_a_process_answers_as_in_the_thread_errors_come_back_and_a_death_fails_one_fit():
+    from tasks import fitprocs
+
+    task, _ = chain_task()
+    config = check_config("dibs", {"steps": 40, "n_particles": 4})
+    here, here_arrays, here_info = evaluate_in_process("dibs", config, task, max_queries=3, seed=5)
+    assert here_info["fit_pid"] == os.getpid() and open_pool_size() == 0
+    with fit_processes(1):
+        assert open_pool_size() == 1
+        there, there_arrays, there_info = evaluate_in_process("dibs", config, task, max_queries=3, seed=5)
+        other, _, _ = evaluate_in_process("dibs", config, task, max_queries=3, seed=6)
+        # a method's error is raised here as itself, with where it was raised
+        with pytest.raises(ValueError, match="no_such_prior") as err:
+            evaluate_in_process("exact", check_config("exact", {"graph_prior": "no_such_prior"}), task,
+                                max_queries=2, seed=0)
+        assert "raised in the fit process" in "".join(getattr(err.value, "__notes__", []))
+        # what an out-of-memory kill looks like from here: that fit fails, the next one runs
+        with pytest.raises(FitProcessDied, match="died without an answer.*exit code 3"):
+            fitprocs._OPEN.run(os._exit, 3)
+        after, _, after_info = evaluate_in_process("exact", check_config("exact", {}), task, max_queries=2, seed=0)
+    assert open_pool_size() == 0
+    assert there_info["fit_pid"] != os.getpid() and after_info["fit_pid"] not in (os.getpid(), there_info["fit_pid"])
+    assert np.isfinite(after["nlpid"]) and there_info["converged"] == here_info["converged"]
+    # seeded SVGD: the same particles in a fresh single-threaded process (float rounding of a
+    # different thread count aside), and a different seed is a different fit
+    a, b = _without_runtime(here), _without_runtime(there)
+    assert a.keys() == b.keys() and all(np.isclose(a[k], b[k], rtol=1e-4, equal_nan=True) for k in a), (a, b)
+    assert _without_runtime(other) != b
+    assert here_arrays.keys() == there_arrays.keys()
+
+
+def test_fit_processes_refuses_a_bad_size():
+    with pytest.raises(ValueError, match="positive int"), fit_processes(0):
+        pass
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_fit_processes(tmp_path):
+    """multiprocessing's spawn / forkserver children re-run the caller's script; ours must not."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "print('script ran', flush=True)\n"
+        "from pipeline_lib.baselines.registry import check_config\n"
+        "from tasks.fitprocs import evaluate_in_process, fit_processes\n"
+        "from tests.linear_scm import chain_task\n"
+        "task, _ = chain_task()\n"
+        "with fit_processes(2):\n"
+        "    m, _, info = evaluate_in_process('exact', check_config('exact', {}), task, max_queries=2, seed=0)\n"
+        "print('fitted in', info['fit_pid'], flush=True)\n")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("script ran") == 1 and "fitted in" in out.stdout, out.stdout
