@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline_lib.metrics import captured_fraction, comparison_table, mean_se  # noqa: E402
+from pipeline_lib.metrics.stats import ComparisonCell  # noqa: E402
 
 REPORT_METRICS = ("nlpid", "nlpid_per_sample", "calibration_error", "coverage_50", "coverage_90", "e_shd", "e_sid", "edge_auroc",
                   "edge_auprc", "intv_auroc", "intv_auprc", "sample_rmse", "int_rmse", "cf_rmse", "noise_rmse",
@@ -207,6 +208,60 @@ def captured_fractions(records: list[dict]) -> dict[str, float]:
             if not (m.startswith("empty-graph") or m.startswith("oracle"))}
 
 
+CAPTURED = "captured_fraction"
+
+
+def _task_nlpid(recs: list[dict]) -> dict:
+    """{task: NLPID} of a method's ok records with a finite NLPID."""
+    return {r["task"]: float(r["metrics"]["nlpid"]) for r in recs
+            if r.get("status") == "ok" and "task" in r and np.isfinite(r.get("metrics", {}).get("nlpid", np.nan))}
+
+
+def captured_se(method: dict, empty: dict, oracle: dict) -> float:
+    """Delta-method s.e. of the captured fraction f = (E - M) / (E - O) of mean NLPID, over the
+    tasks the three share (paired: every task scores all three). Per task the influence is
+    psi_t = ((e_t - m_t) - f (e_t - o_t)) / (E - O); s.e. = sd(psi) / sqrt(n). nan below 2 shared
+    tasks or without a gap; 0 for the references themselves (f is 0 or 1 by definition).
+    (A statistic: it belongs next to ``metrics.captured_fraction`` in pipeline_lib, kept here
+    with the one table that uses it.)"""
+    tasks = sorted(set(method) & set(empty) & set(oracle))
+    if len(tasks) < 2:
+        return float("nan")
+    m, e, o = (np.array([d[t] for t in tasks]) for d in (method, empty, oracle))
+    gap = e.mean() - o.mean()
+    if not gap > 0:
+        return float("nan")
+    f = (e.mean() - m.mean()) / gap
+    psi = ((e - m) - f * (e - o)) / gap
+    return float(psi.std(ddof=1) / np.sqrt(len(tasks)))
+
+
+def add_captured_column(table, records_by_label: dict[str, list[dict]]) -> dict[str, float]:
+    """Add the column ``captured_fraction`` (higher is better) to a comparison table that has
+    both references (the empty graph and the oracle) on NLPID: per row (references included:
+    0 and 1) the captured fraction of the table's mean NLPIDs, its paired delta-method s.e.
+    (:func:`captured_se`), best = the best non-reference method, no p-value. ``records_by_label``:
+    the per-task records under the table's row labels. Returns {label: fraction}; nothing is
+    added (and {} returned) without both references."""
+    frac = {r["method"]: r["mean"] for r in table.to_records() if r["metric"] == "nlpid"}
+    empty = next((m for m in frac if m.startswith("empty-graph")), None)
+    oracle = next((m for m in frac if m.startswith("oracle")), None)
+    if empty is None or oracle is None:
+        return {}
+    out = {m: captured_fraction(v, frac[empty], frac[oracle]) for m, v in frac.items()}
+    per_task = {m: _task_nlpid(records_by_label.get(m, [])) for m in out}
+    ranked = [m for m in out if not is_reference(m) and np.isfinite(out[m])]
+    best = max(ranked, key=lambda m: out[m], default=None)
+    if CAPTURED not in table.metrics:
+        table.metrics.append(CAPTURED)
+    table.lower_is_better[CAPTURED] = False
+    for m, v in out.items():
+        n = table.cells[(m, "nlpid")].n
+        table.cells[(m, CAPTURED)] = ComparisonCell(float(v), captured_se(per_task[m], per_task[empty], per_task[oracle]),
+                                                    n, m == best, float("nan"))
+    return out
+
+
 def captured_text(records: list[dict]) -> str | None:
     """One line for the report and the terminal, or None without both references."""
     frac = captured_fractions(records)
@@ -222,7 +277,9 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
     """Write tables (markdown, JSON), plots and ``report.html`` for each prior section.
 
     ``sections``: {prior label: {method label: per-task records}}. Returns the paths, the
-    comparison tables and the per-task metric arrays (by prior label, keyed as given). A
+    comparison tables and the per-task metric arrays (by prior label, keyed as given; where the
+    table has the empty-graph and oracle rows, each method also gets ``captured_fraction`` as a
+    one-element array: a table-level number, logged to MLflow like the means). A
     method with an ok record saying ``converged: False`` reads "<method> (not converged k/n)"
     in the tables and plots, and its note is listed above the table. ``section`` / ``unit``
     name the sections and what a record is (imported data: "Dataset", "held-out regimes").
@@ -238,6 +295,10 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
         table = comparison_table({m: {k: v for k, v in a.items() if not k.startswith("coverage")}
                                   for m, a in arrays.items() if a}, digits=3,
                                  references=[m for m in arrays if is_reference(m)])
+        shown = dict(zip(mark_not_converged(recs), recs))  # table label -> label as given
+        captured = add_captured_column(table, {label: recs[given] for label, given in shown.items()})
+        for label, v in captured.items():  # one table-level number, logged by the evaluate task like a mean
+            per_prior[prior][shown[label]][CAPTURED] = np.array([v])
         tables[prior] = table
         (out / f"{prior}-table.md").write_text(table.to_markdown())
         (out / f"{prior}-table.json").write_text(json.dumps(table.to_records(), indent=1, default=float))
@@ -252,9 +313,9 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
                         f"cuts, not estimates</p><ul>{items}</ul>")
         n = max((len(next(iter(a.values()))) for a in arrays.values() if a), default=0)
         body.append(table.to_html())
-        cap = captured_text(table.to_records())
-        if cap:
-            body.append(f"<p>{html.escape(cap)} (1 = the true SCM, 0 = no better than ignoring causality)</p>")
+        if captured:
+            body.append("<p>captured_fraction = (empty-graph - method) / (empty-graph - oracle) of mean NLPID: "
+                        "1 = the true SCM, 0 = no better than ignoring causality; ± its paired delta-method s.e.</p>")
         body.append(f"<p class='legend'>mean ± s.e. over {n} {html.escape(unit)}; <b>bold</b>: best mean; "
                     "p: Welch's t-test against the best method; -: not answered by the method; "
                     "↓ lower is better, ↑ higher is better.</p>")
@@ -337,7 +398,7 @@ def prior_summary_markdown(summary: dict[str, Any]) -> str:
 
 # --- headline cells: the terminal summary, the Prefect table and the MLflow run description ----
 # (column label, metrics in order of preference: the first one the prior's methods answer)
-HEADLINE = (("NLPID", ("nlpid",)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
+HEADLINE = (("NLPID", ("nlpid",)), ("captured", (CAPTURED,)), ("E-SHD", ("e_shd",)), ("Intv-AUROC", ("intv_auroc",)),
             ("RMSE", ("sample_rmse", "int_rmse", "noise_rmse", "cf_rmse")), ("s/task", ("runtime_s",)))
 
 

@@ -146,3 +146,51 @@ def test_captured_fraction_line_needs_both_references():
     line = captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0), rec("oracle", 150.0)])
     assert line.endswith("mace-tnp v1 0.50")
     assert captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0)]) is None
+
+
+def _nlpid_records(values: list[float]) -> list[dict]:
+    return [{"task": t, "status": "ok", "metrics": {"nlpid": v, "runtime_s": 0.01}} for t, v in enumerate(values)]
+
+
+def test_captured_column_by_hand_in_table_html_terminal_and_mlflow_arrays(tmp_path):
+    """empty 250/260/240 (mean 250), oracle 150 x 3, MACE 200/190/210 (mean 200), exact 220/230/210:
+    captured = (250 - 200) / 100 = 0.5 and 0.3; paired delta s.e.: psi = ((e - m) - f (e - o)) / 100
+    = 0, .15, -.15 (MACE) and 0, -.03, .03 (exact), s.e. = sd / sqrt 3 = 0.0866 and 0.01732."""
+    from storage.report import write_report
+
+    recs = {"mace-tnp v1": _nlpid_records([200, 190, 210]), "exact": _nlpid_records([220, 230, 210]),
+            "empty-graph": _nlpid_records([250, 260, 240]), "oracle": _nlpid_records([150, 150, 150])}
+    rep = write_report(tmp_path, {"p": recs}, "t")
+    cells = {r["method"]: r for r in rep["tables"]["p"].to_records() if r["metric"] == "captured_fraction"}
+    assert cells["mace-tnp v1"]["mean"] == pytest.approx(0.5) and cells["exact"]["mean"] == pytest.approx(0.3)
+    assert cells["mace-tnp v1"]["se"] == pytest.approx(0.15 / np.sqrt(3))
+    assert cells["exact"]["se"] == pytest.approx(0.03 / np.sqrt(3))
+    assert cells["empty-graph"]["mean"] == 0 and cells["oracle"]["mean"] == 1 and cells["oracle"]["se"] == 0
+    assert cells["mace-tnp v1"]["best"] and not cells["oracle"]["best"] and not cells["exact"]["lower_is_better"]
+    # MLflow: the evaluate task logs the mean of every array as <prior>.<method>.<metric>
+    assert rep["arrays"]["p"]["exact"]["captured_fraction"].tolist() == pytest.approx([0.3])
+    page = (tmp_path / "report.html").read_text()
+    assert "captured_fraction (↑)" in page and "0.5 ± 0.0866" in page
+    assert "captured_fraction" in (tmp_path / "p-table.md").read_text()
+    text = _render(summary_table(rep["tables"]["p"].to_records(), title="p"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("method"))
+    assert header.split()[:4] == ["method", "NLPID", "↓", "captured"]
+    mace = next(ln for ln in text.splitlines() if ln.startswith("mace-tnp"))
+    assert mace.split()[3] == "0.500±0.087"
+    # one reference missing: no column, no array
+    rep = write_report(tmp_path / "no-oracle", {"p": {m: r for m, r in recs.items() if m != "oracle"}}, "t")
+    assert "captured_fraction" not in rep["tables"]["p"].metrics
+    assert "captured_fraction" not in rep["arrays"]["p"]["exact"]
+
+
+def test_captured_se_needs_shared_tasks_and_a_gap():
+    from storage.report import captured_se
+
+    assert np.isnan(captured_se({0: 1.0}, {0: 2.0}, {0: 0.0}))  # one shared task: no s.e.
+    assert np.isnan(captured_se({0: 1.0, 1: 1.0}, {0: 2.0, 1: 2.0}, {0: 2.0, 1: 2.0}))  # no gap
+    # only the shared tasks count (task 2 of the method is dropped): E 255, M 195, O 150, f = 60 / 105;
+    # psi = (50 - 100 f) / 105 = -0.0680 and (70 - 110 f) / 105 = +0.0680: s.e. = 0.0680
+    f = 60 / 105
+    psi = [(50 - 100 * f) / 105, (70 - 110 * f) / 105]
+    se = captured_se({0: 200.0, 1: 190.0, 2: 0.0}, {0: 250.0, 1: 260.0}, {0: 150.0, 1: 150.0})
+    assert se == pytest.approx(np.std(psi, ddof=1) / np.sqrt(2)) and se == pytest.approx(0.06803, abs=1e-4)
