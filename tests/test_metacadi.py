@@ -168,3 +168,55 @@ def test_input_errors_name_the_field():
         MetaCaDIConfig(inner="sgd")
     with pytest.raises(ValueError, match="not_a_field"):
         MetaCaDIConfig(not_a_field=1)
+
+
+# ----------------------------------------------------------------------------- UT-IGSP baseline
+
+
+def test_ut_igsp_without_its_package_names_the_install_line(monkeypatch):
+    import sys
+
+    from pipeline_lib.baselines.ut_igsp import UTIGSPUnavailable, fit_ut_igsp
+
+    monkeypatch.setitem(sys.modules, "graphical_model_learning", None)  # import fails as if not installed
+    data = planted_system(d=3, seed=2)
+    with pytest.raises(UTIGSPUnavailable, match="pip install --pre graphical-model-learning"):
+        fit_ut_igsp(data["x_obs"], data["x_int"])
+
+
+def test_ut_igsp_registry_entry_and_input_errors():
+    from pipeline_lib.baselines.registry import BaselineConfigError, check_config, get_baseline
+    from pipeline_lib.baselines.ut_igsp import UTIGSPInputError, fit_ut_igsp
+
+    spec = get_baseline("ut-igsp")
+    assert spec.sees == ("x_obs", "x_int")  # targets stay unknown
+    assert check_config("ut-igsp", {"alpha_ci": 0.01}).alpha_ci == 0.01
+    with pytest.raises((BaselineConfigError, ValueError), match="alpha_inv"):
+        check_config("ut-igsp", {"alpha_inv": 2.0})
+    with pytest.raises(UTIGSPInputError, match="x_int"):
+        fit_ut_igsp(np.zeros((10, 3)), np.zeros((2, 10, 4)))
+
+
+def test_ut_igsp_recovers_a_planted_linear_system():
+    pytest.importorskip("graphical_model_learning")
+    from pipeline_lib.baselines.ut_igsp import fit_ut_igsp
+
+    rng = np.random.default_rng(0)
+    d, n = 5, 400
+    w = {(0, 1): 1.2, (1, 2): -1.0, (2, 3): 0.9, (0, 4): 1.1}
+
+    def draw(target=None):
+        x, e = np.zeros((n, d)), rng.normal(size=(n, d))
+        if target is not None:
+            e[:, target] += 3.0  # soft shift of the target's noise
+        for j in range(d):
+            x[:, j] = e[:, j] + sum(c * x[:, i] for (i, k), c in w.items() if k == j)
+        return x
+
+    targets = [1, 2, 3, 4]
+    post = fit_ut_igsp(draw(), np.stack([draw(t) for t in targets]))
+    truth = np.zeros((d, d), dtype=np.uint8)
+    for i, j in w:
+        truth[i, j] = 1
+    assert M.shd(truth, post.adjacency) == 0
+    np.testing.assert_array_equal(post.intervention_target_probs(), np.eye(d)[targets])

@@ -19,6 +19,7 @@ receives only those:
 | anm-linear    | x_obs, adjacency                      | per-node linear ANM given the TRUE graph (Cond-FiP reference) |
 | anm-mlp       | x_obs, adjacency                      | per-node MLP ANM given the TRUE graph (Cond-FiP reference) |
 | metacadi      | x_obs, x_int                          | MetaCaDI fitted per system: regimes are its experiments, targets UNKNOWN |
+| ut-igsp       | x_obs, x_int                          | UT-IGSP (optional package): one DAG, targets UNKNOWN (inferred) |
 | gim           | x_obs, x_int, perturbation            | GIM per system: seen experiments + features, targets UNKNOWN; last regimes unseen |
 | bacadi-star   | x_obs, x_int                          | BaCaDI* of the GIM paper: seen experiments as regimes, no features |
 | gim-blackbox  | x_obs, x_int, perturbation            | conditional Gaussian features -> samples (no causal model) |
@@ -279,6 +280,12 @@ def _metacadi(data: dict, cfg):
     return fit_metacadi(data, cfg)
 
 
+def _ut_igsp(data: dict, cfg):
+    from pipeline_lib.baselines.ut_igsp import fit_ut_igsp
+
+    return fit_ut_igsp(data["x_obs"], data["x_int"], cfg)
+
+
 def _gim(data: dict, cfg):
     from pipeline_lib.models.gim import fit_gim
 
@@ -302,6 +309,7 @@ def _register_builtin() -> None:
     from pipeline_lib.models.gim import GIMConfig
     from pipeline_lib.models.gim.baselines import BlackBoxConfig, bacadi_star_config
     from pipeline_lib.models.metacadi import MetaCaDIConfig
+    from pipeline_lib.baselines.ut_igsp import UTIGSPConfig
     from pipeline_lib.baselines.bacadi import BaCaDIConfig
     from pipeline_lib.baselines.dcdi import DCDIConfig
     from pipeline_lib.baselines.dibs import DiBSConfig
@@ -332,6 +340,9 @@ def _register_builtin() -> None:
         BaselineSpec("metacadi", MetaCaDIConfig, _metacadi, ("x_obs", "x_int"),
                      "MetaCaDI: shared DAG + unknown targets per experiment, closed-form adaptation "
                      "(per system; regimes = experiments, see models/metacadi)"),
+        BaselineSpec("ut-igsp", UTIGSPConfig, _ut_igsp, ("x_obs", "x_int"),
+                     "UT-IGSP (graphical-model-learning, optional install): one DAG + unknown targets per regime, "
+                     "Gaussian CI / invariance tests"),
         BaselineSpec("gim", GIMConfig, _gim, ("x_obs", "x_int", "perturbation"),
                      "GIM: causal model + features -> interventions map, joint MAP (per system; the last "
                      "n_test_regimes regimes unseen, see models/gim)"),
