@@ -201,7 +201,9 @@ def _acquire(name: str, occupy: int, what: str, logger, owners: bool) -> Iterato
 
     # said once, if the slots are not granted within a second (a check before asking could
     # race the holder's own acquisition and miss it)
-    timer = threading.Timer(1.0, report)
+    # in this context: the timer's thread would otherwise start from Prefect's process-global
+    # settings, not the API this caller was configured with (temporary_settings)
+    timer = threading.Timer(1.0, contextvars.copy_context().run, args=(report,))
     timer.daemon = True
     timer.start()
     try:

@@ -205,6 +205,17 @@ def prefect_server(services, tmp_path_factory) -> PrefectServer:
     return PrefectServer(api_url=api_url, home=home, service=service)
 
 
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every test that runs flows in this process. Each module
+    starting its own cost ~20 s of the suite. Once started it stays for the session: a test
+    that needs Prefect's plain ephemeral mode unsets ``PREFECT_API_URL`` itself."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small batched tensors: one intra-op thread avoids oversubscription stalls on a shared

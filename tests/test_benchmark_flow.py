@@ -16,14 +16,6 @@ import pytest
 from flows.spec import BaselineRun, BenchmarkSpec, MethodRun, SpecError, load_preset
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 def tiny_spec() -> BenchmarkSpec:
     return BenchmarkSpec(
         name="tiny",

@@ -63,7 +63,12 @@ def api(prefect_server):
 
 
 def _run_together(*targets):
-    threads = [threading.Thread(target=t) for t in targets]
+    # each thread in a copy of this context: the `api` fixture's server is what they talk to
+    # (a new thread starts from Prefect's process-global settings, which a temporary API of
+    # another test may have set)
+    import contextvars
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(t,)) for t in targets]
     for t in threads:
         t.start()
     for t in threads:
@@ -147,6 +152,16 @@ def test_occupy_cores_caps_at_the_pool_and_serialises_when_full(api, monkeypatch
 
 
 # ---------------------------------------------------------------------------- ephemeral API: flock files
+@pytest.fixture
+def ephemeral():
+    """Prefect's ephemeral mode (no PREFECT_API_URL), whatever temporary API an earlier test started."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+@pytest.mark.usefixtures("ephemeral")
 def test_without_a_server_the_locks_are_flock_files_released_when_the_holder_dies(tmp_path, monkeypatch):
     """The ephemeral API keeps leases in a process that dies with its flow; flock files do not
     outlive their holder, so a killed `make demo` cannot leave a training lock taken."""
@@ -170,7 +185,10 @@ def test_without_a_server_the_locks_are_flock_files_released_when_the_holder_die
     try:
         assert holder.stdout.readline().strip() == "held"
         got = []
-        t = threading.Thread(target=lambda: got.append(training_lock("m", h, root=str(tmp_path)).__enter__()))
+        import contextvars
+
+        t = threading.Thread(target=contextvars.copy_context().run,  # in this (ephemeral) context
+                             args=(lambda: got.append(training_lock("m", h, root=str(tmp_path)).__enter__()),))
         t.start()
         t.join(timeout=2)
         assert t.is_alive() and not got  # blocked by the other process

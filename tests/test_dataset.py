@@ -97,14 +97,6 @@ def test_report_marks_non_converged_fits(tmp_path):
     assert "dcdi</b>: cut" in (tmp_path / "report.html").read_text()
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.mark.usefixtures("prefect_harness")
 def test_evaluate_dataset_flow(data):
     """Baselines and a registered amortized model (node range covering d = 3, no retraining) on

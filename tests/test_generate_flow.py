@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 import zarr
-from prefect.testing.utilities import prefect_test_harness
 
 import flows.generate as generate_flow
 from flows.runtime import make_task_runner
@@ -24,10 +23,7 @@ from pipeline_lib.priors import PriorConfig
 from storage.prior_store import PriorStore
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")  # tests/conftest.py
 
 
 def small_config() -> PriorConfig:

@@ -105,14 +105,6 @@ def registered():
     registry._REGISTRY.pop("gauss-empty", None)
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 def _linear_task(seed: int = 0):
     from pipeline_lib.priors import sample_split_range
     from flows.spec import load_prior
