@@ -241,17 +241,21 @@ class Tracker:
         (KeyboardInterrupt, SystemExit, Prefect's TerminationSignal on SIGTERM: BaseExceptions
         that are not errors of the run itself).
         """
+        previous = _fluent_uris()
         self._use()
-        str_tags = {k: str(v) for k, v in (tags or {}).items()}
-        if run_id is not None:
-            run = self._mlflow.start_run(run_id=run_id)
-            if str_tags:
-                self._mlflow.set_tags(str_tags)
-        else:
-            run = self._mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
-                                         tags=str_tags)
-        with self._ending(run, restore=None):
-            yield self
+        try:
+            str_tags = {k: str(v) for k, v in (tags or {}).items()}
+            if run_id is not None:
+                run = self._mlflow.start_run(run_id=run_id)
+                if str_tags:
+                    self._mlflow.set_tags(str_tags)
+            else:
+                run = self._mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name,
+                                             tags=str_tags)
+            with self._ending(run, restore=None):
+                yield self
+        finally:
+            _restore_fluent_uris(previous)
 
     @contextmanager
     def training_run(self, folder: str | Path, resume: bool, run_name: str | None = None,
@@ -650,3 +654,25 @@ class Tracker:
             for p in artifacts:
                 self.log_artifact(p)
             return self.run_id
+
+
+def _fluent_uris() -> tuple[str | None, str | None]:
+    """mlflow's process-wide tracking / registry URIs as set (None: unset, its default applies).
+    Private attributes of mlflow 3; if they move, nothing is restored (the old behaviour)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
+
+
+def _restore_fluent_uris(uris: tuple[str | None, str | None]) -> None:
+    """Give mlflow's fluent API back the URIs it had before a run of ours (a later plain
+    ``MlflowClient()`` of the same process then means what its user configured, not our root)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking, registry = uris
+    if hasattr(tracking_utils, "_tracking_uri"):
+        tracking_utils._tracking_uri = tracking
+    if hasattr(registry_utils, "_registry_uri"):
+        registry_utils._registry_uri = registry

@@ -106,4 +106,13 @@ def test_trackers_of_two_roots_do_not_leak_through_the_environment(tmp_path):
     with a.start_run(run_name="r"):
         a.log_metrics({"m": 1.0})
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    # nor through mlflow's process-wide URIs: a plain client afterwards means what it meant before
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    plain = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    with a.start_run(run_name="r2"):
+        assert mlflow.get_registry_uri() == a.uri
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == plain != (a.uri, a.uri)
     assert tracking_uri(tmp_path / "b").endswith(str((tmp_path / "b").resolve() / "mlflow.db"))
