@@ -78,8 +78,8 @@ class _Worker:
                 os.close(fd)
         if kill:
             self.proc.kill()
-        try:
-            self.proc.wait(timeout=10)
+        try:  # an idle worker ends at once on EOF; one still fitting (the flow was interrupted) is killed
+            self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
