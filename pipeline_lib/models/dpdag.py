@@ -36,6 +36,21 @@ the edge factor integrated exactly,
 
     P(i -> j) ~= (1/S) sum_s [P_s^T (sigmoid(L) * triu_1) P_s]_{ij}.
 
+Node-space edges (``edge_space="node"``, our variant, used by MetaCaDI). The logits
+``L: (d, d)`` belong to NODE pairs and the ordering only masks them,
+
+    A = (P^T triu_1 P) * E,   E_ij ~ Bernoulli(sigmoid(L_ij)) (straight-through as above),
+    P(i -> j) = P(pos(i) < pos(j)) * sigmoid(L_ij).
+
+In position space a logit ``L_kl`` is trained by whichever node pair the sampled ordering puts
+at positions (k, l); until the ordering has concentrated its gradient averages over node pairs
+and the edge posterior stays uninformative (MetaCaDI's edge AUROC ~0.5, README). In node space
+an edge's evidence always reaches its own logit.
+
+Ordering gradient. Besides the SoftSort straight-through path, :meth:`DPDAG.order_log_prob`
+gives the Plackett-Luce log probability of sampled orderings, for a score-function
+(REINFORCE) estimator with a baseline (MetaCaDI's ``order_grad="st+score"``).
+
 Sparsity prior: ``kl_to_bernoulli(p0) = sum_{k<l} KL(Bern(sigmoid(L_kl)) || Bern(p0))``, the
 KL of the edge factor to an i.i.d. Bernoulli(p0) prior (the ordering's KL to the uniform
 Plackett-Luce law is not included).
@@ -83,35 +98,63 @@ class DPDAG(nn.Module):
     ``edge_logits: (d, d)`` (position-space Bernoulli logits, strict upper triangle used).
     """
 
-    def __init__(self, d: int, tau_perm: float = 1.0, tau_edge: float = 1.0, edge_logit_init: float = 0.0):
+    def __init__(self, d: int, tau_perm: float = 1.0, tau_edge: float = 1.0, edge_logit_init: float = 0.0,
+                 edge_space: str = "position"):
         super().__init__()
         if d < 2:
             raise ValueError(f"d={d}: a DAG sampler needs at least 2 nodes")
         if tau_perm <= 0 or tau_edge <= 0:
             raise ValueError(f"tau_perm={tau_perm}, tau_edge={tau_edge}: temperatures must be > 0")
+        if edge_space not in ("position", "node"):
+            raise ValueError(f"edge_space={edge_space!r}: expected 'position' or 'node'")
         self.d = int(d)
+        self.edge_space = edge_space
         self.tau_perm, self.tau_edge = float(tau_perm), float(tau_edge)
         self.order_scores = nn.Parameter(torch.zeros(d))
         self.edge_logits = nn.Parameter(torch.full((d, d), float(edge_logit_init)))
         self.register_buffer("triu", torch.triu(torch.ones(d, d), diagonal=1))
+        self.register_buffer("eye", torch.eye(d), persistent=False)  # not in saved state dicts
 
-    def _permutations(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """(n, d, d) straight-through permutation samples."""
+    @property
+    def n_edge_params(self) -> int:
+        """Edge logits in use: d (d - 1) / 2 (position space) or d (d - 1) (node space)."""
+        return self.d * (self.d - 1) // (2 if self.edge_space == "position" else 1)
+
+    def _permutations(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d, d) straight-through permutation samples and (n, d) their orderings (node at
+        each position)."""
         p_soft, p_hard = softsort(self._perturbed_scores(n, generator), self.tau_perm)
-        return p_hard + p_soft - p_soft.detach()
+        return p_hard + p_soft - p_soft.detach(), p_hard.argmax(-1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, return_order: bool = False):
         """(n, d, d) hard DAG samples ``A = P^T U P`` carrying straight-through gradients to
-        ``order_scores`` and ``edge_logits``."""
-        perm = self._permutations(n, generator)  # (n, d_pos, d_node)
+        ``order_scores`` and ``edge_logits``; with ``return_order`` also the ``(n, d)`` sampled
+        orderings (for :meth:`order_log_prob`)."""
+        perm, order = self._permutations(n, generator)  # (n, d_pos, d_node)
         logits = self.edge_logits.expand(n, self.d, self.d)
-        u = gumbel_sigmoid_st(logits, self.tau_edge, generator) * self.triu  # (n, d_pos, d_pos)
-        return perm.transpose(-1, -2) @ u @ perm
+        if self.edge_space == "node":  # order mask in node space times node-space edge draws
+            allowed = perm.transpose(-1, -2) @ self.triu @ perm  # (n, d_node, d_node)
+            adj = allowed * gumbel_sigmoid_st(logits, self.tau_edge, generator) * (1 - self.eye)
+        else:
+            u = gumbel_sigmoid_st(logits, self.tau_edge, generator) * self.triu  # (n, d_pos, d_pos)
+            adj = perm.transpose(-1, -2) @ u @ perm
+        return (adj, order) if return_order else adj
+
+    def order_log_prob(self, order: torch.Tensor) -> torch.Tensor:
+        """``log PL(order | order_scores)``: ``(n, d)`` orderings -> ``(n,)`` Plackett-Luce log
+        probabilities, ``sum_k [s_{o_k} - logsumexp_{m >= k} s_{o_m}]`` (differentiable in the
+        scores: the score-function estimator of the ordering's gradient)."""
+        s = self.order_scores[order]  # (n, d) scores in sampled order
+        tail = torch.logcumsumexp(s.flip(-1), dim=-1).flip(-1)  # logsumexp over positions >= k
+        return (s - tail).sum(-1)
 
     @torch.no_grad()
     def edge_probs(self, n_mc: int = 1000, generator: torch.Generator | None = None) -> np.ndarray:
         """(d, d) Monte Carlo edge marginals (orderings sampled, edges integrated exactly)."""
         _, p_hard = softsort(self._perturbed_scores(n_mc, generator), self.tau_perm)
+        if self.edge_space == "node":  # P(pos(i) < pos(j)) * sigmoid(L_ij)
+            before = (p_hard.transpose(-1, -2) @ self.triu @ p_hard).mean(0)
+            return (before * torch.sigmoid(self.edge_logits) * (1 - self.eye)).cpu().double().numpy()
         probs = torch.sigmoid(self.edge_logits) * self.triu
         return (p_hard.transpose(-1, -2) @ probs @ p_hard).mean(0).cpu().double().numpy()
 
@@ -126,11 +169,13 @@ class DPDAG(nn.Module):
         return s[None, :] - torch.log(-torch.log(u))
 
     def kl_to_bernoulli(self, p0: float) -> torch.Tensor:
-        """sum over the strict upper triangle of KL(Bern(sigmoid(L)) || Bern(p0))."""
+        """sum over the edge logits in use (strict upper triangle in position space, off-diagonal
+        in node space) of KL(Bern(sigmoid(L)) || Bern(p0))."""
         if not 0 < p0 < 1:
             raise ValueError(f"p0={p0}: the prior edge probability must lie in (0, 1)")
         logp = torch.nn.functional.logsigmoid(self.edge_logits)
         log1mp = torch.nn.functional.logsigmoid(-self.edge_logits)
         p = logp.exp()
         kl = p * (logp - math.log(p0)) + (1 - p) * (log1mp - math.log1p(-p0))
-        return (kl * self.triu).sum()
+        used = self.triu if self.edge_space == "position" else 1 - self.eye
+        return (kl * used).sum()

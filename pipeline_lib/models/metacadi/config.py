@@ -56,18 +56,28 @@ class MetaCaDIConfig(BaseModel):
     tau_perm: float = Field(1.0, gt=0, description="SoftSort temperature")
     tau_edge: float = Field(1.0, gt=0, description="edge Gumbel-sigmoid temperature")
     edge_logit_init: float = Field(0.0, description="initial edge logits")
+    edge_space: Literal["position", "node"] = Field(
+        "node", description="edge logits per node pair, masked by the sampled ordering (node), or per position "
+                            "pair (position, DP-DAG's A = P^T U P; see models/dpdag)")
+    order_grad: Literal["st", "st+score"] = Field(
+        "st+score", description="gradient of the ordering scores: SoftSort straight-through only, or plus the "
+                                "score-function (REINFORCE) estimator of the per-sample loss with a leave-one-out "
+                                "baseline over the n_graph_mc samples")
     edge_prior: float = Field(0.1, gt=0, lt=1, description="p0 of the Bernoulli edge prior of the KL term")
 
     # --- objective (eq. 7) and optimisation
-    lambda_I: float = Field(0.05, ge=0, description="weight of the target sparsity term (mean of sigmoid(zeta))")
+    lambda_I: float = Field(1.0, ge=0, description="weight of the target sparsity term (mean of sigmoid(zeta)); "
+                                            "0.05 let the per-task last layer explain every node (README)")
     lambda_H: float = Field(0.1, ge=0, description="weight of the HSIC residual-independence term")
-    lambda_G: float = Field(0.3, ge=0, description="weight of the edge KL term (mean KL per position pair)")
+    lambda_G: float = Field(0.01, ge=0, description="weight of the edge KL term (mean KL per edge logit); 0.3 pulled "
+                                             "every edge to the prior")
     steps: int = Field(300, ge=1, description="outer Adam steps (one step = all meta-training experiments)")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of the mechanisms and the target predictor")
     lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG parameters")
     query_batch: int | None = Field(32, ge=2, description="query rows drawn per experiment and step (None: all)")
     n_hsic: int = Field(32, ge=4, description="query rows of each experiment entering the HSIC term")
-    n_graph_mc: int = Field(1, ge=1, description="DAG samples per outer step")
+    n_graph_mc: int = Field(4, ge=1, description="DAG samples per outer step (averaged; the ordering's "
+                                                  "score-function baseline is leave-one-out over them)")
     n_eval_graphs: int = Field(32, ge=1, description="DAG samples averaged in target probabilities")
     n_edge_mc: int = Field(2000, ge=1, description="orderings sampled for the edge marginals")
     seed: int = Field(0, ge=0)

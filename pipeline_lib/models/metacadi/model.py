@@ -18,6 +18,12 @@ with one DAG sample ``A ~ q_phi,psi`` (straight-through) per step:
     L_H,t = mean_{i != j} HSIC(r_ti, r_tj),  r_t = x^q_t - xhat^q_t   (residual independence)
     L_G   = mean_{k < l} KL(Bern(sigmoid(L_kl)) || Bern(p0))       (edge sparsity)
 
+With ``n_graph_mc = S`` DAG samples per step the eq. 7 terms are averaged over them; with
+``order_grad="st+score"`` the surrogate ``(1/S) sum_s (L_s - b_s) log PL(pi_s)`` is added (the
+score-function gradient of the ordering, ``L_s`` the per-sample loss, ``b_s`` the mean of the
+other samples' losses, or a running mean when S = 1): the straight-through SoftSort gradient
+alone left the ordering near uniform.
+
 HSIC is the biased estimator ``tr(K_i H K_j H) / (n - 1)^2`` with RBF kernels whose
 bandwidth is the mean squared residual distance of the node (not differentiated).
 The paper applies its L1 "to the logit vector"; an L1 on raw logits pulls them to 0
@@ -68,12 +74,13 @@ class MetaCaDIModel(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(cfg.seed)
         self.d, self.cfg = d, cfg
-        self.dag = DPDAG(d, cfg.tau_perm, cfg.tau_edge, cfg.edge_logit_init)
+        self.dag = DPDAG(d, cfg.tau_perm, cfg.tau_edge, cfg.edge_logit_init, cfg.edge_space)
         hid = [cfg.hidden] * cfg.layers
         self.f_obs = NodeMLP(d, [d, *hid, 1], gen)
         self.h_int = NodeMLP(d, [d, *hid, cfg.feat_dim], gen, out_act=True)
         self.log_sigma = nn.Parameter(torch.zeros(d))  # used with noise="learned"
         self.w0 = nn.Parameter(torch.zeros(d, cfg.feat_dim + 1))  # MAML initialisation of w
+        self.register_buffer("loss_baseline", torch.zeros(()))  # score-function baseline (n_graph_mc = 1)
         with torch.random.fork_rng(devices=[]):  # nn.Linear initialises from the global stream
             torch.manual_seed(cfg.seed)
             self.predictor = TargetPredictor(d, cfg.predictor, cfg.embed_dim, cfg.predictor_hidden)
@@ -134,9 +141,10 @@ class MetaCaDIModel(nn.Module):
         """Eq. 7 on support sets ``x_s: (T, n_s, d)`` and query sets ``x_q: (T, n_q, d)``."""
         cfg = self.cfg
         parts = {"recon": 0.0, "targets": 0.0, "hsic": 0.0}
-        total = 0.0
+        samples, orders = [], []
         for _ in range(cfg.n_graph_mc):
-            adj = self.dag.sample(1, generator)[0]
+            adj, order = self.dag.sample(1, generator, return_order=True)
+            adj = adj[0]
             ad = self.adapt(x_s, adj, create_graph=not cfg.first_order)
             zeta = self.target_logits(x_s, adj, ad)  # (T, d)
             m = sample_targets(zeta, cfg.tau_target, generator)[:, None, :]  # (T, 1, d)
@@ -148,10 +156,23 @@ class MetaCaDIModel(nn.Module):
                 recon = (0.5 * (resid / self.log_sigma.exp()) ** 2 + self.log_sigma).mean()
             sparsity = torch.sigmoid(zeta).mean()
             hsic = hsic_pairs(resid[:, : cfg.n_hsic]).mean() if cfg.lambda_H > 0 else torch.zeros(())
-            total = total + (recon + cfg.lambda_I * sparsity + cfg.lambda_H * hsic) / cfg.n_graph_mc
+            samples.append(recon + cfg.lambda_I * sparsity + cfg.lambda_H * hsic)
+            orders.append(order)
             for key, val in (("recon", recon), ("targets", sparsity), ("hsic", hsic)):
                 parts[key] += float(val.detach()) / cfg.n_graph_mc
-        kl = self.dag.kl_to_bernoulli(cfg.edge_prior) / (self.d * (self.d - 1) / 2)
+        per_sample = torch.stack(samples)  # (S,)
+        total = per_sample.mean()
+        if cfg.order_grad == "st+score":  # score-function gradient of the ordering, with a baseline
+            values = per_sample.detach()
+            s = len(values)
+            if s > 1:  # leave-one-out mean of the other samples
+                baseline = (values.sum() - values) / (s - 1)
+            else:  # running mean of earlier steps' losses
+                baseline = self.loss_baseline.expand(1).clone()
+                self.loss_baseline.mul_(0.9).add_(0.1 * values[0])
+            logp = self.dag.order_log_prob(torch.cat(orders))  # (S,)
+            total = total + ((values - baseline) * logp).mean()
+        kl = self.dag.kl_to_bernoulli(cfg.edge_prior) / self.dag.n_edge_params
         parts["edge_kl"] = float(kl.detach())
         return total + cfg.lambda_G * kl, parts
 
