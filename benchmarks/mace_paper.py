@@ -109,7 +109,10 @@ def summarise(per_task: dict[str, dict[int, float]]) -> dict:
         if empty is not None and m != "empty-graph":
             row["welch_p_vs_empty"] = M.welch_test(a, empty)[1]
         if empty is not None and oracle is not None:
+            from storage.report import captured_se
+
             row["captured"] = M.captured_fraction(mean, float(empty.mean()), float(oracle.mean()))
+            row["captured_se"] = captured_se(*(dict(enumerate(x)) for x in (a, empty, oracle)))
         rows[m] = row
     out = {"tasks": common, "n_tasks": len(common), "best": best, "rows": rows}
     mace = next((m for m in methods if m.startswith(MACE)), None)
@@ -130,7 +133,7 @@ def markdown(summary: dict) -> str:
         if "welch_p_vs_best" in r:
             txt += f" (p={r['welch_p_vs_best']:.2g})"
         cells.append(txt)
-    cap = [f"{r['captured']:.2f}" if "captured" in r else "-" for r in rows.values()]
+    cap = [f"{r['captured']:.2f} ± {r['captured_se']:.2f}" if "captured" in r else "-" for r in rows.values()]
     return "\n".join([head, "|---" * (len(rows) + 1) + "|", "| NLPID | " + " | ".join(cells) + " |",
                       "| captured fraction | " + " | ".join(cap) + " |"]) + "\n"
 
