@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             per_task.setdefault(label, {})[t] = metrics["nlpid"]
             runtime.setdefault(label, {})[t] = metrics["runtime_s"]
         save()
+
     def label_of(name: str) -> str:
         return f"{name}-obs" if args.fit_obs_only else name
 
