@@ -66,11 +66,11 @@ class MetaCaDIConfig(BaseModel):
     edge_prior: float = Field(0.1, gt=0, lt=1, description="p0 of the Bernoulli edge prior of the KL term")
 
     # --- objective (eq. 7) and optimisation
-    lambda_I: float = Field(1.0, ge=0, description="weight of the target sparsity term (mean of sigmoid(zeta)); "
+    lambda_I: float = Field(0.3, ge=0, description="weight of the target sparsity term (mean of sigmoid(zeta)); "
                                             "0.05 let the per-task last layer explain every node (README)")
     lambda_H: float = Field(0.1, ge=0, description="weight of the HSIC residual-independence term")
-    lambda_G: float = Field(0.01, ge=0, description="weight of the edge KL term (mean KL per edge logit); 0.3 pulled "
-                                             "every edge to the prior")
+    lambda_G: float = Field(0.1, ge=0, description="weight of the edge KL term (mean KL per edge logit); 0.3 pulled "
+                                             "every edge to the prior, 0.01 left too many edges")
     steps: int = Field(300, ge=1, description="outer Adam steps (one step = all meta-training experiments)")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of the mechanisms and the target predictor")
     lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG parameters")
