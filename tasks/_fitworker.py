@@ -1,33 +1,77 @@
 """The fit process of ``tasks/fitprocs.py``: ``python -m tasks._fitworker IN_FD OUT_FD``.
 
-Reads requests ``(function, args, kwargs)`` from ``IN_FD`` and writes ``(True, result)`` or
-``(False, exception)`` to ``OUT_FD``, each a length-prefixed pickle, one at a time, until its
-input closes (the flow process ended or shut the pool). The pipes connect two processes of
-this program only: nothing a user can reach is unpickled. Started with one torch / BLAS
-thread (the parent sets the thread variables; torch is told again here).
+Reads fit requests from ``IN_FD`` and writes answers to ``OUT_FD``, one at a time, until its
+input closes (the flow process ended or shut the pool). Nothing is unpickled on either side:
+a message is a JSON header plus ``.npy`` arrays read with ``allow_pickle=False``
+(:func:`write_message` / :func:`read_message`). A request names the baseline and carries its
+config as JSON (rebuilt here by the baseline's registered config class) and the task's
+arrays; an answer is (metrics, arrays, info), or an error by class name, message and
+traceback (rebuilt there as the same built-in or project exception class, see
+``tasks/fitprocs.py``). Started with one torch / BLAS thread (the parent sets the thread
+variables; torch is told again here).
 """
 from __future__ import annotations
 
+import io
+import json
 import os
-import pickle
 import struct
 import sys
 import traceback
 
-_HEADER = struct.Struct("!Q")
+import numpy as np
+
+_HEADER = struct.Struct("!QQ")  # JSON bytes, array bytes
+
+
+def _split(obj, arrays: list):
+    """``obj`` with every ndarray replaced by ``{"__array__": i}`` (arrays appended)."""
+    if isinstance(obj, np.ndarray):
+        arrays.append(obj)
+        return {"__array__": len(arrays) - 1}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise TypeError("fit messages: dict keys must be strings")
+        return {k: _split(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, arrays) for v in obj]
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    raise TypeError(f"fit messages carry JSON values and numpy arrays, not {type(obj).__name__}")
+
+
+def _join(obj, arrays: list):
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            return arrays[obj["__array__"]]
+        return {k: _join(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join(v, arrays) for v in obj]
+    return obj
+
+
+def write_message(fd: int, obj) -> None:
+    arrays: list[np.ndarray] = []
+    header = json.dumps(_split(obj, arrays)).encode()
+    buf = io.BytesIO()
+    for a in arrays:
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    body = buf.getvalue()
+    view = memoryview(_HEADER.pack(len(header), len(body)) + header + body)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_message(fd: int):
     """The next message on ``fd``; EOFError when the other end closed."""
-    header = _read_exactly(fd, _HEADER.size)
-    return pickle.loads(_read_exactly(fd, _HEADER.unpack(header)[0]))
-
-
-def write_message(fd: int, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
+    n_header, n_body = _HEADER.unpack(_read_exactly(fd, _HEADER.size))
+    header = json.loads(_read_exactly(fd, n_header))
+    buf, arrays = io.BytesIO(_read_exactly(fd, n_body)), []
+    while buf.tell() < n_body:
+        arrays.append(np.load(buf, allow_pickle=False))
+    return _join(header, arrays)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
@@ -41,6 +85,20 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def fit(request: dict) -> dict:
+    """One request ``{"method", "config", "task", "max_queries", "seed"}`` -> its answer."""
+    from pipeline_lib.baselines.registry import get_baseline
+    from pipeline_lib.evaluation import evaluate_baseline
+
+    method = request["method"]
+    config = get_baseline(method).config_cls.model_validate(request["config"])
+    info: dict = {}
+    metrics, arrays = evaluate_baseline(method, config, request["task"], max_queries=request["max_queries"],
+                                        seed=request["seed"], info=info)
+    info["fit_pid"] = os.getpid()
+    return {"ok": True, "metrics": metrics, "arrays": arrays, "info": info}
+
+
 def serve(in_fd: int, out_fd: int) -> None:
     import torch
 
@@ -49,18 +107,22 @@ def serve(in_fd: int, out_fd: int) -> None:
 
     while True:
         try:
-            fn, args, kwargs = read_message(in_fd)
+            request = read_message(in_fd)
         except EOFError:
             return
+        if request.get("exit") is not None:  # tests: what a crash looks like from the parent
+            os._exit(int(request["exit"]))
         try:
-            answer = (True, fn(*args, **kwargs))
+            answer = fit(request)
         except Exception as exc:  # sent back and raised there, as the fit raised it
-            exc.add_note("raised in the fit process:\n" + traceback.format_exc(limit=8))
-            answer = (False, exc)
+            answer = {"ok": False, "error": {"module": type(exc).__module__, "type": type(exc).__qualname__,
+                                             "message": str(exc), "traceback": traceback.format_exc(limit=8)}}
         try:
             write_message(out_fd, answer)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an answer that does not pickle
-            write_message(out_fd, (False, RuntimeError(f"the fit's answer could not be sent back: {exc!r}")))
+        except TypeError as exc:  # an answer that is not JSON + arrays
+            write_message(out_fd, {"ok": False, "error": {"module": "builtins", "type": "RuntimeError",
+                                                          "message": f"the fit's answer could not be sent back: {exc}",
+                                                          "traceback": ""}})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ flow opens a pool of ``n`` single-threaded processes for its baseline stage
 retries and persists, hands the fit itself to a process (:func:`evaluate_in_process`).
 
 The processes are ``python -m tasks._fitworker``, started with ``subprocess`` and one torch /
-BLAS thread each (environment), talking over two private pipes. Not ``multiprocessing``: its
+BLAS thread each (environment), talking over two private pipes in JSON and ``.npy`` arrays
+(no pickles either way). Not ``multiprocessing``: its
 ``spawn`` and ``forkserver`` children re-run the caller's ``__main__`` script (a script
 without a ``__main__`` guard then runs its whole benchmark again in every child; measured),
 and a ``fork`` of a process that runs threads may deadlock. They never touch Prefect, MLflow
@@ -22,7 +23,9 @@ the fit runs in the calling thread.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
+import importlib
 import os
 import queue
 import subprocess
@@ -58,19 +61,19 @@ class _Worker:
             os.close(to_child_r)
             os.close(from_child_w)
 
-    def call(self, fn, args, kwargs):
+    def call(self, request: dict) -> dict:
         try:
-            write_message(self._to_child, (fn, args, kwargs))
-            ok, value = read_message(self._from_child)
+            write_message(self._to_child, request)
+            answer = read_message(self._from_child)
         except (EOFError, BrokenPipeError, OSError) as exc:
             self.close(kill=True)
             code = self.proc.poll()
             raise FitProcessDied(f"the process running this fit (pid {self.proc.pid}) died without an answer "
                                  f"(exit code {code}; killed or out of memory?); the fit was not retried, the "
                                  f"other fits go on") from exc
-        if not ok:
-            raise value
-        return value
+        if not answer["ok"]:
+            raise _rebuilt(answer["error"])
+        return answer
 
     def close(self, kill: bool = False) -> None:
         for fd in (self._to_child, self._from_child):
@@ -99,14 +102,14 @@ class _Pool:
         for _ in range(n):
             self._idle.put(self._start())
 
-    def run(self, fn, /, *args, **kwargs):
+    def run(self, request: dict) -> dict:
         with self._slots:
             try:
                 worker = self._idle.get_nowait()
             except queue.Empty:
                 worker = self._start()
             try:
-                value = worker.call(fn, args, kwargs)
+                answer = worker.call(request)
             except FitProcessDied:
                 with self._lock:
                     self._all.discard(worker)
@@ -115,7 +118,7 @@ class _Pool:
                 self._idle.put(worker)  # the method raised; its process is fine
                 raise
             self._idle.put(worker)
-            return value
+            return answer
 
     def _start(self) -> _Worker:
         with self._lock:
@@ -164,13 +167,26 @@ def open_pool_size() -> int:
     return 0 if pool is None else pool.n
 
 
-def _evaluate(method: str, config, task_data: dict, max_queries: int | None, seed: int) -> tuple[dict, dict, dict]:
-    from pipeline_lib.evaluation import evaluate_baseline
-
-    info: dict = {}
-    metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed, info=info)
-    info["fit_pid"] = os.getpid()
-    return metrics, arrays, info
+def _rebuilt(error: dict) -> Exception:
+    """The fit process's exception as its own class where that is a built-in or project
+    (``pipeline_lib``, ``storage``) exception, else a RuntimeError naming it; its traceback
+    there as a note."""
+    module, name, message = error["module"], error["type"], error["message"]
+    cls = None
+    if module == "builtins":
+        cls = getattr(builtins, name, None)
+    elif module.split(".")[0] in ("pipeline_lib", "storage"):
+        with contextlib.suppress(ImportError):
+            cls = getattr(importlib.import_module(module), name, None)
+    try:
+        exc = cls(message) if isinstance(cls, type) and issubclass(cls, Exception) else None
+    except Exception:  # a class that takes other arguments
+        exc = None
+    if exc is None:
+        exc = RuntimeError(f"{module}.{name}: {message}")
+    if error.get("traceback"):
+        exc.add_note("raised in the fit process:\n" + error["traceback"])
+    return exc
 
 
 def _builtin(method: str) -> bool:
@@ -190,5 +206,11 @@ def evaluate_in_process(method: str, config, task_data: dict, *, max_queries: in
     """
     pool = _OPEN
     if pool is None or not _builtin(method):
-        return _evaluate(method, config, task_data, max_queries, seed)
-    return pool.run(_evaluate, method, config, task_data, max_queries, seed)
+        from pipeline_lib.evaluation import evaluate_baseline
+
+        info: dict = {}
+        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed, info=info)
+        return metrics, arrays, {**info, "fit_pid": os.getpid()}
+    answer = pool.run({"method": method, "config": config.model_dump(mode="json"), "task": task_data,
+                       "max_queries": max_queries, "seed": seed})
+    return answer["metrics"], answer["arrays"], answer["info"]

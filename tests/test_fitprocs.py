@@ -34,7 +34,7 @@ def test_a_fit_in_a_process_answers_as_in_the_thread_errors_come_back_and_a_deat
         assert "raised in the fit process" in "".join(getattr(err.value, "__notes__", []))
         # what an out-of-memory kill looks like from here: that fit fails, the next one runs
         with pytest.raises(FitProcessDied, match="died without an answer.*exit code 3"):
-            fitprocs._OPEN.run(os._exit, 3)
+            fitprocs._OPEN.run({"exit": 3})
         after, _, after_info = evaluate_in_process("exact", check_config("exact", {}), task, max_queries=2, seed=0)
     assert open_pool_size() == 0
     assert there_info["fit_pid"] != os.getpid() and after_info["fit_pid"] not in (os.getpid(), there_info["fit_pid"])
