@@ -85,17 +85,22 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def evaluate(method: str, config, task: dict, max_queries: int | None, seed: int) -> tuple[dict, dict, dict]:
+    """``evaluate_baseline`` of one task, here: (metrics, arrays, info), ``info["fit_pid"]`` this process."""
+    from pipeline_lib.evaluation import evaluate_baseline
+
+    info: dict = {}
+    metrics, arrays = evaluate_baseline(method, config, task, max_queries=max_queries, seed=seed, info=info)
+    return metrics, arrays, {**info, "fit_pid": os.getpid()}
+
+
 def fit(request: dict) -> dict:
     """One request ``{"method", "config", "task", "max_queries", "seed"}`` -> its answer."""
     from pipeline_lib.baselines.registry import get_baseline
-    from pipeline_lib.evaluation import evaluate_baseline
 
     method = request["method"]
     config = get_baseline(method).config_cls.model_validate(request["config"])
-    info: dict = {}
-    metrics, arrays = evaluate_baseline(method, config, request["task"], max_queries=request["max_queries"],
-                                        seed=request["seed"], info=info)
-    info["fit_pid"] = os.getpid()
+    metrics, arrays, info = evaluate(method, config, request["task"], request["max_queries"], request["seed"])
     return {"ok": True, "metrics": metrics, "arrays": arrays, "info": info}
 
 
@@ -110,8 +115,6 @@ def serve(in_fd: int, out_fd: int) -> None:
             request = read_message(in_fd)
         except EOFError:
             return
-        if request.get("exit") is not None:  # tests: what a crash looks like from the parent
-            os._exit(int(request["exit"]))
         try:
             answer = fit(request)
         except Exception as exc:  # sent back and raised there, as the fit raised it

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks._fitworker import read_message, write_message
+from tasks._fitworker import evaluate, read_message, write_message
 
 __all__ = ["FitProcessDied", "evaluate_in_process", "fit_processes", "open_pool_size"]
 
@@ -206,11 +206,7 @@ def evaluate_in_process(method: str, config, task_data: dict, *, max_queries: in
     """
     pool = _OPEN
     if pool is None or not _builtin(method):
-        from pipeline_lib.evaluation import evaluate_baseline
-
-        info: dict = {}
-        metrics, arrays = evaluate_baseline(method, config, task_data, max_queries=max_queries, seed=seed, info=info)
-        return metrics, arrays, {**info, "fit_pid": os.getpid()}
+        return evaluate(method, config, task_data, max_queries, seed)
     answer = pool.run({"method": method, "config": config.model_dump(mode="json"), "task": task_data,
                        "max_queries": max_queries, "seed": seed})
     return answer["metrics"], answer["arrays"], answer["info"]
