@@ -48,6 +48,7 @@ from pipeline_lib.baselines.anm import ANMConfig, fit_anm  # noqa: E402
 from pipeline_lib.metrics.distributions import mmd_rbf  # noqa: E402
 from pipeline_lib.metrics.stats import mean_se  # noqa: E402
 from pipeline_lib.models.cond_fip import CondFiP, cond_fip_loss, make_batch, predict, preset  # noqa: E402
+from pipeline_lib.models.cond_fip.training import WeightEMA, train_two_stage  # noqa: E402
 from pipeline_lib.priors import PriorConfig  # noqa: E402
 from pipeline_lib.priors.config import InterventionConfig  # noqa: E402
 from pipeline_lib.priors.sampler import sample_split_range  # noqa: E402
@@ -108,42 +109,72 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def _log_step(r: dict) -> None:
+    if r["step"] % 25 == 0:
+        print(f"step {r['step']} loss {r['loss']:.3f} noise {r['noise_rmse']:.3f} mech {r.get('mech_rmse', float('nan')):.3f}",
+              flush=True)
+
+
 def train_cond_fip(prior: PriorConfig, args, root: Path) -> tuple[CondFiP, dict]:
+    """Meta-train Cond-FiP: ``--procedure joint`` (one run, stop-gradient into the encoder) or
+    ``two-stage`` (the authors': encoder alone for ``--enc-frac`` of ``--steps``, then frozen while
+    the decoder trains for the rest; :mod:`pipeline_lib.models.cond_fip.training`), with an EMA
+    of the weights (beta 0.99 every 10 steps, as the authors) unless ``--no-ema``."""
     model_cfg = preset(args.preset, **json.loads(args.model))
     train_prior = prior.model_copy(update={"counterfactuals": False, "interventions": InterventionConfig(n_regimes=0)})
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu",
-                      warmup_frac=0.05, checkpoint_every=50, val_every=max(1, args.steps // 5), val_batches=4)
+    base = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu", warmup_frac=0.05,
+                checkpoint_every=50, val_batches=4)
+    two_stage = args.procedure == "two-stage"
+    n_enc = int(round(args.enc_frac * args.steps)) if two_stage else 0
+    cfgs = ([TrainConfig(steps=n_enc, val_every=max(1, n_enc // 2), **base)] if two_stage else []) + [
+        TrainConfig(steps=args.steps - n_enc, val_every=max(1, (args.steps - n_enc) // 5), **base)]
     torch.manual_seed(args.seed)
     model = CondFiP(model_cfg)
     fn = make_batch(model_cfg)
     val = PoolSource(sample_split_range(train_prior, "val", 0, 4 * args.batch_size), fn, args.batch_size, args.seed,
                      shuffle=False)
-    key = hashlib.sha256(json.dumps([prior.content_hash(), model_cfg.model_dump(), cfg.model_dump()],
-                                    sort_keys=True).encode()).hexdigest()[:12]
+    ema = None if args.no_ema else (0.99, 10)
+    key = hashlib.sha256(json.dumps([prior.content_hash(), model_cfg.model_dump(), [c.model_dump() for c in cfgs],
+                                     args.procedure, ema], sort_keys=True).encode()).hexdigest()[:12]
+    ckpt = root / "checkpoints" / f"bench-cond-fip-{key}"
+    stream = prior_stream(train_prior, fn, args.batch_size, args.seed)
     t0 = time.perf_counter()
-    res = train(model, cond_fip_loss, prior_stream(train_prior, fn, args.batch_size, args.seed), cfg,
-                checkpoint_dir=root / "checkpoints" / f"bench-cond-fip-{key}", val_source=val, progress=False,
-                callbacks=[lambda r: print(f"step {r['step']} loss {r['loss']:.3f} noise {r['noise_rmse']:.3f} "
-                                           f"mech {r['mech_rmse']:.3f}", flush=True) if r["step"] % 25 == 0 else None])
-    last = res.history[-1]
-    # a run resumed from its final checkpoint trains no step: its time is that of the recorded run
-    seconds = time.perf_counter() - t0 if res.throughput else res.step * cfg.batch_size / last["tasks_per_s"]
+    if two_stage:
+        results = train_two_stage(model, stream, cfgs[0], cfgs[1], checkpoint_dir=ckpt, val_source=val,
+                                  callbacks=[_log_step], ema=ema)
+    else:
+        avg = WeightEMA(model, *ema) if ema else None
+        results = (train(model, cond_fip_loss, stream, cfgs[0], checkpoint_dir=ckpt, val_source=val, progress=False,
+                         callbacks=[_log_step, *([avg] if avg else [])]),)
+        if avg is not None and avg.updates:
+            avg.copy_to(model)
+    seconds = time.perf_counter() - t0
+    last = results[-1].history[-1]
     info = {"model": model_cfg.model_dump(), "n_parameters": int(sum(p.numel() for p in model.parameters())),
-            "train": {**cfg.model_dump(), "steps_done": res.step, "seconds": seconds,
-                      "tasks_per_s": res.throughput or last["tasks_per_s"], "final_loss": res.history[-1]["loss"],
-                      "final_noise_rmse": res.history[-1]["noise_rmse"],
-                      "final_mech_rmse": res.history[-1]["mech_rmse"], "best_val_loss": res.best_val,
-                      "val_curve": [[h["step"], h["val_loss"]] for h in res.history if "val_loss" in h]}}
+            "train": {**cfgs[-1].model_dump(), "steps": args.steps, "procedure": args.procedure,
+                      "encoder_steps": n_enc, "ema": ema,
+                      "steps_done": sum(r.step for r in results), "seconds": seconds,
+                      # a stage resumed from its final checkpoint trains no step: the recorded run's rate
+                      "stage_seconds": [r.step * c.batch_size / (r.throughput or r.history[-1]["tasks_per_s"])
+                                        for r, c in zip(results, cfgs)],
+                      "final_loss": last["loss"], "final_noise_rmse": results[0].history[-1]["noise_rmse"],
+                      "final_mech_rmse": last.get("mech_rmse"), "best_val_loss": results[-1].best_val,
+                      "val_curve": [[h["step"], h["val_loss"]] for r in results for h in r.history if "val_loss" in h]}}
     return model.eval(), info
 
 
 def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...], n_test: int) -> dict:
     tasks = sample_split_range(prior, "test", 0, min(n_test, prior.n_tasks("test")))
     mlp = ANMConfig(kind="mlp", steps=args.mlp_steps)
-    methods = {"cond-fip": lambda data: predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}),
-               "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
-               "anm-mlp": lambda data: fit_anm(data, mlp)}
-    rows = {m: [] for m in methods} | {"truth": []}
+    builders = {"cond-fip": lambda data: predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}),
+                "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
+                "anm-mlp": lambda data: fit_anm(data, mlp)}
+    full = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(full) - set(builders))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(builders)}")
+    methods = builders  # every method is scored in the data-scarce regime; --methods on the full data
+    rows = {m: [] for m in full} | {"truth": []}
     scarce_rows = {n: {m: [] for m in methods} for n in scarce}
     seconds = {m: 0.0 for m in methods}
     for t in range(len(tasks["x_obs"])):
@@ -154,13 +185,14 @@ def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...], 
         for name, build in methods.items():
             t0 = time.perf_counter()
             rng = np.random.default_rng([args.seed, t])
-            rows[name].append(score_generator(build(data), data, build(half), rng))
+            if name in rows:
+                rows[name].append(score_generator(build(data), data, build(half), rng))
             for n in scarce if t < args.scarce_tasks else ():
                 small = first_rows(data, n)
                 scarce_rows[n][name].append(score_generator(build(small), small))
             seconds[name] += time.perf_counter() - t0
         if (t + 1) % 10 == 0:
-            print(prior.name, t + 1, {m: round(np.mean([r["sample"] for r in rows[m]]), 3) for m in methods},
+            print(prior.name, t + 1, {m: round(np.mean([r["sample"] for r in rows[m]]), 3) for m in full},
                   flush=True)
     return {"prior": {"name": prior.name, "hash": prior.content_hash()}, "n_tasks": len(tasks["x_obs"]),
             "metrics": {m: summarise(r) for m, r in rows.items()},
@@ -178,9 +210,18 @@ def run_family(args) -> None:
     scarce = tuple(int(v) for v in args.scarce.split(",") if v)
     path = root / "bench-cond-fip" / f"{fam}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path.with_suffix(".pt"))  # for the predicted-graph run
     part = {"family": fam, **info}
+    old = json.loads(Path(args.reuse_baselines).read_text())["families"].get(fam, {}) if args.reuse_baselines else {}
     for split, prior, sc, n_test in (("in", prior_in, scarce, args.n_test), ("out", prior_out, (), args.n_test_out)):
         part[split] = evaluate(model, prior, args, sc, n_test)
+        prev = old.get(split, {})
+        if prev and prev["prior"]["hash"] == prior.content_hash() and prev["n_tasks"] == part[split]["n_tasks"]:
+            # the per-dataset baselines on identical data (same tasks, deterministic fits): kept, not refitted
+            for m, cells in prev["metrics"].items():
+                if m not in part[split]["metrics"]:
+                    part[split]["metrics"][m] = cells
+                    part[split].setdefault("reused", {})[m] = str(args.reuse_baselines)
         path.write_text(json.dumps(part, indent=1))  # each finished split is kept
         print(f"wrote {path} ({split})", flush=True)
 
@@ -242,6 +283,13 @@ def main(argv=None) -> None:
     ap.add_argument("--merge", action="store_true", help="gather the family parts into --out")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--model", default="{}", help="JSON overrides of the model config")
+    ap.add_argument("--procedure", choices=("joint", "two-stage"), default="two-stage")
+    ap.add_argument("--enc-frac", type=float, default=0.3, help="two-stage: share of --steps for the encoder")
+    ap.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
+    ap.add_argument("--methods", default="cond-fip,anm-linear,anm-mlp", help="methods scored on the full data")
+    ap.add_argument("--reuse-baselines", default=None,
+                    help="an earlier cond_fip.json: its rows of methods not in --methods are kept (same prior hash "
+                         "and task count)")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -144,10 +144,22 @@ class SampledInterventional(InterventionalPredictor):
 
     with the delta-method standard error ``sd_s(k_s) / (sqrt(S) q)`` of the log estimate. Subclasses provide ``sample_do`` and ``n_nodes``; samples of a
     query are drawn from ``default_rng([kde_seed, j])`` and cached, so repeated queries
-    give identical answers."""
+    give identical answers.
+
+    Options (class attributes; the defaults above are what the ANM and GIM answers use):
+
+    * ``density = "gaussian"``: a normal fitted to the same draws instead of the KDE,
+      ``q = N(x_i; mean(y), sd(y)^2)`` (sd with ddof 1), with the delta-method standard error
+      ``sqrt(z^2 / S + (z^2 - 1)^2 / (2 S))``, ``z = (x - mean) / sd``, of the log density;
+    * ``quantiles_from_draws = True``: :meth:`quantiles_batch` reads the cached draws of each
+      ``(j, a)`` (one ``sample_do`` per intervention, shared by all its outcome nodes) instead
+      of ``n_samples`` fresh draws per query; the quantiles are the normal's for
+      ``density = "gaussian"``, the draws' empirical ones otherwise."""
 
     kde_samples: int = 2000
     kde_seed: int = 0
+    density: str = "kde"
+    quantiles_from_draws: bool = False
 
     def _kde_draws(self, j: int, a: float) -> np.ndarray:
         cache = self.__dict__.setdefault("_kde_cache", {})
@@ -165,6 +177,13 @@ class SampledInterventional(InterventionalPredictor):
             raise ValueError("x (query points) contains NaN/inf")
         y = self._kde_draws(j, a)[:, int(i)]
         s = y.size
+        if self.density == "gaussian":
+            mu, sd = float(y.mean()), max(float(np.std(y, ddof=1)), 1e-6)
+            z = (x - mu) / sd
+            logq = -0.5 * z**2 - np.log(sd * np.sqrt(2.0 * np.pi))
+            return DensityEstimate(logq, np.sqrt(z**2 / s + (z**2 - 1.0) ** 2 / (2.0 * s)))
+        if self.density != "kde":
+            raise ValueError(f"density must be 'kde' or 'gaussian', got {self.density!r}")
         spread = float(np.std(y))
         h = max(1.06 * spread * s ** (-0.2), 1e-3 * max(spread, 1.0))
         logk = -0.5 * ((x[:, None] - y[None, :]) / h) ** 2 - np.log(h * np.sqrt(2.0 * np.pi))  # (m, S)
@@ -176,6 +195,24 @@ class SampledInterventional(InterventionalPredictor):
     def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` joint samples ``(n, d)`` under ``do(X_j = a)`` from fresh noise."""
         return self.sample_do({int(j): float(a)}, n, rng=rng)
+
+    def quantiles_batch(self, j: np.ndarray, a: np.ndarray, i: np.ndarray, probs: np.ndarray,
+                        rng: np.random.Generator, n_samples: int = 2000) -> np.ndarray:
+        """``(Q, P)`` quantiles; from the cached draws with ``quantiles_from_draws`` (class docstring)."""
+        if not self.quantiles_from_draws:
+            return super().quantiles_batch(j, a, i, probs, rng, n_samples)
+        from scipy.stats import norm
+
+        probs = np.asarray(probs, dtype=np.float64)
+        out = np.empty((len(j), len(probs)))
+        for k, (jq, aq, iq) in enumerate(zip(j, a, i)):
+            check_query(int(jq), int(iq), self.n_nodes)
+            y = self._kde_draws(int(jq), float(aq))[:, int(iq)]
+            if self.density == "gaussian":
+                out[k] = y.mean() + max(float(np.std(y, ddof=1)), 1e-6) * norm.ppf(probs)
+            else:
+                out[k] = np.quantile(y, probs)
+        return out
 
 
 def check_rows(x: np.ndarray, d: int, name: str) -> np.ndarray:

@@ -67,6 +67,7 @@ by :data:`.presets.PRESETS`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
@@ -335,31 +336,43 @@ class CondFiP(nn.Module):
         if not bool(batch["ctx_mask"].bool().any(-1).all()):
             raise ValueError("ctx_mask: every task needs at least one context row")
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of the module docstring and its two parts."""
+    def loss(self, batch: Mapping[str, torch.Tensor],
+             stage: Literal["joint", "encoder", "decoder"] = "joint") -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of the module docstring and its two parts.
+
+        ``stage`` selects what is trained (the paper's two-stage procedure, see
+        :mod:`.training`): ``"joint"`` both terms (weighted by the config), ``"encoder"``
+        the noise term only (the decoder is not run: ``mech_rmse`` is not reported),
+        ``"decoder"`` the decoder term only, with the encoder run without gradients (frozen).
+        """
         self.validate_batch(batch)
+        if stage not in ("joint", "encoder", "decoder"):
+            raise ValueError(f"stage must be 'joint', 'encoder' or 'decoder', got {stage!r}")
         cfg = self.config
         node_mask = batch["node_mask"].bool()
         ctx_mask = batch["ctx_mask"].bool()
         allowed = parent_mask(batch["adjacency"], node_mask)
         x_ctx = batch["x_ctx"].float()
-        h = self.encode(x_ctx, ctx_mask, allowed)
-        n_hat = self.noise_from_tokens(x_ctx, h)
+        with torch.no_grad() if stage == "decoder" else nullcontext():
+            h = self.encode(x_ctx, ctx_mask, allowed)
+            n_hat = self.noise_from_tokens(x_ctx, h)
         m_ctx = ctx_mask[:, :, None] & node_mask[:, None, :]
+        err_n = n_hat - batch["noise_ctx"].float()
+        rmse_n = _masked_rmse_per_task(err_n, m_ctx)
+        l_n = rmse_n.mean() if cfg.loss == "rmse" else (err_n.square() * m_ctx).sum() / m_ctx.sum().clamp_min(1)
+        metrics = {"noise_rmse": float(rmse_n.detach().mean())}
+        if stage == "encoder":
+            return l_n, metrics
         m_tgt = batch["tgt_mask"].bool()[:, :, None] & node_mask[:, None, :]
         emb = self.embed(h.detach() if cfg.detach_embedding else h, ctx_mask, allowed)
         f_hat = self.mechanism(batch["x_tgt"].float(), emb, allowed)
-        err_n = n_hat - batch["noise_ctx"].float()
         err_f = f_hat - batch["f_tgt"].float()
-        rmse_n = _masked_rmse_per_task(err_n, m_ctx)
         rmse_f = _masked_rmse_per_task(err_f, m_tgt)
-        if cfg.loss == "rmse":
-            l_n, l_f = rmse_n.mean(), rmse_f.mean()
-        else:
-            l_n = (err_n.square() * m_ctx).sum() / m_ctx.sum().clamp_min(1)
-            l_f = (err_f.square() * m_tgt).sum() / m_tgt.sum().clamp_min(1)
-        loss = cfg.noise_weight * l_n + cfg.decoder_weight * l_f
-        return loss, {"noise_rmse": float(rmse_n.detach().mean()), "mech_rmse": float(rmse_f.detach().mean())}
+        l_f = rmse_f.mean() if cfg.loss == "rmse" else (err_f.square() * m_tgt).sum() / m_tgt.sum().clamp_min(1)
+        metrics["mech_rmse"] = float(rmse_f.detach().mean())
+        if stage == "decoder":
+            return l_f, metrics
+        return cfg.noise_weight * l_n + cfg.decoder_weight * l_f, metrics
 
 
 def cond_fip_loss(model: CondFiP, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
