@@ -8,7 +8,10 @@ baseline configs and the number of systems per prior (``n_test_tasks``, ``--n-sy
 *system* is one test task: 30 drug x dose experiments (40 for the GRN), the last 6 held out.
 Every method sees ``x_obs`` and the 24 (34) seen experiments only:
 
-* ``gim`` (``pipeline_lib.models.gim``; mechanism ``linear`` on linear priors, ``mlp`` otherwise);
+* ``gim`` (``pipeline_lib.models.gim``; mechanism ``linear`` on linear priors, ``mlp`` otherwise),
+  generating with its configured ``generation_targets``; the row ``gim (map targets)`` (or
+  ``gim (sample targets)``) scores the same fit's samples with the other way to marginalise
+  the predicted targets (every row the most probable target set / targets drawn per row);
 * ``bacadi-star``: BaCaDI with each seen experiment as a regime, features unused; its unseen
   target probabilities are the seen mean per node (no feature map), it predicts no samples;
 * ``gim-blackbox``: the conditional Gaussian features -> samples;
@@ -25,7 +28,7 @@ Aggregates: mean +- s.e. over systems, Welch's two-sided p of GIM against BaCaDI
 targets) and against the black box (distributions).
 
 BaCaDI* costs minutes per fit at d = 20 on CPU: it runs on ``--bacadi-systems`` systems of the
-``--bacadi-priors`` only (default: the first system of the two ER priors).
+``--bacadi-priors`` only (default: the first two systems of the two ER priors).
 
 Degradation curve (``--degradation-systems`` systems of the first prior): the features are
 projected on their top-k principal components (fitted on the seen experiments; k = 7 is the
@@ -97,6 +100,12 @@ def score_system(cfg: PriorConfig, index: int, configs: dict[str, dict], with_ba
             continue
         seconds = time.perf_counter() - t0
         out[name] = {"runtime_s": seconds, **score_fit(answer, data, n_test, N_SAMPLES, seed=index)}
+        if name == "gim":  # the other way to marginalise the predicted targets, same fit
+            other = "map" if answer.cfg.generation_targets == "sample" else "sample"
+            answer.cfg = answer.cfg.model_copy(update={"generation_targets": other})
+            out[f"gim ({other} targets)"] = {
+                f"unseen_{k}": v for k, v in unseen_errors(answer.sample_perturbation, data, n_test, N_SAMPLES,
+                                                           seed=index).items()}
     out["observational"] = {f"unseen_{k}": v for k, v in unseen_errors(None, data, n_test).items()}
     try:
         truth = oracle_rows(cfg, index, N_SAMPLES, data["x_obs"])
@@ -154,13 +163,16 @@ def main() -> None:
     ap.add_argument("--degradation-systems", type=int, default=1)
     ap.add_argument("--bacadi-priors", nargs="*", default=["gim-linear-er-20", "gim-nonlinear-er-20"],
                     help="priors on which BaCaDI* runs (minutes per fit at d = 20 on CPU)")
-    ap.add_argument("--bacadi-systems", type=int, default=1, help="BaCaDI* on the first N systems of those")
+    ap.add_argument("--bacadi-systems", type=int, default=2, help="BaCaDI* on the first N systems of those")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--root", default=os.environ.get("CAUSALMETA_ROOT", str(ROOT / ".causalmeta")))
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--resume", type=Path, default=None,
                     help="results JSON of an interrupted run: its finished priors are kept, not refitted")
+    ap.add_argument("--merge", nargs="*", type=Path, default=[],
+                    help="results JSONs of runs on other priors (e.g. run side by side): their finished priors and "
+                         "degradation curve are added to this run's result, nothing is refitted")
     ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
                     help="config override of one method, e.g. gim.steps=300 (YAML value)")
     args = ap.parse_args()
@@ -187,6 +199,12 @@ def main() -> None:
         old = json.loads(args.resume.read_text())
         result["priors"] = {k: v for k, v in old["priors"].items() if len(v["systems"]) == n_systems}
         start -= old.get("total_seconds", 0.0)
+    for path in args.merge:
+        other = json.loads(path.read_text())
+        result["priors"].update({k: v for k, v in other["priors"].items() if len(v["systems"]) == n_systems})
+        if other.get("degradation"):
+            result["degradation"] = other["degradation"]
+        start -= other.get("total_seconds", 0.0)
     for cfg in priors:
         if cfg.name in result["priors"]:
             continue
@@ -202,7 +220,7 @@ def main() -> None:
             print(cfg.name, index, {m: {k: v if isinstance(v, str) else round(v, 3) for k, v in r.items()}
                                    for m, r in runs[-1].items()},
                   flush=True)
-    if args.degradation_systems and priors:
+    if args.degradation_systems and priors and not result["degradation"]:
         cfg = priors[0]
         gim_cfg = {**base["gim"], "mechanism": "linear" if cfg.mechanism.kind == "linear" else "mlp"}
         curves = [degradation(cfg, i, gim_cfg) for i in range(args.degradation_systems)]

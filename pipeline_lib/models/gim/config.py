@@ -38,6 +38,20 @@ class GIMConfig(BaseModel):
     tau_target: float = Field(0.5, gt=0, description="Gumbel-sigmoid temperature of the target samples")
 
     # --- DP-DAG graph (the shared sampler of pipeline_lib.models.dpdag)
+    edge_space: Literal["position", "node"] = Field(
+        "node", description="DP-DAG edge logits per node pair masked by the sampled ordering (node), or per "
+                            "position pair of the ordering (position: a logit averages the evidence of every node "
+                            "pair the sampled orderings put there)")
+    order_grad: Literal["st", "st+score"] = Field(
+        "st+score", description="ordering gradient: SoftSort straight-through, or plus the score-function "
+                                "estimator over the n_graph_mc DAG samples (leave-one-out baseline)")
+    order_init: Literal["uniform", "shift_count"] = Field(
+        "shift_count", description="initial Plackett-Luce scores: all 0 (uniform over orderings), or by how many seen "
+                                   "experiments shift a node's mean (|z| > order_init_z): a shift reaches the target and "
+                                   "its descendants, so nodes shifted more often tend to come later (fit.py)")
+    order_init_z: float = Field(3.0, gt=0, description="z-score of a mean shift counted by order_init='shift_count'")
+    order_init_scale: float = Field(2.0, ge=0, description="initial scores = -scale x the standardized shift counts "
+                                                           "(Gumbel noise of the orderings has scale 1)")
     tau_perm: float = Field(0.3, gt=0, description="SoftSort temperature")
     tau_edge: float = Field(0.5, gt=0, description="edge Gumbel-sigmoid temperature")
     edge_logit_init: float = Field(0.0)
@@ -47,7 +61,13 @@ class GIMConfig(BaseModel):
     # --- priors / regularisers (log-prior terms in nats, see model.py)
     edge_prior: float = Field(0.1, gt=0, lt=1, description="p0 of the Bernoulli edge prior (KL of the DP-DAG)")
     lambda_G: float = Field(10.0, ge=0, description="nats per unit of the edge KL (summed over node pairs)")
+    sparsity_warmup: float = Field(0.0, ge=0, le=1, description="fraction of the steps over which lambda_G ramps "
+                                                                "linearly from 0 (edges learn before they are pruned)")
     lambda_I: float = Field(10.0, ge=0, description="nats per expected target (L1 of the target probabilities)")
+    prior_scale: Literal["data", "batch"] = Field(
+        "data", description="the log-prior terms are divided by the likelihood entries of the whole data (data: "
+                            "the minibatch loss is an unbiased estimate of the MAP objective per entry), or of the "
+                            "minibatch (batch: priors weigh N_data / N_batch times more)")
     target_logit_init: float = Field(-2.0, description="initial bias of the target logits (p ~ 0.12)")
     theta_prior_std: float = Field(1.0, gt=0, description="N(0, s^2) prior of the mechanism weights")
     phi_prior_std: float = Field(3.0, gt=0, description="N(0, s^2) prior of phi's weights")
@@ -59,6 +79,12 @@ class GIMConfig(BaseModel):
     lr: float = Field(1e-2, gt=0, description="Adam learning rate of mechanisms and phi")
     lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG")
     batch_rows: int | None = Field(64, ge=2, description="rows per experiment and step (None: all)")
+    refit_steps: int = Field(0, ge=0, description="after the fit: steps refitting mechanisms, noise and phi on the "
+                                                  "fixed MAP DAG; the generator then uses "
+                                                  "mechanisms fitted to the DAG it generates with (0: off)")
+    generation_targets: Literal["sample", "map"] = Field(
+        "sample", description="targets of a generated perturbation: drawn per row from p(I | gamma) (sample), or "
+                              "the most probable set, p > 1/2, for every row (map)")
     n_restarts: int = Field(3, ge=1, description="independent fits (seeds seed, seed + 1, ...); the one with the "
                                                 "lowest mean loss over its last tenth of steps is kept (MAP)")
     seed: int = Field(0, ge=0)
