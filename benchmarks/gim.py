@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--priors", nargs="*", default=None, help="subset of the preset's priors")
     ap.add_argument("--n-systems", type=int, default=None, help="systems per prior (default: the preset's)")
     ap.add_argument("--degradation-systems", type=int, default=1)
+    ap.add_argument("--degradation-only", action="store_true",
+                    help="fit no prior's table, only the degradation curve (of the first of --priors)")
     ap.add_argument("--bacadi-priors", nargs="*", default=["gim-linear-er-20", "gim-nonlinear-er-20"],
                     help="priors on which BaCaDI* runs (minutes per fit at d = 20 on CPU)")
     ap.add_argument("--bacadi-systems", type=int, default=2, help="BaCaDI* on the first N systems of those")
@@ -206,7 +208,7 @@ def main() -> None:
             result["degradation"] = other["degradation"]
         start -= other.get("total_seconds", 0.0)
     for cfg in priors:
-        if cfg.name in result["priors"]:
+        if cfg.name in result["priors"] or args.degradation_only:
             continue
         mech = "linear" if cfg.mechanism.kind == "linear" else "mlp"
         configs = {**base, "gim": {**base["gim"], "mechanism": mech}}

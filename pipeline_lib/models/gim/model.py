@@ -50,9 +50,9 @@ Graph: DP-DAG edge logits per NODE pair masked by the sampled ordering (``edge_s
 in position space a logit collected the evidence of whichever node pair the orderings put at
 its positions), the ordering's gradient from SoftSort straight-through plus the score-function
 estimator over the ``n_graph_mc`` samples (``order_grad="st+score"``, leave-one-out baseline).
-The ordering is the hard part: with the true ordering fixed the edges are recovered (edge
-AUROC 0.999 on the first gim-linear-er-20 system, uniform start 0.62), so the fit starts the
-ordering scores from the seen experiments' mean shifts (``order_init``, :mod:`.fit`).
+The ordering is the hard part (with the true ordering fixed the edges are recovered, from a
+uniform start they are not; README), so the fit starts the ordering scores from the seen
+experiments' mean shifts (``order_init``, :mod:`.fit`).
 
 The priors follow the paper's appendix in kind (Gaussian on mechanisms and phi, sparse
 targets, sparse graphs); acyclicity holds by construction of the DP-DAG instead of the
