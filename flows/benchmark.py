@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -16,17 +17,17 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.baselines import run_baselines
+from flows.baselines import baseline_key, run_baselines
 from flows.concurrency import training_locks
 from flows.evaluate import evaluate
 from flows.generate import generate_prior
 from flows.present import format_cell, format_duration
-from flows.runtime import check_root
+from flows.runtime import check_root, dask_address
 from flows.spec import BenchmarkSpec, PresetName, load_preset
 from flows.train import meta_train
-from storage.results import config_key
 from tasks.artifacts import Progress, artifact_key, publish_markdown, publish_table
 from tasks.evaluate import publish_report_task
+from tasks.fitprocs import fit_processes
 
 __all__ = ["benchmark", "spec_hash"]
 
@@ -135,32 +136,39 @@ def benchmark(spec: BenchmarkSpec | None = None, preset: PresetName | None = "qu
     logger.info("benchmark %s (%s): %d stages, about %s on 2 idle cores", spec.name, spec_hash(spec),
                 len(clock.stages), format_duration(clock.left()))
     sections, models_by_prior, stores = {}, {}, {}
-    for config in configs:
-        # The store's causalmeta.prior.updated event names the methods trained here, and the
-        # retrain trigger skips them: one meta-train run per (method, prior). The training locks
-        # are taken before generation as a second line: a run started meanwhile for the same
-        # (method, prior) by anyone waits for this training and reuses its model (flows/concurrency.py).
-        with training_locks([m.name for m in spec.methods], config.content_hash(), logger, root):
-            store = generate_prior(config, root, spec.n_workers, training=[m.name for m in spec.methods])
+    # the baseline stages' fit processes (tasks/fitprocs.py) start now: their imports overlap
+    # generation and training instead of delaying the first fits
+    warm = (fit_processes(spec.n_workers) if spec.baselines and spec.n_workers > 1 and not dask_address()
+            else contextlib.nullcontext())
+    with warm:
+        for config in configs:
+            # The store's causalmeta.prior.updated event names the methods trained here, and the
+            # retrain trigger skips them: one meta-train run per (method, prior). The training locks
+            # are taken before generation as a second line: a run started meanwhile for the same
+            # (method, prior) by anyone waits for this training and reuses its model (flows/concurrency.py).
+            with training_locks([m.name for m in spec.methods], config.content_hash(), logger, root):
+                store = generate_prior(config, root, spec.n_workers, training=[m.name for m in spec.methods])
+                logger.info(clock.finish())
+                models = []
+                for m in spec.methods:
+                    models.append(meta_train(method=m.name, prior=store, root=root, steps=m.steps,
+                                             batch_size=m.batch_size, lr=m.lr, device=m.device, preset=m.preset,
+                                             model=m.model, force=spec.force_retrain, seed=spec.seed, data=m.data))
+                    logger.info(clock.finish(reused=models[-1].get("reused", False)))
+            keys = {baseline_key(b, spec.int_holdout): b.name for b in spec.baselines}
+            if spec.baselines:
+                run_baselines(store, spec.baselines, spec.n_test_tasks, root, spec.n_workers,
+                              spec.max_queries_per_task, spec.seed, int_holdout=spec.int_holdout)
+                logger.info(clock.finish())
+            label = f"{config.name}-{config.content_hash()[:8]}"
+            sections[label] = evaluate(store, models, keys, spec.n_test_tasks, root, spec.max_queries_per_task, spec.seed,
+                                       spec.int_holdout)
+            models_by_prior[label] = models
+            stores[label] = store
             logger.info(clock.finish())
-            models = []
-            for m in spec.methods:
-                models.append(meta_train(method=m.name, prior=store, root=root, steps=m.steps,
-                                         batch_size=m.batch_size, lr=m.lr, device=m.device, preset=m.preset,
-                                         model=m.model, force=spec.force_retrain, seed=spec.seed, data=m.data))
-                logger.info(clock.finish(reused=models[-1].get("reused", False)))
-        keys = {config_key(b.name, b.typed_config.model_dump(mode="json")): b.name for b in spec.baselines}
-        if spec.baselines:
-            run_baselines(store, spec.baselines, spec.n_test_tasks, root, spec.n_workers,
-                          spec.max_queries_per_task, spec.seed)
-            logger.info(clock.finish())
-        label = f"{config.name}-{config.content_hash()[:8]}"
-        sections[label] = evaluate(store, models, keys, spec.n_test_tasks, root, spec.max_queries_per_task, spec.seed)
-        models_by_prior[label] = models
-        stores[label] = store
-        logger.info(clock.finish())
     meta = {"spec": spec.name, "spec_hash": spec_hash(spec), "priors": ",".join(sections),
-            "n_test_tasks": spec.n_test_tasks, "methods": ",".join(m.name for m in spec.methods),
+            "n_test_tasks": spec.n_test_tasks, "int_holdout": spec.int_holdout,
+            "methods": ",".join(m.name for m in spec.methods),
             "baselines": ",".join(b.name for b in spec.baselines)}
     summary = publish_report_task(root, f"benchmark-{spec.name}", sections, meta,
                                   run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", stores=stores,

@@ -378,7 +378,10 @@ def baseline(method: str = typer.Argument(..., help="a registered baseline (see 
              tasks: int = typer.Option(10, help="number of test tasks"),
              workers: int = typer.Option(2), root: Optional[str] = typer.Option(None, help=ROOT_HELP),
              set_: Optional[list[str]] = typer.Option(
-                 None, "--set", help="config override KEY=VALUE (YAML value), repeatable: --set steps=300")) -> None:
+                 None, "--set", help="config override KEY=VALUE (YAML value), repeatable: --set steps=300"),
+             int_holdout: float = typer.Option(
+                 0.5, min=0.0, max=0.99, help="share of each regime's interventional rows kept out of the fit and "
+                 "scored by NLPID (the benchmark's default; 0: fit and score all)")) -> None:
     """Fit a baseline on the test tasks of a stored prior (parallel on Dask); print its metrics."""
     _quiet_env()
     from pipeline_lib.baselines.registry import BaselineConfigError, UnknownMethodError, check_baseline, check_config
@@ -398,7 +401,8 @@ def baseline(method: str = typer.Argument(..., help="a registered baseline (see 
         PriorStore.open(prior)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"--prior: {exc}")
-    recs = run_baselines(prior, [BaselineRun(name=method, config=_overrides)], tasks, _root(root), workers)
+    recs = run_baselines(prior, [BaselineRun(name=method, config=_overrides)], tasks, _root(root), workers,
+                         int_holdout=int_holdout)
     from pipeline_lib.metrics import comparison_table
     from rich.console import Console
 

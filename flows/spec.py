@@ -133,6 +133,9 @@ class BenchmarkSpec(BaseModel):
     baselines: list[BaselineRun] = Field(default_factory=lambda: [BaselineRun(name="exact")])
     n_test_tasks: int = Field(10, ge=1, description="test tasks scored per prior")
     max_queries_per_task: int | None = Field(None, ge=1)
+    int_holdout: float = Field(0.5, ge=0.0, lt=1.0, description=(
+        "share of each regime's interventional rows kept out of every method's fit and scored by NLPID "
+        "(a method fitted on interventional data is never scored on the rows it saw); 0 fits and scores all"))
     n_workers: int = Field(2, ge=1, description="Dask workers for generation and baselines")
     seed: int = 0
     force_retrain: bool = False

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline_lib import metrics as M
 from pipeline_lib.posterior import InterventionalPredictor, capabilities
-from pipeline_lib.taskdata import real_nodes, restrict, task_slice
+from pipeline_lib.taskdata import holdout_int_rows, real_nodes, restrict, task_slice
 
 __all__ = ["Queries", "evaluate_amortized", "evaluate_amortized_many", "evaluate_answer", "evaluate_baseline", "make_queries", "real_nodes",
            "restrict", "score_generator", "score_graph", "score_interventional", "score_targets", "task_slice"]
@@ -200,8 +200,12 @@ def answer_summary(answer) -> dict[str, np.ndarray]:
 
 
 def evaluate_baseline(name: str, config, task: dict, *, max_queries: int | None = None,
-                      seed: int = 0, info: dict | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                      seed: int = 0, info: dict | None = None,
+                      int_holdout: float = 0.0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Fit baseline ``name`` on one task (real nodes only) and score what it answers.
+
+    ``int_holdout``: the fraction of each regime's interventional rows kept out of the fit and
+    scored by NLPID (:func:`~pipeline_lib.taskdata.holdout_int_rows`); 0 fits and scores all.
 
     Returns (metrics, summary arrays to persist). ``runtime_s`` is the fit time; scoring is
     not timed. ``info``, when given, receives ``converged`` (True / False / None: no test) and
@@ -211,23 +215,26 @@ def evaluate_baseline(name: str, config, task: dict, *, max_queries: int | None 
 
     from pipeline_lib.baselines.registry import convergence_of, fit_baseline
 
+    seen, scored = holdout_int_rows(task, int_holdout)
     t0 = time.perf_counter()
-    answer = fit_baseline(name, restrict(task), config)
+    answer = fit_baseline(name, restrict(seen), config)
     metrics = {"runtime_s": time.perf_counter() - t0}
     if info is not None:
         info["converged"], info["convergence"] = convergence_of(name, answer)
-    metrics.update(evaluate_answer(answer, task, max_queries=max_queries, seed=seed))
+    metrics.update(evaluate_answer(answer, scored, max_queries=max_queries, seed=seed))
     return metrics, answer_summary(answer)
 
 
 def evaluate_amortized(method: str, model, task: dict, *, max_queries: int | None = None,
-                       seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                       seed: int = 0, int_holdout: float = 0.0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Score a trained amortized ``method`` on one task: :func:`evaluate_amortized_many` of one."""
-    return evaluate_amortized_many(method, model, [task], max_queries=max_queries, seeds=[seed])[0]
+    return evaluate_amortized_many(method, model, [task], max_queries=max_queries, seeds=[seed],
+                                   int_holdout=int_holdout)[0]
 
 
 def evaluate_amortized_many(method: str, model, tasks: list[dict], *, max_queries: int | None = None,
-                            seeds: list[int] | None = None) -> list[tuple[dict[str, float], dict[str, np.ndarray]]]:
+                            seeds: list[int] | None = None,
+                            int_holdout: float = 0.0) -> list[tuple[dict[str, float], dict[str, np.ndarray]]]:
     """Score a trained amortized ``method`` on several tasks through its registered ``predict``.
 
     Inference is batched over the tasks where the answers can do it: an answer class with a
@@ -237,7 +244,8 @@ def evaluate_amortized_many(method: str, model, tasks: list[dict], *, max_querie
     inference time of the whole call (every ``predict`` plus that pass: what a user waits
     for) divided by the number of tasks; ``runtime_batch_s`` is the whole, ``batch_tasks``
     the number of tasks. Task ``t`` uses ``seeds[t]`` (default 0) for its query subset and
-    calibration, exactly as :func:`evaluate_answer` alone would.
+    calibration, exactly as :func:`evaluate_answer` alone would. ``int_holdout``: as in
+    :func:`evaluate_baseline` (the method answers from the seen rows, NLPID scores the rest).
     """
     import time
 
@@ -249,8 +257,10 @@ def evaluate_amortized_many(method: str, model, tasks: list[dict], *, max_querie
     if not tasks:
         return []
     spec = get_method(method)
+    split = [holdout_int_rows(task, int_holdout) for task in tasks]
+    tasks = [scored for _, scored in split]
     t0 = time.perf_counter()
-    answers = [spec.predict(model, task) for task in tasks]
+    answers = [spec.predict(model, seen) for seen, _ in split]
     queries: list[Queries | None] = []
     for answer, task, seed in zip(answers, tasks, seeds):
         data = restrict(task)

@@ -57,6 +57,29 @@ def check_task(task: dict) -> None:
             raise TaskDataError(f"x_int: {bad} NaN/inf values on real nodes")
 
 
+def holdout_int_rows(task: dict, fraction: float) -> tuple[dict, dict]:
+    """Split each regime's interventional rows of ONE task into (seen, scored) task dicts.
+
+    ``seen`` keeps the first ``n_int - m`` rows of every regime of ``x_int``, ``scored`` the
+    last ``m = round(fraction * n_int)``; every other array is shared. Methods are fitted on
+    ``seen`` and NLPID scores ``scored``, so a method that fits on interventional data (DCDI,
+    BaCaDI, MetaCaDI, GIM) is never scored on rows it was fitted on. ``fraction`` 0: both are
+    the task itself. The rows of a regime are exchangeable draws, so the first / last split
+    is a random one.
+    """
+    if not (0.0 <= float(fraction) < 1.0) or not np.isfinite(fraction):
+        raise ValueError(f"int_holdout: the held-out fraction of interventional rows must be in [0, 1), got {fraction!r}")
+    if fraction == 0 or "x_int" not in task:
+        return task, task
+    x_int = np.asarray(task["x_int"])
+    n_int = x_int.shape[-2]
+    m = int(round(fraction * n_int))
+    if m < 1 or n_int - m < 1:
+        raise TaskDataError(f"x_int: {n_int} interventional rows per regime cannot be split with int_holdout "
+                            f"{fraction} (needs at least one seen and one scored row)")
+    return {**task, "x_int": x_int[..., : n_int - m, :]}, {**task, "x_int": x_int[..., n_int - m:, :]}
+
+
 def restrict(task: dict) -> dict:
     """One task's data restricted to its real nodes: what per-dataset methods see.
 

@@ -85,22 +85,25 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def evaluate(method: str, config, task: dict, max_queries: int | None, seed: int) -> tuple[dict, dict, dict]:
+def evaluate(method: str, config, task: dict, max_queries: int | None, seed: int,
+             int_holdout: float = 0.0) -> tuple[dict, dict, dict]:
     """``evaluate_baseline`` of one task, here: (metrics, arrays, info), ``info["fit_pid"]`` this process."""
     from pipeline_lib.evaluation import evaluate_baseline
 
     info: dict = {}
-    metrics, arrays = evaluate_baseline(method, config, task, max_queries=max_queries, seed=seed, info=info)
+    metrics, arrays = evaluate_baseline(method, config, task, max_queries=max_queries, seed=seed, info=info,
+                                        int_holdout=int_holdout)
     return metrics, arrays, {**info, "fit_pid": os.getpid()}
 
 
 def fit(request: dict) -> dict:
-    """One request ``{"method", "config", "task", "max_queries", "seed"}`` -> its answer."""
+    """One request ``{"method", "config", "task", "max_queries", "seed", "int_holdout"}`` -> its answer."""
     from pipeline_lib.baselines.registry import get_baseline
 
     method = request["method"]
     config = get_baseline(method).config_cls.model_validate(request["config"])
-    metrics, arrays, info = evaluate(method, config, request["task"], request["max_queries"], request["seed"])
+    metrics, arrays, info = evaluate(method, config, request["task"], request["max_queries"], request["seed"],
+                                     request.get("int_holdout", 0.0))
     return {"ok": True, "metrics": metrics, "arrays": arrays, "info": info}
 
 

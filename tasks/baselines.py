@@ -1,10 +1,11 @@
-"""Prefect task: fit one baseline on one stored test task, score it, persist the record."""
+"""Prefect task: fit one baseline on a group of stored test tasks, score each, persist the records."""
 from __future__ import annotations
 
 import time
 import traceback
 
 from prefect import get_run_logger, task
+from prefect.runtime import task_run
 from pydantic import BaseModel
 
 from pipeline_lib.taskdata import task_slice
@@ -12,34 +13,66 @@ from storage.prior_store import PriorStore
 from storage.results import ResultStore
 from tasks.fitprocs import evaluate_in_process
 
-__all__ = ["fit_baseline_task"]
+__all__ = ["fit_baseline_task", "task_groups"]
 
 
-@task(retries=2, retry_delay_seconds=[1, 4], persist_result=False, task_run_name="{method}-{split}-{index}")
+def task_groups(n_tasks: int, n_groups: int) -> list[list[int]]:
+    """Task indices ``0..n_tasks-1`` in ``min(n_groups, n_tasks)`` consecutive groups whose
+    sizes differ by one at most (the larger ones first)."""
+    n_groups = max(1, min(int(n_groups), n_tasks))
+    size, extra = divmod(n_tasks, n_groups)
+    bounds = [0]
+    for g in range(n_groups):
+        bounds.append(bounds[-1] + size + (g < extra))
+    return [list(range(lo, hi)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _run_name() -> str:
+    p = task_run.parameters
+    ix = p["indices"]
+    return f"{p['method']}-{p['split']}-" + (f"{ix[0]}" if len(ix) == 1 else f"{ix[0]}..{ix[-1]}")
+
+
+@task(retries=2, retry_delay_seconds=[1, 4], persist_result=False, task_run_name=_run_name)
 def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, config: BaseModel,
-                      split: str, index: int, max_queries: int | None, seed: int) -> dict:
-    """Fit ``method`` on task ``index`` of ``split`` and write its result record.
+                      split: str, indices: list[int], max_queries: int | None, seed: int,
+                      int_holdout: float = 0.0) -> list[dict]:
+    """Fit ``method`` on each task of ``indices`` of ``split``; write and return one record per task.
 
-    Reading the store is retried (storage may be remote); a failure of the method itself
-    is NOT retried: it is recorded as ``status: failed`` with the error, so one failing
-    fit never aborts the others and is never silently dropped. An existing ``ok`` record
-    for the same (method key, prior) is reused. The fit runs in a process of the flow's fit
-    pool when one is open (``tasks/fitprocs.py``), else in this thread.
+    Several fits share one Prefect task run: a task run's orchestration (states, logs, about
+    0.2-0.5 s of the flow process's time on this machine) would otherwise cost more than a
+    small fit. Reading the store is retried (storage may be remote); a failure of the method
+    itself is NOT retried: it is recorded as ``status: failed`` with the error, so one failing
+    fit never aborts the others and is never silently dropped. An existing ``ok`` record for
+    the same (method key, prior) is reused, so a retried group refits only what is missing.
+    The fits run in a process of the flow's fit pool when one is open
+    (``tasks/fitprocs.py``), else in this thread. ``int_holdout``: the fraction of each
+    regime's interventional rows kept out of the fit and scored (``pipeline_lib.taskdata``).
     """
     results = ResultStore.for_store(root, store_path)
-    done = results.load(method_key, split, index)
-    if done is not None and done.get("status") == "ok":
-        return done
-    store = PriorStore.open(store_path)
-    task_data = task_slice(store.read(split, index, index + 1), 0)
-    # where the task came from: the oracle redraws its true SCM from the prior's seed
-    task_data["scm"] = {"config": store.config.to_json(), "split": split, "index": index}
+    records = {t: results.load(method_key, split, t) for t in indices}
+    todo = [t for t, rec in records.items() if rec is None or rec.get("status") != "ok"]
+    if todo:
+        store = PriorStore.open(store_path)
+        lo = min(todo)
+        batch = store.read(split, lo, max(todo) + 1)
+        for t in todo:
+            task_data = task_slice(batch, t - lo)
+            # where the task came from: the oracle redraws its true SCM from the prior's seed
+            task_data["scm"] = {"config": store.config.to_json(), "split": split, "index": t}
+            records[t] = _fit_one(results, method, method_key, config, split, t, task_data, max_queries, seed,
+                                  int_holdout)
+    return [records[t] for t in indices]
+
+
+def _fit_one(results: ResultStore, method: str, method_key: str, config: BaseModel, split: str, index: int,
+             task_data: dict, max_queries: int | None, seed: int, int_holdout: float) -> dict:
     record = {"method": method, "method_key": method_key, "split": split, "task": index,
-              "config": config.model_dump(mode="json")}
+              "config": config.model_dump(mode="json"), "int_holdout": int_holdout}
     t0 = time.perf_counter()
     try:
         metrics, arrays, info = evaluate_in_process(method, config, task_data, max_queries=max_queries,
-                                                    seed=seed + index)
+                                                    seed=seed + index, int_holdout=int_holdout)
         # converged False: the report names the method "(not converged k/n)" (storage/report.py)
         record.update(status="ok", error=None, metrics=metrics, **info)
         if info.get("converged") is False:
@@ -52,4 +85,3 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
     record["wall_s"] = time.perf_counter() - t0
     results.save(method_key, split, index, record, arrays)
     return record
-

@@ -13,22 +13,24 @@ from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
 
-__all__ = ["score_amortized_task", "publish_report_task"]
+__all__ = ["amortized_key", "score_amortized_task", "publish_report_task"]
 
 
 @task(retries=2, retry_delay_seconds=[1, 4], persist_result=False, task_run_name="score-{method}-v{version}")
 def score_amortized_task(store_path: str, root: str, method: str, version: str, n_tasks: int,
-                         max_queries: int | None, seed: int) -> list[dict]:
+                         max_queries: int | None, seed: int, int_holdout: float = 0.0) -> list[dict]:
     """Score registered model ``causalmeta-<method>`` version ``version`` on the test tasks.
 
     Records are keyed by (model version, prior hash): an existing ok record is reused. The
     tasks still to score are read at once and answered in one batched inference pass
     (``evaluate_amortized_many``); if that fails, each is scored alone so that only the
-    failing tasks are recorded as failed.
+    failing tasks are recorded as failed. ``int_holdout``: the model answers from the seen
+    interventional rows and NLPID scores the held-out ones, as for the baselines
+    (``pipeline_lib.taskdata.holdout_int_rows``); the key then names it (``-h0.5``).
     """
     from storage.tracking import Tracker
 
-    key = f"{method}-v{version}"
+    key = amortized_key(method, version, int_holdout)
     results = ResultStore.for_store(root, store_path)
     store = PriorStore.open(store_path)
     n = min(n_tasks, store.n_tasks("test"))
@@ -40,11 +42,12 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
             batch = store.read("test", min(todo), max(todo) + 1)
             tasks = [task_slice(batch, t - min(todo)) for t in todo]
             scored = evaluate_amortized_many(method, model, tasks, max_queries=max_queries,
-                                             seeds=[seed + t for t in todo])
+                                             seeds=[seed + t for t in todo], int_holdout=int_holdout)
         except Exception:  # some task is bad (damaged chunk, bad data): one by one, so only it fails
-            scored = [_score_one(store, method, model, t, max_queries, seed + t) for t in todo]
+            scored = [_score_one(store, method, model, t, max_queries, seed + t, int_holdout) for t in todo]
         for t, result in zip(todo, scored):
-            rec = {"method": method, "method_key": key, "split": "test", "task": t, "version": version}
+            rec = {"method": method, "method_key": key, "split": "test", "task": t, "version": version,
+                   "int_holdout": int_holdout}
             if isinstance(result, BaseException):
                 arrays = None
                 rec.update(status="failed", error=f"{type(result).__name__}: {result}", metrics={},
@@ -58,11 +61,17 @@ def score_amortized_task(store_path: str, root: str, method: str, version: str, 
     return records
 
 
-def _score_one(store, method, model, t, max_queries, seed):
+def amortized_key(method: str, version: str | int, int_holdout: float = 0.0) -> str:
+    """Result key of a registered model version; a held-out share of interventional rows is
+    part of it (other rows scored: other numbers)."""
+    return f"{method}-v{version}" + (f"-h{int_holdout:g}" if int_holdout else "")
+
+
+def _score_one(store, method, model, t, max_queries, seed, int_holdout):
     """``evaluate_amortized`` of test task ``t`` alone, or the exception it raised."""
     try:
         task = task_slice(store.read("test", t, t + 1), 0)
-        return evaluate_amortized(method, model, task, max_queries=max_queries, seed=seed)
+        return evaluate_amortized(method, model, task, max_queries=max_queries, seed=seed, int_holdout=int_holdout)
     except Exception as exc:  # recorded with its traceback, never dropped
         return exc
 

@@ -145,11 +145,17 @@ def fit_processes(n: int) -> Iterator[None]:
     """Run the fits of :func:`evaluate_in_process` in up to ``n`` worker processes inside this block.
 
     The pool is process-wide (the local Dask cluster's worker threads see it); blocks nest, the
-    innermost pool serving. Its processes start on entry and end with the block.
+    innermost pool serving, and a block inside an open pool of the same size reuses it (the
+    benchmark flow opens one at its start, so the processes' imports overlap generation and
+    training, and its baseline stages find them ready). Its processes start on entry and end
+    with the block that started them.
     """
     global _OPEN
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n: the number of fit processes must be a positive int, got {n!r}")
+    if _OPEN is not None and _OPEN.n == n:
+        yield
+        return
     pool = _Pool(n)
     with _OPEN_LOCK:
         previous, _OPEN = _OPEN, pool
@@ -196,7 +202,7 @@ def _builtin(method: str) -> bool:
 
 
 def evaluate_in_process(method: str, config, task_data: dict, *, max_queries: int | None,
-                        seed: int) -> tuple[dict, dict, dict]:
+                        seed: int, int_holdout: float = 0.0) -> tuple[dict, dict, dict]:
     """``evaluate_baseline`` of one task in the open pool (or here): (metrics, arrays, info).
 
     ``info`` holds ``converged`` / ``convergence`` of the fit and ``fit_pid``, the process that
@@ -206,7 +212,7 @@ def evaluate_in_process(method: str, config, task_data: dict, *, max_queries: in
     """
     pool = _OPEN
     if pool is None or not _builtin(method):
-        return evaluate(method, config, task_data, max_queries, seed)
+        return evaluate(method, config, task_data, max_queries, seed, int_holdout)
     answer = pool.run({"method": method, "config": config.model_dump(mode="json"), "task": task_data,
-                       "max_queries": max_queries, "seed": seed})
+                       "max_queries": max_queries, "seed": seed, "int_holdout": int_holdout})
     return answer["metrics"], answer["arrays"], answer["info"]

@@ -101,6 +101,10 @@ def test_benchmark_flow_end_to_end(tmp_path):
     assert len(good) == 2 and all(math.isfinite(r["metrics"]["nlpid"]) for r in good)
     # n_workers 2 on the local (threaded) cluster: each fit ran in a fit process (tasks/fitprocs.py)
     assert all(r["fit_pid"] != os.getpid() for r in good), [r.get("fit_pid") for r in good]
+    # every method, amortized or not, was fitted on half of each regime's interventional rows and
+    # scored on the other half (the spec's default int_holdout)
+    assert failed and all(r["int_holdout"] == 0.5 for r in failed)
+    assert any(r["method_key"].endswith("-h0.5") for r in failed)
 
     client = mlflow.tracking.MlflowClient(tracking_uri(str(root)))
     run = client.get_run(summary["run_id"])
@@ -126,7 +130,7 @@ def _check_lineage(client, summary, root):
     parent, the children and the training run log the store as input datasets (digest = the
     store's content hash, context = the split read); the model version is described."""
     from storage.prior_store import PriorStore
-    from storage.results import config_key
+    from flows.baselines import baseline_key
 
     (store_path,) = (root / "priors").glob("*.zarr")
     store = PriorStore.open(store_path)
@@ -135,7 +139,7 @@ def _check_lineage(client, summary, root):
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(c.info.run_name for c in children)
     # the two "exact" configs are told apart by their config keys; the failing one has a run too
-    good, bad = (config_key(b.name, b.typed_config.model_dump(mode="json")) for b in tiny_spec().baselines)
+    good, bad = (baseline_key(b, tiny_spec().int_holdout) for b in tiny_spec().baselines)
     assert names == sorted(["mace-tnp", good, bad])
     assert summary["child_runs"] == {c.info.run_name: c.info.run_id for c in children}
     metrics = {c.info.run_name: c.data.metrics for c in children}

@@ -87,3 +87,72 @@ def test_evaluate_baseline_reports_convergence_and_a_short_dcdi_run_is_not_conve
     info = {}
     evaluate_baseline("dcdi", check_config("dcdi", {"max_iter": 50}), task, max_queries=2, info=info)
     assert info["converged"] is False and "not converged" in info["convergence"], info
+
+
+class _Memoriser:
+    """A baseline that remembers the interventional rows it was fitted on: the density of X_i
+    under do(X_j = a) is a narrow kernel on exactly those rows (a leak detector)."""
+
+    def __init__(self, x_int, int_targets, int_values):
+        self.x_int, self.t, self.v = x_int, int_targets, int_values
+        self.n_nodes = x_int.shape[-1]
+
+    def _rows(self, j, a):
+        k = next(k for k in range(len(self.t)) if self.t[k, j] and self.t[k].sum() == 1 and self.v[k, j] == a)
+        return self.x_int[k]
+
+
+def test_int_holdout_fits_on_seen_rows_and_scores_the_others():
+    """With int_holdout 0.5 a baseline that sees x_int is fitted on the first half of each
+    regime's rows, NLPID scores the second half; a memorising fit scored on its own rows is
+    unbeatable (the leak), on held-out rows it is not."""
+    from pipeline_lib.baselines.registry import BaselineSpec, _REGISTRY, register_baseline
+    from pipeline_lib.evaluation import evaluate_baseline
+    from pipeline_lib.posterior import DensityEstimate, InterventionalPredictor
+    from pipeline_lib.taskdata import TaskDataError, holdout_int_rows
+    from pydantic import BaseModel
+
+    seen_by_fit = []
+
+    class Answer(_Memoriser, InterventionalPredictor):
+        def interventional_log_density(self, j, a, i, x):
+            rows = self._rows(j, a)[:, i]
+            h = 1e-3
+            z = (np.asarray(x)[:, None] - rows[None, :]) / h
+            lp = np.logaddexp.reduce(-0.5 * z**2, axis=1) - np.log(len(rows) * h * np.sqrt(2 * np.pi))
+            return DensityEstimate(np.maximum(lp, -50.0), np.zeros(len(x)))
+
+        def sample_interventional(self, j, a, n, rng):
+            rows = self._rows(j, a)
+            return rows[rng.integers(0, len(rows), n)]
+
+    class Cfg(BaseModel):
+        pass
+
+    def fit(data, cfg):
+        seen_by_fit.append(data["x_int"].copy())
+        return Answer(data["x_int"], data["int_targets"], data["int_values"])
+
+    task, _ = chain_task(n_obs=50, n_int=40)
+    register_baseline(BaselineSpec("memoriser", Cfg, fit, ("x_obs", "x_int", "int_targets", "int_values")),
+                      replace=True)
+    try:
+        leak, _ = evaluate_baseline("memoriser", Cfg(), task)
+        held, _ = evaluate_baseline("memoriser", Cfg(), task, int_holdout=0.5)
+    finally:
+        _REGISTRY.pop("memoriser", None)
+    np.testing.assert_array_equal(seen_by_fit[0], task["x_int"])
+    np.testing.assert_array_equal(seen_by_fit[1], task["x_int"][:, :20])
+    # on its own rows every sample sits on a kernel: log density ~ log(1 / (20 h sqrt(2 pi))) > 0
+    assert leak["nlpid_per_sample"] < -2.0
+    # held-out rows fall between the remembered ones: floored at -50 nats, nowhere near
+    assert held["nlpid_per_sample"] > 20.0
+    # the scored rows are the last 20 of each regime, the same for any method
+    seen, scored = holdout_int_rows(task, 0.5)
+    assert scored["x_int"].shape[1] == 20 and seen["x_int"].shape[1] == 20
+    np.testing.assert_array_equal(np.concatenate([seen["x_int"], scored["x_int"]], axis=1), task["x_int"])
+    assert make_queries(scored).samples.shape[1] == 20
+    with pytest.raises(ValueError, match="int_holdout"):
+        holdout_int_rows(task, 1.0)
+    with pytest.raises(TaskDataError, match="x_int: 1 interventional rows"):
+        holdout_int_rows({**task, "x_int": task["x_int"][:, :1]}, 0.5)

@@ -80,3 +80,25 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_fit_processes(tmp
                          env={**os.environ, "PYTHONPATH": str(repo)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("script ran") == 1 and "fitted in" in out.stdout, out.stdout
+
+
+def test_fits_are_grouped_into_few_prefect_tasks_per_worker():
+    """Several fits share a Prefect task run (its orchestration costs more than a small fit):
+    at least two groups per worker and baseline for balance, at most MAX_FITS_PER_TASK fits
+    each, sizes differing by one at most; every task exactly once, in order."""
+    from flows.baselines import MAX_FITS_PER_TASK, group_count
+    from tasks.baselines import task_groups
+
+    assert task_groups(10, 4) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert task_groups(0, 3) == [] and task_groups(2, 5) == [[0], [1]]
+    assert group_count(10, 2) == 4 and group_count(10, 1) == 2 and group_count(1, 4) == 1
+    assert group_count(10, 2, fits_per_task=5) == 2 and group_count(10, 2, fits_per_task=3) == 4
+    for n in range(1, 120):
+        for w in (1, 2, 3, 8):
+            groups = task_groups(n, group_count(n, w))
+            assert [t for g in groups for t in g] == list(range(n))
+            sizes = [len(g) for g in groups]
+            assert len(groups) >= min(n, 2 * w) and max(sizes) <= MAX_FITS_PER_TASK
+            assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="fits_per_task"):
+        group_count(5, 2, fits_per_task=0)
