@@ -9,6 +9,8 @@ coverage) for:
 * ``cond-fip/kde``: Gaussian KDE (Silverman bandwidth) on 2000 generated samples per
   intervention (the current default of :class:`pipeline_lib.posterior.SampledInterventional`);
 * ``cond-fip/gaussian``: a normal fitted to the same samples;
+* ``cond-fip/calibrated``: that normal widened by the model's reconstruction variance on the
+  dataset (:meth:`pipeline_lib.models.cond_fip.CondFiPAnswer.reconstruction_variance`);
 * the same two densities on the per-dataset ``anm-linear`` fit given the true graph;
 * ``empty-graph`` (BGe with the empty DAG: ignores the intervention) and ``oracle``
   (the true SCM, closed form for linear-Gaussian).
@@ -69,6 +71,8 @@ class _Styled:
 
     @staticmethod
     def set(answer, density: str):
+        answer.calibrated = density == "calibrated"
+        density = "gaussian" if density == "calibrated" else density
         answer.density = density
         answer.quantiles_from_draws = True
         answer.__dict__.pop("_kde_cache", None)
@@ -85,6 +89,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-test", type=int, default=20)
+    ap.add_argument("--densities", default="kde,gaussian,calibrated")
+    ap.add_argument("--save-model", default=None, help="save the trained state dict here")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/cond_fip_density.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -92,6 +98,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     model = load_or_train(prior, args)
     train_s = time.perf_counter() - t0
+    if args.save_model and not args.model_path:
+        torch.save(model.state_dict(), args.save_model)
     tasks = sample_split_range(prior, "test", 0, args.n_test)
     rows: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
@@ -105,13 +113,15 @@ def main(argv=None) -> None:
     for t in range(args.n_test):
         task = task_slice(tasks, t)
         data = restrict(task)
-        for density in ("kde", "gaussian"):
+        for density in args.densities.split(","):
             t1 = time.perf_counter()
             ans = _Styled.set(predict(model, task), density)
             b = time.perf_counter() - t1
             add(f"cond-fip/{density}", ans, b,
                 {"sample_rmse": node_rmse(ans.sample_observational(len(data["x_obs"]), noise=data["noise_obs"]),
                                           data["x_obs"])})
+            if density == "calibrated":
+                continue  # ANM has no reconstruction variance (its residuals are its noise)
             t1 = time.perf_counter()
             anm = _Styled.set(fit_anm(data, ANMConfig(kind="linear")), density)
             add(f"anm-linear/{density}", anm, time.perf_counter() - t1)

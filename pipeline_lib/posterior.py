@@ -149,7 +149,8 @@ class SampledInterventional(InterventionalPredictor):
     Options (class attributes; the defaults above are what the ANM and GIM answers use):
 
     * ``density = "gaussian"``: a normal fitted to the same draws instead of the KDE,
-      ``q = N(x_i; mean(y), sd(y)^2)`` (sd with ddof 1), with the delta-method standard error
+      ``q = N(x_i; mean(y), sd(y)^2 + e_i)`` (sd with ddof 1; ``e_i`` from
+      :meth:`density_extra_variance`, 0 unless a subclass says), with the delta-method standard error
       ``sqrt(z^2 / S + (z^2 - 1)^2 / (2 S))``, ``z = (x - mean) / sd``, of the log density;
     * ``quantiles_from_draws = True``: :meth:`quantiles_batch` reads the cached draws of each
       ``(j, a)`` (one ``sample_do`` per intervention, shared by all its outcome nodes) instead
@@ -178,7 +179,7 @@ class SampledInterventional(InterventionalPredictor):
         y = self._kde_draws(j, a)[:, int(i)]
         s = y.size
         if self.density == "gaussian":
-            mu, sd = float(y.mean()), max(float(np.std(y, ddof=1)), 1e-6)
+            mu, sd = float(y.mean()), max(float(np.sqrt(np.var(y, ddof=1) + self.density_extra_variance(int(i)))), 1e-6)
             z = (x - mu) / sd
             logq = -0.5 * z**2 - np.log(sd * np.sqrt(2.0 * np.pi))
             return DensityEstimate(logq, np.sqrt(z**2 / s + (z**2 - 1.0) ** 2 / (2.0 * s)))
@@ -196,6 +197,11 @@ class SampledInterventional(InterventionalPredictor):
         """``n`` joint samples ``(n, d)`` under ``do(X_j = a)`` from fresh noise."""
         return self.sample_do({int(j): float(a)}, n, rng=rng)
 
+    def density_extra_variance(self, i: int) -> float:
+        """Variance added to the draws' variance of outcome ``i`` by ``density = "gaussian"``
+        (0 here; a generator may add an estimate of its own error)."""
+        return 0.0
+
     def quantiles_batch(self, j: np.ndarray, a: np.ndarray, i: np.ndarray, probs: np.ndarray,
                         rng: np.random.Generator, n_samples: int = 2000) -> np.ndarray:
         """``(Q, P)`` quantiles; from the cached draws with ``quantiles_from_draws`` (class docstring)."""
@@ -209,7 +215,8 @@ class SampledInterventional(InterventionalPredictor):
             check_query(int(jq), int(iq), self.n_nodes)
             y = self._kde_draws(int(jq), float(aq))[:, int(iq)]
             if self.density == "gaussian":
-                out[k] = y.mean() + max(float(np.std(y, ddof=1)), 1e-6) * norm.ppf(probs)
+                sd = max(float(np.sqrt(np.var(y, ddof=1) + self.density_extra_variance(int(iq)))), 1e-6)
+                out[k] = y.mean() + sd * norm.ppf(probs)
             else:
                 out[k] = np.quantile(y, probs)
         return out

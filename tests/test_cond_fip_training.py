@@ -114,3 +114,23 @@ def test_greedy_dag_keeps_the_most_probable_acyclic_edges():
     # 0->1 (0.9), 1->2 (0.8); 2->0 (0.7) and 1->0 (0.6) would close cycles; 0->2 is below 0.5
     np.testing.assert_array_equal(greedy_dag(p), [[0, 1, 0], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_array_equal(greedy_dag(p, threshold=0.95), np.zeros((3, 3)))
+
+
+def test_calibrated_density_adds_the_reconstruction_variance():
+    torch.manual_seed(0)
+    model = CondFiP(preset("tiny")).eval()
+    task = task_slice(sample_tasks(PRIOR, 1, 3), 0)
+    ans = predict(model, task)
+    ans.kde_samples = 500
+    ans.density = "gaussian"
+    rec = ans.reconstruction_variance()
+    x_rec = ans.sample_observational(len(ans.x_ctx), noise=ans.predict_noise(ans.x_ctx))
+    np.testing.assert_allclose(rec, ((x_rec - ans.x_ctx) ** 2).mean(0), rtol=1e-6)
+    assert rec.shape == (3,) and np.all(rec > 0)  # an untrained decoder does not reconstruct
+    x = np.linspace(-2, 2, 5)
+    plain = ans.interventional_log_density(0, 0.5, 1, x).log_density
+    ans.calibrated = True
+    y = ans._kde_draws(0, 0.5)[:, 1]
+    wide = ans.interventional_log_density(0, 0.5, 1, x).log_density
+    np.testing.assert_allclose(wide, norm.logpdf(x, y.mean(), np.sqrt(y.var(ddof=1) + rec[1])), rtol=1e-10)
+    assert not np.allclose(plain, wide)

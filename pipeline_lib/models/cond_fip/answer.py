@@ -51,6 +51,8 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
     """
 
     schedule: str = "levels"
+    #: with ``density = "gaussian"``: add the reconstruction variance of :meth:`density_extra_variance`
+    calibrated: bool = False
 
     def __init__(self, model: CondFiP, emb: DatasetEmbedding, allowed: torch.Tensor, x_ctx: np.ndarray,
                  mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray):
@@ -113,6 +115,20 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
         x = z * self.std + self.mean
         x[:, mask] = values[mask]  # exact constants, not the float32 round trip
         return x
+
+    def reconstruction_variance(self) -> np.ndarray:
+        """``(d,)`` per-node mean squared error (data units) of the dataset rows regenerated from
+        their own abducted noise, ``mean_m (x_gen^m - x^m)^2``: the model's error on *this*
+        dataset, measured without the truth (cached)."""
+        if "_recon_var" not in self.__dict__:
+            x_rec = self._generate(self.noise_ctx_z, {})
+            self._recon_var = ((x_rec - self.x_ctx) ** 2).mean(0)
+        return self._recon_var
+
+    def density_extra_variance(self, i: int) -> float:
+        """With ``calibrated``: :meth:`reconstruction_variance` of node ``i`` widens the Gaussian
+        density (generation error treated as independent Gaussian noise); else 0."""
+        return float(self.reconstruction_variance()[int(i)]) if self.calibrated else 0.0
 
     def sample_observational(self, n: int, rng: np.random.Generator | None = None,
                              noise: np.ndarray | None = None) -> np.ndarray:
