@@ -109,7 +109,7 @@ def summarise(per_task: dict[str, dict[int, float]]) -> dict:
         if empty is not None and m != "empty-graph":
             row["welch_p_vs_empty"] = M.welch_test(a, empty)[1]
         if empty is not None and oracle is not None:
-            from storage.report import captured_se
+            from pipeline_lib.metrics import captured_se
 
             row["captured"] = M.captured_fraction(mean, float(empty.mean()), float(oracle.mean()))
             row["captured_se"] = captured_se(*(dict(enumerate(x)) for x in (a, empty, oracle)))

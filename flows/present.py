@@ -156,11 +156,6 @@ def benchmark_summary(summary: dict, wide: bool = False, width: int = 80) -> lis
     for prior, records in summary["records"].items():
         n = max((r["n"] for r in records), default=0)
         out.append(summary_table(records, title=f"prior {prior} ({n} test tasks)", width=width, wide=wide))
-        from storage.report import captured_text
-
-        cap = captured_text(records)
-        if cap:
-            out.append(Text(cap))
     out.append(Text(LEGEND, style="dim"))
     out.append(Text(f"report: {summary['html']}"))
     if summary.get("mlflow_url"):

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline_lib.metrics import captured_fraction, comparison_table, mean_se  # noqa: E402
+from pipeline_lib.metrics import captured_fraction, captured_se, comparison_table, mean_se  # noqa: E402
 from pipeline_lib.metrics.stats import ComparisonCell  # noqa: E402
 
 REPORT_METRICS = ("nlpid", "nlpid_per_sample", "calibration_error", "coverage_50", "coverage_90", "e_shd", "e_sid", "edge_auroc",
@@ -196,18 +196,6 @@ def is_reference(label: str) -> bool:
     return name in baseline_names() and get_baseline(name).reference
 
 
-def captured_fractions(records: list[dict]) -> dict[str, float]:
-    """{method: captured fraction of the empty-graph -> oracle NLPID gap} from comparison
-    records (``ComparisonTable.to_records``); empty when either reference is missing."""
-    nl = {r["method"]: r["mean"] for r in records if r["metric"] == "nlpid"}
-    empty = next((v for m, v in nl.items() if m.startswith("empty-graph")), None)
-    oracle = next((v for m, v in nl.items() if m.startswith("oracle")), None)
-    if empty is None or oracle is None:
-        return {}
-    return {m: captured_fraction(v, empty, oracle) for m, v in nl.items()
-            if not (m.startswith("empty-graph") or m.startswith("oracle"))}
-
-
 CAPTURED = "captured_fraction"
 
 
@@ -215,25 +203,6 @@ def _task_nlpid(recs: list[dict]) -> dict:
     """{task: NLPID} of a method's ok records with a finite NLPID."""
     return {r["task"]: float(r["metrics"]["nlpid"]) for r in recs
             if r.get("status") == "ok" and "task" in r and np.isfinite(r.get("metrics", {}).get("nlpid", np.nan))}
-
-
-def captured_se(method: dict, empty: dict, oracle: dict) -> float:
-    """Delta-method s.e. of the captured fraction f = (E - M) / (E - O) of mean NLPID, over the
-    tasks the three share (paired: every task scores all three). Per task the influence is
-    psi_t = ((e_t - m_t) - f (e_t - o_t)) / (E - O); s.e. = sd(psi) / sqrt(n). nan below 2 shared
-    tasks or without a gap; 0 for the references themselves (f is 0 or 1 by definition).
-    (A statistic: it belongs next to ``metrics.captured_fraction`` in pipeline_lib, kept here
-    with the one table that uses it.)"""
-    tasks = sorted(set(method) & set(empty) & set(oracle))
-    if len(tasks) < 2:
-        return float("nan")
-    m, e, o = (np.array([d[t] for t in tasks]) for d in (method, empty, oracle))
-    gap = e.mean() - o.mean()
-    if not gap > 0:
-        return float("nan")
-    f = (e.mean() - m.mean()) / gap
-    psi = ((e - m) - f * (e - o)) / gap
-    return float(psi.std(ddof=1) / np.sqrt(len(tasks)))
 
 
 def add_captured_column(table, records_by_label: dict[str, list[dict]]) -> dict[str, float]:
@@ -260,15 +229,6 @@ def add_captured_column(table, records_by_label: dict[str, list[dict]]) -> dict[
         table.cells[(m, CAPTURED)] = ComparisonCell(float(v), captured_se(per_task[m], per_task[empty], per_task[oracle]),
                                                     n, m == best, float("nan"))
     return out
-
-
-def captured_text(records: list[dict]) -> str | None:
-    """One line for the report and the terminal, or None without both references."""
-    frac = captured_fractions(records)
-    if not frac:
-        return None
-    return ("captured fraction of the NLPID gap empty-graph -> oracle: "
-            + ", ".join(f"{m} {v:.2f}" for m, v in frac.items()))
 
 
 def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]], title: str,

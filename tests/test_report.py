@@ -139,15 +139,6 @@ def test_benchmark_and_demo_offer_wide():
         assert r.exit_code == 0 and "--wide" in r.output
 
 
-def test_captured_fraction_line_needs_both_references():
-    from storage.report import captured_text
-
-    rec = lambda m, v: {"method": m, "metric": "nlpid", "mean": v}  # noqa: E731
-    line = captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0), rec("oracle", 150.0)])
-    assert line.endswith("mace-tnp v1 0.50")
-    assert captured_text([rec("mace-tnp v1", 200.0), rec("empty-graph", 250.0)]) is None
-
-
 def _nlpid_records(values: list[float]) -> list[dict]:
     return [{"task": t, "status": "ok", "metrics": {"nlpid": v, "runtime_s": 0.01}} for t, v in enumerate(values)]
 
@@ -184,7 +175,7 @@ def test_captured_column_by_hand_in_table_html_terminal_and_mlflow_arrays(tmp_pa
 
 
 def test_captured_se_needs_shared_tasks_and_a_gap():
-    from storage.report import captured_se
+    from pipeline_lib.metrics import captured_se
 
     assert np.isnan(captured_se({0: 1.0}, {0: 2.0}, {0: 0.0}))  # one shared task: no s.e.
     assert np.isnan(captured_se({0: 1.0, 1: 1.0}, {0: 2.0, 1: 2.0}, {0: 2.0, 1: 2.0}))  # no gap

@@ -41,6 +41,7 @@ from pipeline_lib.metrics.stats import (
     auroc,
     average_precision,
     captured_fraction,
+    captured_se,
     comparison_table,
     mean_se,
     metric_direction,
@@ -80,4 +81,5 @@ __all__ = [
     "ComparisonTable",
     "comparison_table",
     "captured_fraction",
+    "captured_se",
 ]

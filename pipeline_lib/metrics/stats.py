@@ -133,6 +133,24 @@ def captured_fraction(method: float, empty: float, oracle: float) -> float:
     return (float(empty) - float(method)) / gap
 
 
+def captured_se(method: dict, empty: dict, oracle: dict) -> float:
+    """Delta-method s.e. of the captured fraction f = (E - M) / (E - O) of mean NLPID, over the
+    tasks the three share (paired: every task scores all three). Per task the influence is
+    psi_t = ((e_t - m_t) - f (e_t - o_t)) / (E - O); s.e. = sd(psi) / sqrt(n). nan below 2 shared
+    tasks or without a gap; 0 for the references themselves (f is 0 or 1 by definition).
+    ``method``, ``empty``, ``oracle``: {task: NLPID}."""
+    tasks = sorted(set(method) & set(empty) & set(oracle))
+    if len(tasks) < 2:
+        return float("nan")
+    m, e, o = (np.array([d[t] for t in tasks]) for d in (method, empty, oracle))
+    gap = e.mean() - o.mean()
+    if not gap > 0:
+        return float("nan")
+    f = (e.mean() - m.mean()) / gap
+    psi = ((e - m) - f * (e - o)) / gap
+    return float(psi.std(ddof=1) / np.sqrt(len(tasks)))
+
+
 def welch_test(a: Any, b: Any) -> tuple[float, float]:
     """Welch's two-sided t-test of equal means, ``(t, p)``; nan entries are dropped.
 
