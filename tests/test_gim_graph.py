@@ -90,12 +90,14 @@ def test_refit_freezes_the_graph_and_map_targets_share_one_target_set():
 
 @pytest.mark.slow
 def test_planted_linear_graph_recovered_with_the_shift_count_start():
-    """5-node planted systems: edge AUROC >= 0.85 and E-SHD below the empty graph's on both."""
+    """5-node planted systems: edge AUROC >= 0.85 and E-SHD below the empty graph's on both
+    (measured: AUROC 1.0 / 1.0, E-SHD 1.2 / 0.5 against 4 / 6 true edges; a third system,
+    index 2, stays at 0.59: the start ordering is a heuristic)."""
     from pipeline_lib import metrics as M
 
     for index in (0, 1):
         data = planted_system(index)
-        post = fit_gim(data, GIMConfig(n_test_regimes=4, steps=600, n_restarts=2))
+        post = fit_gim(data, GIMConfig(n_test_regimes=4, steps=400, n_restarts=1))
         scores = score_fit(post, data, 4)
         empty = float(np.asarray(data["adjacency"]).sum())
         assert scores["edge_auroc"] >= 0.85, scores
