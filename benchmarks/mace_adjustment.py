@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from mace_paper import MACE, REFERENCES, load_model, parse_baseline  # noqa: E402
+from mace_paper import MACE, REFERENCES, load_model, nlpid_rows, parse_baseline  # noqa: E402
 
 from pipeline_lib import metrics as M  # noqa: E402
 from pipeline_lib.evaluation import make_queries, restrict, task_slice  # noqa: E402
@@ -87,19 +87,7 @@ def summarise(per_task: dict[str, dict[int, dict[str, float]]]) -> dict:
         arrays = {m: np.array([v[t][role] for t in common if role in v[t]]) for m, v in per_task.items()}
         if not all(len(a) for a in arrays.values()):
             continue
-        methods = [m for m in arrays if m not in REFERENCES]
-        best = min(methods, key=lambda m: arrays[m].mean())
-        empty, oracle = arrays.get("empty-graph"), arrays.get("oracle")
-        rows = {}
-        for m, a in arrays.items():
-            mean, se = M.mean_se(a)
-            row = {"nlpid_mean": mean, "nlpid_se": se}
-            if m in methods and m != best:
-                row["welch_p_vs_best"] = M.welch_test(a, arrays[best])[1]
-            if empty is not None and oracle is not None:
-                row["captured"] = M.captured_fraction(mean, float(empty.mean()), float(oracle.mean()))
-                row["captured_se"] = M.captured_se(*(dict(enumerate(x)) for x in (a, empty, oracle)))
-            rows[m] = row
+        best, rows = nlpid_rows(arrays)
         out["roles"][role] = {"best": best, "n": len(arrays[best]), "rows": rows}
     return out
 

@@ -92,11 +92,10 @@ def fit_observational(name: str, cfg: dict, task: dict, seed: int) -> tuple[dict
     return metrics, {"converged": converged, "convergence": note}
 
 
-def summarise(per_task: dict[str, dict[int, float]]) -> dict:
-    """Table of the tasks every method finished: mean +- s.e., Welch p vs the best method and vs
-    the empty graph, captured fraction; best baseline / MACE-TNP."""
-    common = sorted(set.intersection(*(set(v) for v in per_task.values())))
-    arrays = {m: np.array([v[t] for t in common]) for m, v in per_task.items()}
+def nlpid_rows(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
+    """(best method, rows) of one table: per method (arrays of per-task NLPID over the same
+    tasks) mean +- s.e., Welch p vs the best non-reference method and vs the empty graph, and
+    the captured fraction with its paired s.e. where both references are present."""
     methods = [m for m in arrays if m not in REFERENCES]
     best = min(methods, key=lambda m: arrays[m].mean())
     empty, oracle = arrays.get("empty-graph"), arrays.get("oracle")
@@ -109,11 +108,19 @@ def summarise(per_task: dict[str, dict[int, float]]) -> dict:
         if empty is not None and m != "empty-graph":
             row["welch_p_vs_empty"] = M.welch_test(a, empty)[1]
         if empty is not None and oracle is not None:
-            from pipeline_lib.metrics import captured_se
-
             row["captured"] = M.captured_fraction(mean, float(empty.mean()), float(oracle.mean()))
-            row["captured_se"] = captured_se(*(dict(enumerate(x)) for x in (a, empty, oracle)))
+            row["captured_se"] = M.captured_se(*(dict(enumerate(x)) for x in (a, empty, oracle)))
         rows[m] = row
+    return best, rows
+
+
+def summarise(per_task: dict[str, dict[int, float]]) -> dict:
+    """Table of the tasks every method finished: mean +- s.e., Welch p vs the best method and vs
+    the empty graph, captured fraction; best baseline / MACE-TNP."""
+    common = sorted(set.intersection(*(set(v) for v in per_task.values())))
+    arrays = {m: np.array([v[t] for t in common]) for m, v in per_task.items()}
+    methods = [m for m in arrays if m not in REFERENCES]
+    best, rows = nlpid_rows(arrays)
     out = {"tasks": common, "n_tasks": len(common), "best": best, "rows": rows}
     mace = next((m for m in methods if m.startswith(MACE)), None)
     baselines = [m for m in methods if not m.startswith(MACE)]
