@@ -205,12 +205,25 @@ def run_family(args) -> None:
     fam = args.family
     prior_in = PriorConfig.from_yaml(REPO / f"configs/priors/condfip-{fam}-20.yaml")
     prior_out = PriorConfig.from_yaml(REPO / f"configs/priors/condfip-{fam}-20-ood.yaml")
-    model, info = train_cond_fip(prior_in, args, root)
+    if args.load_model:
+        # a model trained by an earlier run of this script (its state dict; the EMA weights where used)
+        model_cfg = preset(args.preset, **json.loads(args.model))
+        model = CondFiP(model_cfg)
+        model.load_state_dict(torch.load(args.load_model, map_location="cpu", weights_only=True))
+        model.eval()
+        info = {"model": model_cfg.model_dump(), "n_parameters": int(sum(p.numel() for p in model.parameters())),
+                "train": {"loaded_from": str(args.load_model), "steps": args.steps, "steps_done": args.steps,
+                          "procedure": args.procedure, "encoder_steps": int(round(args.enc_frac * args.steps)),
+                          "ema": None if args.no_ema else (0.99, 10), "seconds": args.train_seconds,
+                          "batch_size": args.batch_size, "lr": args.lr}}
+    else:
+        model, info = train_cond_fip(prior_in, args, root)
     print(f"{fam}: trained {info['train']['steps_done']} steps in {info['train']['seconds']:.0f} s", flush=True)
     scarce = tuple(int(v) for v in args.scarce.split(",") if v)
     path = root / "bench-cond-fip" / f"{fam}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path.with_suffix(".pt"))  # for the predicted-graph run
+    if not args.load_model:
+        torch.save(model.state_dict(), path.with_suffix(".pt"))  # for the predicted-graph run
     part = {"family": fam, **info}
     old = json.loads(Path(args.reuse_baselines).read_text())["families"].get(fam, {}) if args.reuse_baselines else {}
     for split, prior, sc, n_test in (("in", prior_in, scarce, args.n_test), ("out", prior_out, (), args.n_test_out)):
@@ -290,6 +303,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reuse-baselines", default=None,
                     help="an earlier cond_fip.json: its rows of methods not in --methods are kept (same prior hash "
                          "and task count)")
+    ap.add_argument("--load-model", default=None, help="evaluate this saved state dict instead of training "
+                    "(--steps/--procedure/--train-seconds then only describe how it was trained)")
+    ap.add_argument("--train-seconds", type=float, default=None, help="with --load-model: its recorded training time")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)

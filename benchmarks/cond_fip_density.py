@@ -79,6 +79,24 @@ class _Styled:
         return answer
 
 
+def write(rows: dict, seconds: dict, n_done: int, prior: PriorConfig, args, train_s: float) -> dict:
+    summary = {}
+    for name, recs in rows.items():
+        summary[name] = {}
+        for key in KEYS + ("sample_rmse",):
+            vals = [r[key] for r in recs if key in r]
+            if vals:
+                mu, se = mean_se(vals)
+                summary[name][key] = {"mean": mu, "se": se}
+        summary[name]["seconds_per_task"] = seconds[name] / n_done
+    out = {"benchmark": "cond_fip_density", "prior": prior.name, "n_test": n_done,
+           "model": args.model_path or f"two-stage + EMA, {args.steps} steps x {args.batch_size}",
+           "train_seconds": train_s, "per_task_nlpid": {k: [r["nlpid"] for r in v] for k, v in rows.items()},
+           "summary": summary}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    return summary
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default="condfip-lin-10")
@@ -130,19 +148,7 @@ def main(argv=None) -> None:
         t1 = time.perf_counter()
         add("oracle", TrueSCM(prior, "test", t, check_x_obs=data["x_obs"]), time.perf_counter() - t1)
         print(t + 1, {k: round(float(np.mean([r["nlpid"] for r in v])), 1) for k, v in rows.items()}, flush=True)
-    summary = {}
-    for name, recs in rows.items():
-        summary[name] = {}
-        for key in KEYS + ("sample_rmse",):
-            vals = [r[key] for r in recs if key in r]
-            if vals:
-                mu, se = mean_se(vals)
-                summary[name][key] = {"mean": mu, "se": se}
-        summary[name]["seconds_per_task"] = seconds[name] / args.n_test
-    out = {"benchmark": "cond_fip_density", "prior": prior.name, "n_test": args.n_test,
-           "model": args.model_path or f"two-stage + EMA, {args.steps} steps x {args.batch_size}",
-           "train_seconds": train_s, "summary": summary}
-    Path(args.out).write_text(json.dumps(out, indent=1))
+        summary = write(rows, seconds, t + 1, prior, args, train_s)  # kept after every task
     for name, s in summary.items():
         print(name, {k: (round(v["mean"], 3) if isinstance(v, dict) else round(v, 2)) for k, v in s.items()})
 

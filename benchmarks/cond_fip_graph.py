@@ -33,7 +33,7 @@ from pipeline_lib.baselines.anm import ANMConfig, fit_anm  # noqa: E402
 from pipeline_lib.baselines.registry import fit_baseline  # noqa: E402
 from pipeline_lib.metrics.graph import edge_auroc, is_dag, shd  # noqa: E402
 from pipeline_lib.metrics.stats import mean_se  # noqa: E402
-from pipeline_lib.models.cond_fip import CondFiP, CondFiPConfig, predict  # noqa: E402
+from pipeline_lib.models.cond_fip import CondFiP, CondFiPConfig, predict, preset  # noqa: E402
 from pipeline_lib.priors import PriorConfig  # noqa: E402
 from pipeline_lib.priors.sampler import sample_split_range  # noqa: E402
 from pipeline_lib.taskdata import restrict, task_slice  # noqa: E402
@@ -77,7 +77,10 @@ def fit_graphs(prior: PriorConfig, args) -> None:
 
 def score(prior: PriorConfig, args) -> dict:
     root = Path(args.root)
-    part = json.loads((root / "bench-cond-fip" / "lin.json").read_text())
+    meta = root / "bench-cond-fip" / "lin.json"
+    # the state dict is written right after training, the json after the first evaluated split
+    part = json.loads(meta.read_text()) if meta.exists() else {
+        "model": preset(args.preset).model_dump(), "train": {"steps": None, "procedure": "see benchmarks/cond_fip.py"}}
     model = CondFiP(CondFiPConfig(**part["model"]))
     model.load_state_dict(torch.load(root / "bench-cond-fip" / "lin.pt", map_location="cpu", weights_only=True))
     model.eval()
@@ -124,6 +127,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--dibs-steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", default="cpu-small", help="model config when lin.json is not written yet")
     ap.add_argument("--graphs", default="/tmp/cond_fip_dibs_graphs.npz")
     ap.add_argument("--root", default=os.environ.get("CAUSALMETA_ROOT", str(REPO / ".causalmeta")))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/cond_fip_graph.json"))

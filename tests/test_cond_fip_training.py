@@ -88,7 +88,8 @@ def test_gaussian_density_option_is_the_normal_of_the_draws():
     task = task_slice(sample_tasks(PRIOR, 1, 3), 0)
     ans = predict(model, task)
     ans.kde_samples = 500
-    ans.density, ans.quantiles_from_draws = "gaussian", True
+    assert (ans.density, ans.calibrated, ans.quantiles_from_draws) == ("gaussian", True, True)  # the defaults
+    ans.calibrated = False
     x = np.linspace(-2, 2, 7)
     est = ans.interventional_log_density(0, 0.5, 1, x)
     y = ans._kde_draws(0, 0.5)[:, 1]
@@ -122,7 +123,7 @@ def test_calibrated_density_adds_the_reconstruction_variance():
     task = task_slice(sample_tasks(PRIOR, 1, 3), 0)
     ans = predict(model, task)
     ans.kde_samples = 500
-    ans.density = "gaussian"
+    ans.calibrated = False
     rec = ans.reconstruction_variance()
     x_rec = ans.sample_observational(len(ans.x_ctx), noise=ans.predict_noise(ans.x_ctx))
     np.testing.assert_allclose(rec, ((x_rec - ans.x_ctx) ** 2).mean(0), rtol=1e-6)

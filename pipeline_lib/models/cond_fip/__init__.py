@@ -4,7 +4,7 @@
   fixed-point decoder), :class:`CondFiPConfig`, :func:`cond_fip_loss`.
 * :mod:`.layers` - graph-masked attention with a null key, adaptive-LayerNorm blocks.
 * :mod:`.batching` - :func:`make_batch` / :func:`cond_fip_batch` (context / target row split).
-* :mod:`.answer` - :func:`predict` -> :class:`CondFiPAnswer` (SCM generator + KDE interventional density).
+* :mod:`.answer` - :func:`predict` -> :class:`CondFiPAnswer` (SCM generator + calibrated-Gaussian interventional density).
 * :mod:`.presets` - :data:`PRESETS` (``default``, ``cpu-small``, ``tiny``).
 """
 
