@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -250,6 +251,7 @@ def log_mlflow(result: dict, out: Path, root: str) -> None:
                 flat[f"{name}.{method}.{k}"] = c["mean"] if isinstance(c, dict) else c
     for rank, cells in result.get("degradation", {}).get("mean", {}).items():
         flat.update({f"degradation.k{rank}.{k}": v for k, v in cells.items()})
+    flat = {re.sub(r"[()]", "", k).replace(" ", "_"): v for k, v in flat.items()}  # MLflow's allowed names
     params = {"preset": result["preset"], "n_systems": result["n_systems"], "threads": result["threads"]}
     Tracker(root).log_benchmark("gim", flat, [out], params=params)
 
