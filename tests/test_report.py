@@ -172,6 +172,10 @@ def test_captured_column_by_hand_in_table_html_terminal_and_mlflow_arrays(tmp_pa
     rep = write_report(tmp_path / "no-oracle", {"p": {m: r for m, r in recs.items() if m != "oracle"}}, "t")
     assert "captured_fraction" not in rep["tables"]["p"].metrics
     assert "captured_fraction" not in rep["arrays"]["p"]["exact"]
+    # the page says which interventional rows NLPID scored when they were held out of the fits
+    assert "interventional rows" not in page
+    write_report(tmp_path / "held", {"p": recs}, "t", meta={"int_holdout": 0.5})
+    assert "NLPID scores the last 50% of each regime's interventional rows" in (tmp_path / "held" / "report.html").read_text()
 
 
 def test_captured_se_needs_shared_tasks_and_a_gap():
