@@ -61,7 +61,12 @@ def greedy_dag(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def fit_graphs(prior: PriorConfig, args) -> None:
     tasks = sample_split_range(prior, "test", 0, args.n_test)
     probs, graphs, secs = [], [], []
-    for t in range(args.n_test):
+    if Path(args.graphs).exists():  # resume: the tasks already fitted are kept
+        done = np.load(args.graphs)
+        if int(done["dibs_steps"]) != args.dibs_steps:
+            raise SystemExit(f"{args.graphs} holds DiBS graphs of {int(done['dibs_steps'])} steps, not {args.dibs_steps}")
+        probs, graphs, secs = list(done["probs"]), list(done["graphs"]), list(done["seconds"])
+    for t in range(len(graphs), args.n_test):
         data = restrict(task_slice(tasks, t))
         t0 = time.perf_counter()
         post = fit_baseline("dibs", {"x_obs": data["x_obs"]}, {"steps": args.dibs_steps, "seed": args.seed})
