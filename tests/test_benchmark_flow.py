@@ -64,8 +64,12 @@ def test_baseline_config_overrides_are_checked_before_any_fit(tmp_path):
         check_config("exact", {"n_mcc": 3})
     with pytest.raises(ValueError, match="field 'n_particles'"):
         BaselineRun(name="bacadi", config={"n_particles": 0})
-    for preset in ("quick", "cpu-3node", "paper-3node"):  # the shipped presets validate
-        assert load_preset(preset).baselines
+    from flows.spec import shipped_presets
+
+    assert {"quick", "cpu-3node", "paper-3node", "mace-fc-quick"} <= set(shipped_presets())
+    for preset in shipped_presets():  # every shipped preset validates, its priors and baseline configs too
+        spec = load_preset(preset)
+        assert spec.baselines and spec.prior_configs()
 
     runner = CliRunner()
     missing = str(tmp_path / "absent.zarr")
