@@ -217,7 +217,14 @@ def evaluate_baseline(name: str, config, task: dict, *, max_queries: int | None 
 
     seen, scored = holdout_int_rows(task, int_holdout)
     t0 = time.perf_counter()
-    answer = fit_baseline(name, restrict(seen), config)
+    try:
+        answer = fit_baseline(name, restrict(seen), config)
+    except Exception as exc:
+        if int_holdout and "x_int" in task:
+            exc.add_note(f"int_holdout {int_holdout:g}: the fit saw {np.asarray(seen['x_int']).shape[-2]} of "
+                         f"{np.asarray(task['x_int']).shape[-2]} interventional rows per regime (the rest are "
+                         "NLPID's test rows); a method that needs more rows needs int_holdout 0")
+        raise
     metrics = {"runtime_s": time.perf_counter() - t0}
     if info is not None:
         info["converged"], info["convergence"] = convergence_of(name, answer)

@@ -274,10 +274,12 @@ def write_report(out_dir: str | Path, sections: dict[str, dict[str, list[dict]]]
         n = max((len(next(iter(a.values()))) for a in arrays.values() if a), default=0)
         body.append(table.to_html())
         holdout = float((meta or {}).get("int_holdout") or 0)
-        if holdout and any("nlpid" in a for a in arrays.values()):
+        if "int_holdout" in (meta or {}) and any("nlpid" in a for a in arrays.values()):
             body.append(f"<p>NLPID scores the last {holdout:.0%} of each regime's interventional rows; every "
                         "method was fitted on (or answered from) the rest (<code>int_holdout</code>), so no method "
-                        "is scored on rows it saw.</p>")
+                        "is scored on rows it saw.</p>" if holdout else
+                        "<p class='warn'>NLPID scores every interventional row (<code>int_holdout</code> 0): a "
+                        "method fitted on interventional data was scored on rows it saw.</p>")
         if captured:
             body.append("<p>captured_fraction = (empty-graph - method) / (empty-graph - oracle) of mean NLPID: "
                         "1 = the true SCM, 0 = no better than ignoring causality; ± its paired delta-method s.e.</p>")

@@ -121,8 +121,9 @@ def serve(in_fd: int, out_fd: int) -> None:
         try:
             answer = fit(request)
         except Exception as exc:  # sent back and raised there, as the fit raised it
+            message = "\n".join([str(exc), *getattr(exc, "__notes__", [])])  # notes say why, e.g. rows held out
             answer = {"ok": False, "error": {"module": type(exc).__module__, "type": type(exc).__qualname__,
-                                             "message": str(exc), "traceback": traceback.format_exc(limit=8)}}
+                                             "message": message, "traceback": traceback.format_exc(limit=8)}}
         try:
             write_message(out_fd, answer)
         except TypeError as exc:  # an answer that is not JSON + arrays

@@ -79,7 +79,8 @@ def _fit_one(results: ResultStore, method: str, method_key: str, config: BaseMod
             get_run_logger().warning("%s on %s[%d] did not converge: %s", method, split, index, info["convergence"])
     except Exception as exc:  # recorded, by design: see docstring
         arrays = None
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={},
+        notes = [n for n in getattr(exc, "__notes__", []) if not n.startswith("raised in the fit process")]
+        record.update(status="failed", error="\n".join([f"{type(exc).__name__}: {exc}", *notes]), metrics={},
                       traceback=traceback.format_exc(limit=5))
         get_run_logger().warning("%s failed on %s[%d]: %s", method, split, index, record["error"])
     record["wall_s"] = time.perf_counter() - t0

@@ -131,6 +131,8 @@ def test_int_holdout_fits_on_seen_rows_and_scores_the_others():
 
     def fit(data, cfg):
         seen_by_fit.append(data["x_int"].copy())
+        if data["x_int"].shape[1] < 10:
+            raise ValueError("x_int: needs 10 rows per regime")
         return Answer(data["x_int"], data["int_targets"], data["int_values"])
 
     task, _ = chain_task(n_obs=50, n_int=40)
@@ -139,6 +141,10 @@ def test_int_holdout_fits_on_seen_rows_and_scores_the_others():
     try:
         leak, _ = evaluate_baseline("memoriser", Cfg(), task)
         held, _ = evaluate_baseline("memoriser", Cfg(), task, int_holdout=0.5)
+        # a fit that needs more rows than the split leaves says why
+        with pytest.raises(ValueError, match="needs 10 rows") as err:
+            evaluate_baseline("memoriser", Cfg(), {**task, "x_int": task["x_int"][:, :12]}, int_holdout=0.5)
+        assert "int_holdout 0.5: the fit saw 6 of 12 interventional rows" in "".join(err.value.__notes__)
     finally:
         _REGISTRY.pop("memoriser", None)
     np.testing.assert_array_equal(seen_by_fit[0], task["x_int"])

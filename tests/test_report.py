@@ -176,6 +176,8 @@ def test_captured_column_by_hand_in_table_html_terminal_and_mlflow_arrays(tmp_pa
     assert "interventional rows" not in page
     write_report(tmp_path / "held", {"p": recs}, "t", meta={"int_holdout": 0.5})
     assert "NLPID scores the last 50% of each regime's interventional rows" in (tmp_path / "held" / "report.html").read_text()
+    write_report(tmp_path / "all", {"p": recs}, "t", meta={"int_holdout": 0.0})
+    assert "NLPID scores every interventional row" in (tmp_path / "all" / "report.html").read_text()
 
 
 def test_captured_se_needs_shared_tasks_and_a_gap():
