@@ -8,7 +8,7 @@ import torch
 
 from pipeline_lib.metrics import is_dag
 from pipeline_lib.models.gim import GIMConfig, GIMModel, fit_gim
-from pipeline_lib.models.gim.fit import shift_count_scores
+from pipeline_lib.models.dpdag import shift_count_scores
 from pipeline_lib.models.gim.metrics import score_fit
 from pipeline_lib.priors import PriorConfig, sample_split_range
 from pipeline_lib.taskdata import restrict, task_slice

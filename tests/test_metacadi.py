@@ -249,3 +249,32 @@ def test_ut_igsp_recovers_a_planted_linear_system():
         truth[i, j] = 1
     assert M.shd(truth, post.adjacency) == 0
     np.testing.assert_array_equal(post.intervention_target_probs(), np.eye(d)[targets])
+
+
+def test_ordering_starts_from_the_experiments_mean_shifts(monkeypatch):
+    """order_init='shift_count' (the default): the DP-DAG's ordering scores start from how many
+    experiments shift each node's mean against x_obs (a shift reaches the target's
+    descendants, so deeper nodes start later); 'uniform' starts them all at 0."""
+    import pipeline_lib.models.metacadi.fit as fit_mod
+    from pipeline_lib.models.dpdag import shift_count_scores
+
+    seen = []
+    original = fit_mod.train_model
+
+    def spy(support, query, cfg, order_scores=None):
+        model, history, seconds = original(support, query, cfg, order_scores)
+        seen.append((support, query, order_scores))
+        return model, history, seconds
+
+    monkeypatch.setattr(fit_mod, "train_model", spy)
+    data = planted_system(d=4, seed=0, n_regimes=16)
+    cfg = MetaCaDIConfig(steps=1, **SMALL)
+    assert cfg.order_init == "shift_count"
+    fit_metacadi(data, cfg)
+    support, query, scores = seen[-1]
+    rows = np.concatenate([support, query], axis=1)  # standardized; the obs experiment last
+    np.testing.assert_allclose(scores, shift_count_scores(rows[-1], rows[:-1], 3.0, 2.0))
+    depth = np.linalg.matrix_power(data["adjacency"].astype(int) + np.eye(4, dtype=int), 4) > 0
+    assert np.corrcoef(scores, depth.sum(0))[0, 1] < -0.5  # more ancestors: a lower (later) start
+    fit_metacadi(data, MetaCaDIConfig(steps=1, order_init="uniform", **SMALL))
+    assert seen[-1][2] is None

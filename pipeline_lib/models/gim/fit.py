@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
+from pipeline_lib.models.dpdag import shift_count_scores
 from pipeline_lib.models.gim.model import GIMModel
 from pipeline_lib.posterior import (GraphPosterior, SampledInterventional, SCMGenerator, TargetPosterior,
                                     check_intervention, check_rows)
@@ -169,22 +170,6 @@ class GIMPosterior(GraphPosterior, TargetPosterior, SampledInterventional, SCMGe
         model.load_state_dict(blob["state"])
         return cls(model, cfg, meta["x_mean"], meta["x_std"], meta["g_mean"], meta["g_std"], meta["gamma_all"],
                    train_seconds=meta["train_seconds"])
-
-
-def shift_count_scores(x_obs: np.ndarray, x_int: np.ndarray, z_min: float, scale: float) -> np.ndarray:
-    """``(d,)`` initial ordering scores from the seen experiments' mean shifts.
-
-    A shift intervention on ``j`` moves the mean of ``j`` and of its descendants, so a node whose
-    mean shifts in many experiments tends to sit late in the causal order. Per experiment and
-    node ``z = (mean_e - mean_obs) / (std_obs sqrt(1/n_e + 1/n_obs))``; the count of ``|z| > z_min``
-    over experiments, standardized, times ``-scale`` is the score (descending score = earlier).
-    A heuristic start for the DP-DAG, which keeps learning the ordering."""
-    n, n_obs = x_int.shape[1], len(x_obs)
-    std = np.where(x_obs.std(0) > 1e-8, x_obs.std(0), 1.0)
-    z = (x_int.mean(1) - x_obs.mean(0)) / (std * np.sqrt(1 / n + 1 / n_obs))
-    count = (np.abs(z) > z_min).sum(0).astype(np.float64)
-    spread = count.std()
-    return -scale * (count - count.mean()) / (spread if spread > 0 else 1.0)
 
 
 def train_gim(x_obs: np.ndarray, x_int: np.ndarray, gamma: np.ndarray, cfg: GIMConfig

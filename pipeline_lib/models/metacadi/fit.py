@@ -6,6 +6,7 @@ import time
 import numpy as np
 import torch
 
+from pipeline_lib.models.dpdag import shift_count_scores
 from pipeline_lib.models.metacadi.config import MetaCaDIConfig, MetaCaDIInputError
 from pipeline_lib.models.metacadi.model import MetaCaDIModel
 from pipeline_lib.posterior import GraphPosterior, TargetPosterior
@@ -98,11 +99,15 @@ def _generator(cfg: MetaCaDIConfig, offset: int) -> torch.Generator:
     return torch.Generator(device=cfg.device).manual_seed(cfg.seed * 7919 + offset)
 
 
-def train_model(support: np.ndarray, query: np.ndarray, cfg: MetaCaDIConfig
-                ) -> tuple[MetaCaDIModel, list[dict[str, float]], float]:
-    """Adam on eq. 7 over all meta-training experiments (already standardized)."""
+def train_model(support: np.ndarray, query: np.ndarray, cfg: MetaCaDIConfig,
+                order_scores: np.ndarray | None = None) -> tuple[MetaCaDIModel, list[dict[str, float]], float]:
+    """Adam on eq. 7 over all meta-training experiments (already standardized), the DP-DAG's
+    ordering scores started at ``order_scores`` when given."""
     d = support.shape[-1]
     model = MetaCaDIModel(d, cfg).to(cfg.device)
+    if order_scores is not None:
+        with torch.no_grad():
+            model.dag.order_scores.copy_(torch.as_tensor(order_scores, dtype=model.dag.order_scores.dtype))
     graph_params = list(model.dag.parameters())
     ids = {id(p) for p in graph_params}
     opt = torch.optim.Adam([
@@ -141,7 +146,12 @@ def fit_metacadi(data: dict, config: MetaCaDIConfig | None = None) -> MetaCaDIPo
     else:
         mean, std = np.zeros(d), np.ones(d)
     support = (parts["support"] - mean) / std
-    model, history, seconds = train_model(support, (parts["query"] - mean) / std, cfg)
+    query = (parts["query"] - mean) / std
+    scores = None
+    if cfg.order_init == "shift_count" and cfg.use_obs:  # without x_obs there is no reference: uniform
+        rows = np.concatenate([support, query], axis=1)  # the obs experiment is the last one
+        scores = shift_count_scores(rows[-1], rows[:-1], cfg.order_init_z, cfg.order_init_scale)
+    model, history, seconds = train_model(support, query, cfg, scores)
     t = cfg.n_train_tasks
     x_s = torch.as_tensor(support[:t], dtype=torch.float32, device=cfg.device)
     train_probs = model.target_probs(x_s, cfg.n_eval_graphs, _generator(cfg, 2)).double().cpu().numpy()
