@@ -58,12 +58,37 @@ Plackett-Luce law is not included).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-__all__ = ["DPDAG", "softsort", "gumbel_sigmoid_st"]
+__all__ = ["DPDAG", "DPDAGOptions", "gumbel_sigmoid_st", "shift_count_scores", "softsort"]
+
+
+class DPDAGOptions(BaseModel):
+    """The DP-DAG options every method on this sampler shares (GIM, MetaCaDI): their configs
+    derive from it, so a field means the same and defaults the same in both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    edge_space: Literal["position", "node"] = Field(
+        "node", description="edge logits per node pair masked by the sampled ordering (node), or per position "
+                            "pair of the ordering (position, A = P^T U P: a logit averages the evidence of every "
+                            "node pair the sampled orderings put there)")
+    order_grad: Literal["st", "st+score"] = Field(
+        "st+score", description="ordering gradient: SoftSort straight-through only, or plus the score-function "
+                                "(REINFORCE) estimator over the n_graph_mc DAG samples (leave-one-out baseline)")
+    order_init: Literal["uniform", "shift_count"] = Field(
+        "shift_count", description="initial Plackett-Luce scores: by how many experiments shift a node's mean "
+                                   "against the observational rows (|z| > order_init_z; shift_count_scores: a shift "
+                                   "reaches the target and its descendants, so nodes shifted more often start later), "
+                                   "or all 0 (uniform over orderings). Measured: README, GIM and MetaCaDI")
+    order_init_z: float = Field(3.0, gt=0, description="z-score of a mean shift counted by order_init='shift_count'")
+    order_init_scale: float = Field(2.0, ge=0, description="initial scores = -scale x the standardized shift counts "
+                                                           "(the Gumbel noise of the orderings has scale 1)")
+
 
 
 def softsort(scores: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

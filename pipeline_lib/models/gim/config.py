@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from pipeline_lib.models.dpdag import DPDAGOptions
 
 
 class GIMInputError(ValueError):
     """Bad data for :func:`~pipeline_lib.models.gim.fit_gim`; names the array or field."""
 
 
-class GIMConfig(BaseModel):
+class GIMConfig(DPDAGOptions):
     """Hyper-parameters of a GIM fit on one system (defaults: the CPU size of the benchmark)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -38,20 +40,6 @@ class GIMConfig(BaseModel):
     tau_target: float = Field(0.5, gt=0, description="Gumbel-sigmoid temperature of the target samples")
 
     # --- DP-DAG graph (the shared sampler of pipeline_lib.models.dpdag)
-    edge_space: Literal["position", "node"] = Field(
-        "node", description="DP-DAG edge logits per node pair masked by the sampled ordering (node), or per "
-                            "position pair of the ordering (position: a logit averages the evidence of every node "
-                            "pair the sampled orderings put there)")
-    order_grad: Literal["st", "st+score"] = Field(
-        "st+score", description="ordering gradient: SoftSort straight-through, or plus the score-function "
-                                "estimator over the n_graph_mc DAG samples (leave-one-out baseline)")
-    order_init: Literal["uniform", "shift_count"] = Field(
-        "shift_count", description="initial Plackett-Luce scores: all 0 (uniform over orderings), or by how many seen "
-                                   "experiments shift a node's mean (|z| > order_init_z): a shift reaches the target and "
-                                   "its descendants, so nodes shifted more often tend to come later (fit.py)")
-    order_init_z: float = Field(3.0, gt=0, description="z-score of a mean shift counted by order_init='shift_count'")
-    order_init_scale: float = Field(2.0, ge=0, description="initial scores = -scale x the standardized shift counts "
-                                                           "(Gumbel noise of the orderings has scale 1)")
     tau_perm: float = Field(0.3, gt=0, description="SoftSort temperature")
     tau_edge: float = Field(0.5, gt=0, description="edge Gumbel-sigmoid temperature")
     edge_logit_init: float = Field(0.0)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from pipeline_lib.models.dpdag import DPDAGOptions
 
 
 class MetaCaDIInputError(ValueError):
     """Bad data for :func:`~pipeline_lib.models.metacadi.fit_metacadi`; names the array or field."""
 
 
-class MetaCaDIConfig(BaseModel):
+class MetaCaDIConfig(DPDAGOptions):
     """Hyper-parameters of MetaCaDI (defaults: the paper's protocol T = T' = 20, 10 / 100 / 10 rows)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,20 +58,6 @@ class MetaCaDIConfig(BaseModel):
     tau_perm: float = Field(1.0, gt=0, description="SoftSort temperature")
     tau_edge: float = Field(1.0, gt=0, description="edge Gumbel-sigmoid temperature")
     edge_logit_init: float = Field(0.0, description="initial edge logits")
-    edge_space: Literal["position", "node"] = Field(
-        "node", description="edge logits per node pair, masked by the sampled ordering (node), or per position "
-                            "pair (position, DP-DAG's A = P^T U P; see models/dpdag)")
-    order_grad: Literal["st", "st+score"] = Field(
-        "st+score", description="gradient of the ordering scores: SoftSort straight-through only, or plus the "
-                                "score-function (REINFORCE) estimator of the per-sample loss with a leave-one-out "
-                                "baseline over the n_graph_mc samples")
-    order_init: Literal["uniform", "shift_count"] = Field(
-        "shift_count", description="initial ordering scores: from how many meta-training experiments shift each "
-                                   "node's mean against x_obs (models/dpdag.shift_count_scores, as GIM; with "
-                                   "use_obs, else uniform), or all equal (uniform; before session 7). Edge AUROC 0.74 -> 0.82 "
-                                   "(GP) and 0.61 -> 0.70 (SERGIO) on 3 systems each, better on all 6 (README)")
-    order_init_z: float = Field(3.0, gt=0, description="z-score of a mean shift counted by order_init='shift_count'")
-    order_init_scale: float = Field(2.0, ge=0, description="initial scores = -scale x the standardized shift counts")
     edge_prior: float = Field(0.1, gt=0, lt=1, description="p0 of the Bernoulli edge prior of the KL term")
 
     # --- objective (eq. 7) and optimisation
