@@ -179,7 +179,7 @@ class SampledInterventional(InterventionalPredictor):
         y = self._kde_draws(j, a)[:, int(i)]
         s = y.size
         if self.density == "gaussian":
-            mu, sd = float(y.mean()), max(float(np.sqrt(np.var(y, ddof=1) + self.density_extra_variance(int(i)))), 1e-6)
+            mu, sd = self._gaussian(y, int(i))
             z = (x - mu) / sd
             logq = -0.5 * z**2 - np.log(sd * np.sqrt(2.0 * np.pi))
             return DensityEstimate(logq, np.sqrt(z**2 / s + (z**2 - 1.0) ** 2 / (2.0 * s)))
@@ -196,6 +196,10 @@ class SampledInterventional(InterventionalPredictor):
     def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` joint samples ``(n, d)`` under ``do(X_j = a)`` from fresh noise."""
         return self.sample_do({int(j): float(a)}, n, rng=rng)
+
+    def _gaussian(self, y: np.ndarray, i: int) -> tuple[float, float]:
+        """(mean, sd) of ``density = "gaussian"`` for the draws ``y`` of outcome ``i``."""
+        return float(y.mean()), max(float(np.sqrt(np.var(y, ddof=1) + self.density_extra_variance(i))), 1e-6)
 
     def density_extra_variance(self, i: int) -> float:
         """Variance added to the draws' variance of outcome ``i`` by ``density = "gaussian"``
@@ -215,8 +219,8 @@ class SampledInterventional(InterventionalPredictor):
             check_query(int(jq), int(iq), self.n_nodes)
             y = self._kde_draws(int(jq), float(aq))[:, int(iq)]
             if self.density == "gaussian":
-                sd = max(float(np.sqrt(np.var(y, ddof=1) + self.density_extra_variance(int(iq)))), 1e-6)
-                out[k] = y.mean() + sd * norm.ppf(probs)
+                mu, sd = self._gaussian(y, int(iq))
+                out[k] = mu + sd * norm.ppf(probs)
             else:
                 out[k] = np.quantile(y, probs)
         return out

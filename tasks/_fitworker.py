@@ -103,7 +103,7 @@ def fit(request: dict) -> dict:
     method = request["method"]
     config = get_baseline(method).config_cls.model_validate(request["config"])
     metrics, arrays, info = evaluate(method, config, request["task"], request["max_queries"], request["seed"],
-                                     request.get("int_holdout", 0.0))
+                                     request["int_holdout"])
     return {"ok": True, "metrics": metrics, "arrays": arrays, "info": info}
 
 

@@ -56,10 +56,11 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
         store = PriorStore.open(store_path)
         lo = min(todo)
         batch = store.read(split, lo, max(todo) + 1)
+        config_json = store.config.to_json()
         for t in todo:
             task_data = task_slice(batch, t - lo)
             # where the task came from: the oracle redraws its true SCM from the prior's seed
-            task_data["scm"] = {"config": store.config.to_json(), "split": split, "index": t}
+            task_data["scm"] = {"config": config_json, "split": split, "index": t}
             records[t] = _fit_one(results, method, method_key, config, split, t, task_data, max_queries, seed,
                                   int_holdout)
     return [records[t] for t in indices]

@@ -140,6 +140,11 @@ class DPDAG(nn.Module):
         self.register_buffer("triu", torch.triu(torch.ones(d, d), diagonal=1))
         self.register_buffer("eye", torch.eye(d), persistent=False)  # not in saved state dicts
 
+    @torch.no_grad()
+    def set_order_scores(self, scores: np.ndarray) -> None:
+        """Start the ordering at ``scores: (d,)`` (e.g. :func:`shift_count_scores`)."""
+        self.order_scores.copy_(torch.as_tensor(scores, dtype=self.order_scores.dtype))
+
     @property
     def n_edge_params(self) -> int:
         """Edge logits in use: d (d - 1) / 2 (position space) or d (d - 1) (node space)."""

@@ -9,8 +9,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.dpdag import shift_count_scores
+from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.gim.model import GIMModel
 from pipeline_lib.posterior import (GraphPosterior, SampledInterventional, SCMGenerator, TargetPosterior,
                                     check_intervention, check_rows)
@@ -180,9 +180,7 @@ def train_gim(x_obs: np.ndarray, x_int: np.ndarray, gamma: np.ndarray, cfg: GIMC
     model = GIMModel(d, gamma.shape[1], cfg).to(cfg.device)
     model.n_data_entries = (len(x_obs) + e * n_int) * d
     if cfg.order_init == "shift_count":
-        scores = shift_count_scores(x_obs, x_int, cfg.order_init_z, cfg.order_init_scale)
-        with torch.no_grad():
-            model.dag.order_scores.copy_(torch.as_tensor(scores, dtype=model.dag.order_scores.dtype))
+        model.dag.set_order_scores(shift_count_scores(x_obs, x_int, cfg.order_init_z, cfg.order_init_scale))
     graph_ids = {id(p) for p in model.dag.parameters()}
     opt = torch.optim.Adam([
         {"params": [p for p in model.parameters() if id(p) not in graph_ids], "lr": cfg.lr},

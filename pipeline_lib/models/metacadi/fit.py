@@ -106,8 +106,7 @@ def train_model(support: np.ndarray, query: np.ndarray, cfg: MetaCaDIConfig,
     d = support.shape[-1]
     model = MetaCaDIModel(d, cfg).to(cfg.device)
     if order_scores is not None:
-        with torch.no_grad():
-            model.dag.order_scores.copy_(torch.as_tensor(order_scores, dtype=model.dag.order_scores.dtype))
+        model.dag.set_order_scores(order_scores)
     graph_params = list(model.dag.parameters())
     ids = {id(p) for p in graph_params}
     opt = torch.optim.Adam([
