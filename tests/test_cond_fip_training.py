@@ -82,12 +82,17 @@ def test_weight_ema_follows_the_warm_up_formula():
         WeightEMA(lin, beta=1.0)
 
 
-def test_gaussian_density_option_is_the_normal_of_the_draws():
+def _tiny_answer():
+    """An untrained tiny Cond-FiP's answer on one 3-node task, 500 draws per intervention."""
     torch.manual_seed(0)
     model = CondFiP(preset("tiny")).eval()
-    task = task_slice(sample_tasks(PRIOR, 1, 3), 0)
-    ans = predict(model, task)
+    ans = predict(model, task_slice(sample_tasks(PRIOR, 1, 3), 0))
     ans.kde_samples = 500
+    return ans
+
+
+def test_gaussian_density_option_is_the_normal_of_the_draws():
+    ans = _tiny_answer()
     assert (ans.density, ans.calibrated, ans.quantiles_from_draws) == ("gaussian", True, True)  # the defaults
     ans.calibrated = False
     x = np.linspace(-2, 2, 7)
@@ -118,11 +123,7 @@ def test_greedy_dag_keeps_the_most_probable_acyclic_edges():
 
 
 def test_calibrated_density_adds_the_reconstruction_variance():
-    torch.manual_seed(0)
-    model = CondFiP(preset("tiny")).eval()
-    task = task_slice(sample_tasks(PRIOR, 1, 3), 0)
-    ans = predict(model, task)
-    ans.kde_samples = 500
+    ans = _tiny_answer()
     ans.calibrated = False
     rec = ans.reconstruction_variance()
     x_rec = ans.sample_observational(len(ans.x_ctx), noise=ans.predict_noise(ans.x_ctx))
