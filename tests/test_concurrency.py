@@ -123,7 +123,10 @@ def test_training_lock_serialises_one_prior_and_is_reentrant(api):
     from flows.concurrency import ensure_limit, training_lock_name
 
     ensure_limit(training_lock_name("m", other), 1)
-    _run_together(hold("a", h), hold("c", other))
+    # held 5 s: an acquisition at the server can still take ~2 s when both hit its SQLite at once
+    # (a clean-clone CI run: c entered 0.2 s after a's 1.5 s hold ended); serialised locks would
+    # still start c only after a's whole hold
+    _run_together(hold("a", h, 5.0), hold("c", other, 5.0))
     assert not errors, errors
     assert _overlap([spans["a"], spans["c"]]), spans  # two priors: side by side
 
