@@ -1,7 +1,6 @@
 """Prefect task: fit one baseline on a group of stored test tasks, score each, persist the records."""
 from __future__ import annotations
 
-import time
 import traceback
 
 from prefect import get_run_logger, task
@@ -11,7 +10,7 @@ from pydantic import BaseModel
 from pipeline_lib.taskdata import task_slice
 from storage.prior_store import PriorStore
 from storage.results import ResultStore
-from tasks.fitprocs import evaluate_in_process
+from tasks.fitprocs import evaluate_many
 
 __all__ = ["fit_baseline_task", "task_groups"]
 
@@ -57,33 +56,37 @@ def fit_baseline_task(store_path: str, root: str, method: str, method_key: str, 
         lo = min(todo)
         batch = store.read(split, lo, max(todo) + 1)
         config_json = store.config.to_json()
+        fits = []
         for t in todo:
             task_data = task_slice(batch, t - lo)
             # where the task came from: the oracle redraws its true SCM from the prior's seed
             task_data["scm"] = {"config": config_json, "split": split, "index": t}
-            records[t] = _fit_one(results, method, method_key, config, split, t, task_data, max_queries, seed,
-                                  int_holdout)
+            fits.append((task_data, seed + t))
+        # all of the group's fits are queued at once (the pool stays busy between task runs);
+        # each record is written as its fit returns
+        outcomes = evaluate_many(method, config, fits, max_queries=max_queries, int_holdout=int_holdout)
+        for t, (outcome, seconds) in zip(todo, outcomes):
+            records[t] = _record(results, method, method_key, config, split, t, outcome, seconds, int_holdout)
     return [records[t] for t in indices]
 
 
-def _fit_one(results: ResultStore, method: str, method_key: str, config: BaseModel, split: str, index: int,
-             task_data: dict, max_queries: int | None, seed: int, int_holdout: float) -> dict:
+def _record(results: ResultStore, method: str, method_key: str, config: BaseModel, split: str, index: int,
+            outcome: tuple[dict, dict, dict] | Exception, seconds: float, int_holdout: float) -> dict:
+    """The record of one fit (``ok`` with its metrics, or ``failed`` with the error), saved."""
     record = {"method": method, "method_key": method_key, "split": split, "task": index,
               "config": config.model_dump(mode="json"), "int_holdout": int_holdout}
-    t0 = time.perf_counter()
-    try:
-        metrics, arrays, info = evaluate_in_process(method, config, task_data, max_queries=max_queries,
-                                                    seed=seed + index, int_holdout=int_holdout)
+    if isinstance(outcome, Exception):  # recorded, by design: see fit_baseline_task
+        arrays = None
+        notes = [n for n in getattr(outcome, "__notes__", []) if not n.startswith("raised in the fit process")]
+        record.update(status="failed", error="\n".join([f"{type(outcome).__name__}: {outcome}", *notes]), metrics={},
+                      traceback="".join(traceback.format_exception(outcome, limit=5)))
+        get_run_logger().warning("%s failed on %s[%d]: %s", method, split, index, record["error"])
+    else:
+        metrics, arrays, info = outcome
         # converged False: the report names the method "(not converged k/n)" (storage/report.py)
         record.update(status="ok", error=None, metrics=metrics, **info)
         if info.get("converged") is False:
             get_run_logger().warning("%s on %s[%d] did not converge: %s", method, split, index, info["convergence"])
-    except Exception as exc:  # recorded, by design: see docstring
-        arrays = None
-        notes = [n for n in getattr(exc, "__notes__", []) if not n.startswith("raised in the fit process")]
-        record.update(status="failed", error="\n".join([f"{type(exc).__name__}: {exc}", *notes]), metrics={},
-                      traceback=traceback.format_exc(limit=5))
-        get_run_logger().warning("%s failed on %s[%d]: %s", method, split, index, record["error"])
-    record["wall_s"] = time.perf_counter() - t0
+    record["wall_s"] = seconds
     results.save(method_key, split, index, record, arrays)
     return record

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline_lib.baselines.registry import check_config
-from tasks.fitprocs import FitProcessDied, evaluate_in_process, fit_processes, open_pool_size
+from tasks.fitprocs import FitProcessDied, evaluate_in_process, evaluate_many, fit_processes, open_pool_size
 from tests.linear_scm import chain_task
 
 
@@ -51,6 +51,29 @@ def test_a_fit_in_a_process_answers_as_in_the_thread_errors_come_back_and_a_deat
     assert a.keys() == b.keys() and all(np.isclose(a[k], b[k], rtol=1e-4, equal_nan=True) for k in a), (a, b)
     assert _without_runtime(other) != b
     assert here_arrays.keys() == there_arrays.keys()
+
+
+def test_a_queued_group_answers_in_order_on_both_processes_and_one_error_stops_nothing():
+    """``evaluate_many`` queues a group at once: answers come back in the order given, the fits
+    are spread over both processes (one fit at a time per caller would use one), an error is
+    that fit's outcome only, and the seeds are those given (the same as one by one)."""
+    task, _ = chain_task()
+    config = check_config("exact", {})
+    seeds = [0, 1, 2, 3, 4, 5]
+    bad = [(task, 0), (dict(task, x_obs=task["x_obs"][:, :2]), 1), (task, 2)]  # a 2-column x_obs: a shape error
+    with fit_processes(2):
+        outcomes = list(evaluate_many("dibs", check_config("dibs", {"steps": 30, "n_particles": 2}),
+                                      [(task, s) for s in seeds], max_queries=2))
+        mixed = list(evaluate_many("exact", config, bad, max_queries=2))
+        one_by_one = evaluate_in_process("dibs", check_config("dibs", {"steps": 30, "n_particles": 2}), task,
+                                         max_queries=2, seed=3)
+    assert len(outcomes) == len(seeds) and all(not isinstance(o, Exception) for o, _ in outcomes)
+    assert len({info["fit_pid"] for (_, _, info), _ in outcomes}) == 2
+    assert all(sec > 0 for _, sec in outcomes)
+    assert _without_runtime(outcomes[3][0][0]) == _without_runtime(one_by_one[0])  # task order = seed order
+    assert _without_runtime(outcomes[3][0][0]) != _without_runtime(outcomes[4][0][0])
+    assert not isinstance(mixed[0][0], Exception) and not isinstance(mixed[2][0], Exception)
+    assert isinstance(mixed[1][0], ValueError) and "x_obs" in str(mixed[1][0])
 
 
 def test_fit_processes_refuses_a_bad_size():
