@@ -47,11 +47,16 @@ from pipeline_lib.models.metacadi.targets import TargetPredictor, row_features, 
 @dataclass
 class Adapted:
     """Task-adapted likelihood: ``w: (T, d, F)`` last layers; ``obs`` / ``intv`` per-task
-    copies of ``Theta_obs`` / ``Theta'_int`` (None: the shared weights)."""
+    copies of ``Theta_obs`` / ``Theta'_int`` (None: the shared weights). ``support``: the
+    closed form's masked support inputs and features ``(z, H)``, which the ridge solve has
+    computed already; :meth:`MetaCaDIModel.predict` on that support set reuses them (the same
+    numbers, one per-node MLP pass less per adaptation). None after a MAML inner loop, whose
+    features at the final parameters were never computed."""
 
     w: torch.Tensor
     obs: Params | None = None
     intv: Params | None = None
+    support: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def hsic_pairs(resid: torch.Tensor) -> torch.Tensor:
@@ -86,11 +91,17 @@ class MetaCaDIModel(nn.Module):
             self.predictor = TargetPredictor(d, cfg.predictor, cfg.embed_dim, cfg.predictor_hidden)
 
     # ------------------------------------------------------------------ likelihood
-    def predict(self, x: torch.Tensor, adj: torch.Tensor, ad: Adapted) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x: (T, n, d)`` -> predictions of ``f`` and ``f^I_t``, both ``(T, n, d)``."""
-        z = masked_inputs(x, adj)  # (T, d, n, d)
+    def predict(self, x: torch.Tensor, adj: torch.Tensor, ad: Adapted, on_support: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: (T, n, d)`` -> predictions of ``f`` and ``f^I_t``, both ``(T, n, d)``.
+        ``on_support``: ``x`` is the support set ``ad`` was adapted on (its cached inputs and
+        features are used when it has them)."""
+        if on_support and ad.support is not None:
+            z, h = ad.support
+        else:
+            z = masked_inputs(x, adj)  # (T, d, n, d)
+            h = with_constant(self.h_int(z, ad.intv))  # (T, d, n, F)
         f = self.f_obs(z, ad.obs)[..., 0]  # (T, d, n)
-        h = with_constant(self.h_int(z, ad.intv))  # (T, d, n, F)
         f_int = (h @ ad.w[..., None])[..., 0]  # (T, d, n)
         return f.transpose(1, 2), f_int.transpose(1, 2)
 
@@ -100,7 +111,8 @@ class MetaCaDIModel(nn.Module):
         z = masked_inputs(x_s, adj)  # (T, d, n_s, d)
         y = x_s.transpose(1, 2)  # (T, d, n_s)
         if cfg.inner == "closed_form":
-            return Adapted(w=ridge_solve(with_constant(self.h_int(z)), y, cfg.ridge_lambda))
+            h = with_constant(self.h_int(z))
+            return Adapted(w=ridge_solve(h, y, cfg.ridge_lambda), support=(z, h))
         t = x_s.shape[0]
         n_int = len(self.h_int.params())
         full = cfg.inner == "full_maml"
@@ -120,7 +132,7 @@ class MetaCaDIModel(nn.Module):
     # ------------------------------------------------------------------ targets
     def target_logits(self, x_s: torch.Tensor, adj: torch.Tensor, ad: Adapted) -> torch.Tensor:
         """``zeta: (T, d)`` from the support sets and their adapted likelihood."""
-        f, f_int = self.predict(x_s, adj, ad)
+        f, f_int = self.predict(x_s, adj, ad, on_support=True)
         return self.predictor(row_features(x_s, f, f_int))
 
     @torch.no_grad()
@@ -131,7 +143,7 @@ class MetaCaDIModel(nn.Module):
         adj = self.dag.sample(n_graphs, generator).repeat_interleave(t, dim=0)  # (S T, d, d)
         xs = x_s.repeat(n_graphs, 1, 1)  # (S T, n, d), graph-major like adj
         ad = self.adapt(xs, adj)
-        ad = Adapted(w=ad.w.detach(), obs=_detach(ad.obs), intv=_detach(ad.intv))
+        ad = Adapted(w=ad.w.detach(), obs=_detach(ad.obs), intv=_detach(ad.intv), support=_detach(ad.support))
         probs = torch.sigmoid(self.target_logits(xs, adj, ad))
         return probs.reshape(n_graphs, t, self.d).mean(0)
 
@@ -178,4 +190,4 @@ class MetaCaDIModel(nn.Module):
 
 
 def _detach(params: Params | None) -> Params | None:
-    return None if params is None else [p.detach() for p in params]
+    return None if params is None else type(params)(p.detach() for p in params)
