@@ -15,6 +15,13 @@ repeated 11 times (BaCaDI / DCDI take rectangular ``(K, n_int, d)`` regimes; rep
 no information, it gives every regime the same weight). They see all T' test experiments at
 once, MetaCaDI one at a time, as in the paper (its App. C).
 
+Reference row ``empty-graph``, from the truth: E-SHD = the number of true edges, E-SID = the
+SID of the empty DAG (a posterior worse than these adds nothing over "no edges").
+
+``--reuse-baselines JSON`` takes the BaCaDI / DCDI rows and the imbalance BaCaDI fits of a
+stored result (same protocol and budgets, checked; rows carry a fingerprint of their system's
+data) instead of refitting them, so that only MetaCaDI is recomputed.
+
 Metrics (``pipeline_lib.metrics``): E-SHD and E-SID over 100 posterior DAG samples, edge
 AUROC / AUPRC, Intv-AUROC / AUPRC over the (regime, node) entries of the 20 **meta-test**
 regimes (the paper's headline; ``intv_*_train``: the meta-training regimes). Mean +- sd over
@@ -39,6 +46,7 @@ Everything runs on ``torch.set_num_threads(--threads)`` (default 1), CPU. Result
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -75,6 +83,27 @@ def system_config(name: str, n_nodes: int) -> PriorConfig:
     return cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"n_nodes": n_nodes})})
 
 
+def system_fingerprint(data: dict) -> str:
+    """sha256[:12] of one system's truth and rows: a stored row is reused only for the same system."""
+    h = hashlib.sha256()
+    for key in ("adjacency", "int_targets", "x_obs", "x_int"):
+        h.update(np.ascontiguousarray(data[key]).tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_reuse(path: Path, args) -> dict:
+    """Stored baseline rows per prior, if their protocol and budgets match this run's."""
+    old = json.loads(Path(path).read_text())
+    proto = old["protocol"]
+    same = {"n_nodes": args.n_nodes, "T": T, "T_test": T_TEST, "n_test_rows": N_TEST_ROWS}
+    bad = {k: (proto.get(k), v) for k, v in same.items() if proto.get(k) != v}
+    bad.update({f"budget {b}": (proto["baselines"].get(b), args.budgets[b]) for b in args.baselines
+                if proto["baselines"].get(b) != args.budgets[b]})
+    if bad:
+        raise SystemExit(f"--reuse-baselines {path}: protocol differs (stored, now): {bad}")
+    return old["priors"]
+
+
 def baseline_data(data: dict, test_regimes: slice) -> dict:
     """x_obs + the meta-training regimes (all rows) + the given meta-test regimes' first 10 rows,
     each repeated to the full row count (rectangular regimes)."""
@@ -89,6 +118,14 @@ def graph_scores(post, adj: np.ndarray) -> dict[str, float]:
     probs = post.edge_probs()
     return {"e_shd": float(M.expected_shd(adj, graphs)), "e_sid": float(M.expected_sid(adj, graphs)),
             "edge_auroc": float(M.edge_auroc(adj, probs)), "edge_auprc": float(M.edge_auprc(adj, probs))}
+
+
+def empty_graph_scores(adj: np.ndarray) -> dict[str, float]:
+    """The empty graph as a reference guess (no posterior, no targets): its SHD is the number of
+    true edges, its SID that of the empty DAG; a graph posterior with higher E-SHD / E-SID is
+    worse than answering "no edges"."""
+    empty = np.zeros_like(adj)
+    return {"e_shd": float(M.shd(adj, empty)), "e_sid": float(M.sid(adj, empty)), "n_true_edges": float(adj.sum())}
 
 
 def target_scores(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -156,9 +193,13 @@ def bench_prior(name: str, args, result: dict, save) -> None:
     res = result["priors"].setdefault(name, {"rows": {}, "imbalance": {"truth": [], "metacadi": [], "bacadi": []}})
     rows = res["rows"]
     mc_cfg = MetaCaDIConfig(**{**METACADI, **args.metacadi})
+    stored = (args.reuse or {}).get(name, {})
     for i in range(args.n_systems):
         data = restrict(task_slice(batch, i))
+        system = system_fingerprint(data)
+        rows.setdefault("empty-graph", []).append({"system": system, **empty_graph_scores(data["adjacency"])})
         row, post = run_metacadi(data, mc_cfg)
+        row["system"] = system
         rows.setdefault("metacadi", []).append(row)
         print(f"[{name} {i}] metacadi {row['seconds']:.0f}s intv {row['intv_auroc']:.3f}/{row['intv_auprc']:.3f} "
               f"edge {row['edge_auroc']:.3f}", flush=True)
@@ -172,23 +213,34 @@ def bench_prior(name: str, args, result: dict, save) -> None:
                 print(f"[{name} {i}] {inner} step {r['step_seconds']:.3f}s adapt {r['adapt_seconds']:.2f}s "
                       f"({r['adapt_over_closed_form']:.1f}x; closed form {row['step_seconds']:.3f}s / {row['adapt_seconds']:.2f}s)", flush=True)
         for base in args.baselines:
-            try:
-                r, _ = run_baseline(base, data, args.budgets[base])
-            except Exception as exc:  # a failed fit is recorded, not fatal (e.g. all particles cyclic)
-                r = {"error": f"{type(exc).__name__}: {exc}"}
+            kept = stored.get("rows", {}).get(base, [])
+            # --reuse-baselines: rows stored before fingerprints were kept carry none (protocol checked)
+            reused = i < len(kept) and kept[i].get("system", system) == system
+            if reused:
+                r = {**kept[i], "system": system}
+            else:
+                try:
+                    r, _ = run_baseline(base, data, args.budgets[base])
+                except Exception as exc:  # a failed fit is recorded, not fatal (e.g. all particles cyclic)
+                    r = {"error": f"{type(exc).__name__}: {exc}"}
+                r["system"] = system
             rows.setdefault(base, []).append(r)
             print(f"[{name} {i}] {base} {r.get('seconds', 0):.0f}s intv {r.get('intv_auroc', np.nan):.3f} "
-                  f"edge {r.get('edge_auroc', np.nan):.3f}", flush=True)
+                  f"edge {r.get('edge_auroc', np.nan):.3f}{' (reused)' if reused else ''}", flush=True)
         if i < args.imbalance_systems:
             imb = res["imbalance"]
             imb["truth"].append(data["int_targets"][T].tolist())
             imb["metacadi"].append(post.intervention_target_probs()[T].tolist())
-            try:
-                bpost = fit_baseline("bacadi", baseline_data(data, slice(T, T + 1)), args.budgets["bacadi"])
-                imb["bacadi"].append(bpost.intervention_target_probs()[T].tolist())
-            except Exception as exc:
-                imb["bacadi"].append(None)
-                imb.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
+            kept = stored.get("imbalance", {})
+            if i < len(kept.get("bacadi", [])) and kept["truth"][i] == imb["truth"][-1]:
+                imb["bacadi"].append(kept["bacadi"][i])  # --reuse-baselines (same regime targets checked)
+            else:
+                try:
+                    bpost = fit_baseline("bacadi", baseline_data(data, slice(T, T + 1)), args.budgets["bacadi"])
+                    imb["bacadi"].append(bpost.intervention_target_probs()[T].tolist())
+                except Exception as exc:
+                    imb["bacadi"].append(None)
+                    imb.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
         res["summary"] = summarise(rows)
         res["imbalance"]["summary"] = summarise_imbalance(res["imbalance"])
         save()
@@ -231,6 +283,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--metacadi", nargs="*", default=[], metavar="KEY=VALUE", help="MetaCaDIConfig overrides")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
+                    help="take the baseline rows (and the imbalance BaCaDI fits) of a stored result with the same "
+                         "protocol and budgets instead of refitting them; only MetaCaDI is recomputed")
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--merge", nargs="+", type=Path, default=None,
                     help="only merge result files of runs on disjoint --priors into --out (and log them)")
@@ -239,13 +294,15 @@ def main(argv=None) -> dict:
         return merge(args.merge, args.out, not args.no_mlflow)
     args.budgets = parse_budgets(args.budget)
     args.metacadi = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.metacadi)}
+    args.reuse = load_reuse(args.reuse_baselines, args) if args.reuse_baselines else None
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     result = {
         "protocol": {"n_systems": args.n_systems, "n_nodes": args.n_nodes, "T": T, "T_test": T_TEST,
                      "n_support": 10, "n_query": 100, "n_test_rows": N_TEST_ROWS, "threads": args.threads,
                      "metacadi": {**METACADI, **args.metacadi}, "baselines": args.budgets,
-                     "maml_systems": args.maml_systems, "imbalance_systems": args.imbalance_systems},
+                     "maml_systems": args.maml_systems, "imbalance_systems": args.imbalance_systems,
+                     "reused_baselines": str(args.reuse_baselines) if args.reuse_baselines else None},
         "machine": {"load_start": os.getloadavg()},
         "priors": {},
     }

@@ -278,3 +278,55 @@ def test_ordering_starts_from_the_experiments_mean_shifts(monkeypatch):
     assert np.corrcoef(scores, depth.sum(0))[0, 1] < -0.5  # more ancestors: a lower (later) start
     fit_metacadi(data, MetaCaDIConfig(steps=1, order_init="uniform", **SMALL))
     assert seen[-1][2] is None
+
+
+# ----------------------------------------------------------------------------- graph sparsity
+
+
+def test_graph_weights_are_the_elbo_scale_and_the_bic_occam_factor():
+    n_rows = (8 + 1) * 30  # SMALL: 8 meta-training experiments + x_obs, 30 query rows each
+    weighted = MetaCaDIModel(4, MetaCaDIConfig(**SMALL)).graph_weights()
+    assert weighted == pytest.approx((0.01 / 12, 0.0))  # lambda_G x the mean over d (d - 1) edge logits
+    w_kl, w_occam = MetaCaDIModel(4, MetaCaDIConfig(**{**SMALL, "graph_objective": "elbo",
+                                                       "edge_occam": "bic"})).graph_weights()
+    assert w_kl == pytest.approx(2 / (n_rows * 4))  # unit noise: the MSE is twice the NLL per term
+    assert w_occam == pytest.approx(w_kl * np.log(n_rows) / 2)
+    learned = MetaCaDIModel(4, MetaCaDIConfig(**{**SMALL, "graph_objective": "elbo", "noise": "learned"}))
+    assert learned.graph_weights() == pytest.approx((1 / (n_rows * 4), 0.0))
+
+
+def test_benchmark_empty_graph_row_and_reused_baselines(tmp_path, monkeypatch):
+    """The benchmark's empty-graph reference (E-SHD = #true edges, E-SID of the empty DAG) and
+    --reuse-baselines: the stored baseline rows come back for the same systems, nothing refitted."""
+    import benchmarks.metacadi as bench
+
+    calls = []
+
+    def fake_metacadi(data, cfg):
+        post = type("P", (), {"intervention_target_probs": lambda self: np.zeros(data["int_targets"].shape)})()
+        row = {"seconds": 0.0, "e_shd": 1.0, "e_sid": 2.0, "intv_auroc": 0.5, "intv_auprc": 0.1, "edge_auroc": 0.5}
+        return row, post
+
+    def fake_baseline(name, data, budget):
+        calls.append(name)
+        return {"seconds": 0.0, "e_shd": float(len(calls)), "e_sid": 3.0}, None
+
+    monkeypatch.setattr(bench, "run_metacadi", fake_metacadi)
+    monkeypatch.setattr(bench, "run_baseline", fake_baseline)
+    common = ["--priors", "metacadi-gp", "--n-systems", "2", "--n-nodes", "4", "--maml-systems", "0",
+              "--imbalance-systems", "0", "--baselines", "dcdi-unknown", "--no-mlflow"]
+    first = bench.main([*common, "--out", str(tmp_path / "a.json")])
+    rows = first["priors"]["metacadi-gp"]["rows"]
+    batch = sample_split_range(bench.system_config("metacadi-gp", 4), "test", 0, 2)
+    for i, row in enumerate(rows["empty-graph"]):
+        adj = restrict(task_slice(batch, i))["adjacency"]
+        assert row["e_shd"] == adj.sum() == M.shd(adj, np.zeros_like(adj))
+        assert row["e_sid"] == M.sid(adj, np.zeros_like(adj))
+    assert "welch_p_vs_metacadi" in first["priors"]["metacadi-gp"]["summary"]["empty-graph"]["e_shd"]
+    assert calls == ["dcdi-unknown"] * 2
+    second = bench.main([*common, "--out", str(tmp_path / "b.json"), "--reuse-baselines", str(tmp_path / "a.json")])
+    assert calls == ["dcdi-unknown"] * 2  # nothing refitted
+    assert second["priors"]["metacadi-gp"]["rows"]["dcdi-unknown"] == rows["dcdi-unknown"]
+    with pytest.raises(SystemExit, match="n_nodes"):
+        bench.main([*common[:5], "5", *common[6:], "--out", str(tmp_path / "c.json"),
+                    "--reuse-baselines", str(tmp_path / "a.json")])
