@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline_lib.models import fused_attention
+
 
 class MLP(nn.Module):
     """Multi-layer perceptron ``x -> W_L g(... g(W_1 x + b_1) ...) + b_L``.
@@ -60,7 +62,9 @@ class MultiHeadAttention(nn.Module):
         out    = concat_r(head_r) W_O,
 
     where ``M`` is ``0`` for real keys and ``-inf`` for padded keys, so padded
-    keys receive exactly zero weight.
+    keys receive exactly zero weight. With autograd on: PyTorch's
+    ``scaled_dot_product_attention``; at inference on the CPU (float32): the same maths by
+    :func:`pipeline_lib.models.fused_attention.attention` where that kernel is available.
 
     Shapes: ``x_q: (B, L_q, D)``, ``x_k: (B, L_k, D)``, ``key_mask: (B, L_k)``
     -> ``(B, L_q, D)``.
@@ -81,13 +85,22 @@ class MultiHeadAttention(nn.Module):
         b, l_q, _ = x_q.shape
         l_k = x_k.shape[1]
         dh = self.d_model // self.n_heads
-        q = self.q_proj(x_q).view(b, l_q, self.n_heads, dh).transpose(1, 2)
-        k, v = self.kv_proj(x_k).view(b, l_k, 2, self.n_heads, dh).permute(2, 0, 3, 1, 4)
+        q = self.q_proj(x_q).view(b, l_q, self.n_heads, dh)
+        kv = self.kv_proj(x_k).view(b, l_k, 2, self.n_heads, dh)
+        if l_q > 1 and self._fused(x_q):  # one query row: the permuted copies would cost more than they save
+            out = fused_attention.attention(q, kv[:, :, 0], kv[:, :, 1], key_mask, dh ** -0.5)
+            return self.out_proj(out.view(b, l_q, self.d_model))
+        k, v = kv.permute(2, 0, 3, 1, 4)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q.transpose(1, 2), k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out_proj(out.transpose(1, 2).reshape(b, l_q, self.d_model))
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Inference on the CPU in float32 goes through :mod:`~pipeline_lib.models.fused_attention`."""
+        return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+                and not (self.training and self.dropout > 0) and fused_attention.available())
 
 
 class AttentionBlock(nn.Module):

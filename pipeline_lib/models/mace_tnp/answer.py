@@ -127,8 +127,7 @@ class MaceTNPAnswer(InterventionalPredictor):
             i = np.concatenate([c[2] for c in checked])
             x_all = torch.as_tensor(np.stack([answers[t].x_obs for t in members]))  # (G, N, d)
             parts = []
-            for lo in range(0, len(j), max_rows):
-                sl = slice(lo, lo + max_rows)
+            for sl in _chunks([len(c[0]) for c in checked], max_rows):
                 x = x_all[torch.as_tensor(owner[sl])]  # (rows, N, d)
                 parts.append(model.predict(x, None, torch.as_tensor(j[sl]), torch.as_tensor(a[sl]),
                                            torch.as_tensor(i[sl])))
@@ -139,6 +138,24 @@ class MaceTNPAnswer(InterventionalPredictor):
                 answers[t]._remember(checked[m][3], MixtureOfGaussians(logits[start:stop], means[start:stop],
                                                                        scales[start:stop]))
                 start = stop
+
+
+def _chunks(counts: list[int], max_rows: int) -> list[slice]:
+    """Consecutive row ranges of at most ``max_rows`` rows over tasks of ``counts[t]`` rows each,
+    cut between tasks where possible: a task's queries share their first-layer columns only
+    within one forward pass. A task with more than ``max_rows`` rows is cut into pieces."""
+    out, lo, rows = [], 0, 0
+    for c in counts:
+        if rows and rows + c > max_rows:
+            out.append(slice(lo, lo + rows))
+            lo, rows = lo + rows, 0
+        while c > max_rows:
+            out.append(slice(lo, lo + max_rows))
+            lo, c = lo + max_rows, c - max_rows
+        rows += c
+    if rows:
+        out.append(slice(lo, lo + rows))
+    return out
 
 
 #: :meth:`MaceTNPAnswer.prepare_many` as a function

@@ -143,44 +143,67 @@ class MaceTNPEncoderLayer(nn.Module):
 
     def forward(
         self, h_obs: torch.Tensor, h_int: torch.Tensor, obs_mask: torch.Tensor, node_mask: torch.Tensor,
+        int_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``h_obs: (B, N, d, D)``, ``h_int: (B, Q, d, D)``, masks ``(B, N)``, ``(B, d)``: the layer in
+        the row layout of the module docstring (see :meth:`forward_columns`)."""
+        b, n, d, dm = h_obs.shape
+        q = h_int.shape[1]
+        obs_t, int_t = self.forward_columns(h_obs.permute(0, 2, 1, 3).reshape(b * d, n, dm),
+                                            h_int.permute(0, 2, 1, 3).reshape(b * d, q, dm),
+                                            obs_mask, node_mask, int_only)
+        int_t = int_t.view(b, d, q, dm).permute(0, 2, 1, 3)
+        return (None if obs_t is None else obs_t.view(b, d, n, dm).permute(0, 2, 1, 3)), int_t
+
+    def forward_columns(
+        self, obs_t: torch.Tensor, int_t: torch.Tensor, obs_mask: torch.Tensor, node_mask: torch.Tensor,
         int_only: bool = False, columns: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``h_obs: (B, N, d, D)``, ``h_int: (B, Q, d, D)``, masks ``(B, N)``, ``(B, d)``.
+        """The layer on node columns: ``obs_t: (B d, N, D)``, ``int_t: (B d, Q, D)``, column
+        ``b d + v`` holding node ``v`` of task ``b``; masks ``(B, N)``, ``(B, d)``. Returns the
+        same layout: the layout of steps (a) and (b), so that between layers only step (c)
+        transposes.
 
         ``int_only`` (the last layer, whose observational output nothing reads): step (c)
-        runs on the interventional rows only and ``None`` is returned for ``h_obs``. Rows
+        runs on the interventional rows only and ``None`` is returned for ``obs_t``. Rows
         attend over nodes independently of each other, so the interventional output is the
         same as with every row.
 
-        ``columns = (first, inverse)``: the ``B * d`` node columns of step (a) hold only
-        ``len(first)`` distinct sequences, column ``c`` equal to column ``first[inverse[c]]``
-        (see :meth:`MaceTNP._distinct_columns`); step (a) runs on those and is copied back.
+        ``columns = (first, inverse)`` (the first layer at inference): ``obs_t`` holds only the
+        ``U = len(first)`` distinct columns ``(U, N, D)`` of the ``B d``, column ``c`` being
+        ``obs_t[inverse[c]]`` and ``first[u]`` one column equal to ``u`` (see
+        :meth:`MaceTNP._distinct_columns`); step (a) runs on those and is copied out.
+
+        Masks whose entries are all real are dropped: the same attention, and the unmasked
+        kernels are faster.
         """
-        b, n, d, dm = h_obs.shape
-        q = h_int.shape[1]
-        # (a) per node, attention over samples: fold nodes into the batch. A mask with every
-        # sample real is dropped (the same attention; the unmasked kernel is faster).
+        b, d = node_mask.shape
+        n, dm = obs_t.shape[1:]
+        q = int_t.shape[1]
         sample_mask = None if bool(obs_mask.all()) else obs_mask[:, None, :].expand(b, d, n).reshape(b * d, n)
-        obs_t = h_obs.permute(0, 2, 1, 3).reshape(b * d, n, dm)
+        # (a) per node, attention over samples (nodes folded into the batch).
         if columns is None:
             obs_t = self.obs_samples(obs_t, key_mask=sample_mask)
         else:
             first, inverse = columns
             sub_mask = None if sample_mask is None else sample_mask[first]
-            obs_t = self.obs_samples(obs_t[first], key_mask=sub_mask)[inverse]
+            obs_t = self.obs_samples(obs_t, key_mask=sub_mask)[inverse]
         # (b) per node, interventional tokens read that node's data column.
-        int_t = h_int.permute(0, 2, 1, 3).reshape(b * d, q, dm)
         int_t = self.int_cross(int_t, obs_t, key_mask=sample_mask)
-        h_obs = obs_t.view(b, d, n, dm).permute(0, 2, 1, 3)
-        h_int = int_t.view(b, d, q, dm).permute(0, 2, 1, 3)
         # (c) per sample row (observational and interventional alike), attention over nodes.
+        all_nodes = bool(node_mask.all())
+        int_t = self._over_nodes(int_t, node_mask, all_nodes)
         if int_only:
-            nmask = node_mask[:, None, :].expand(b, q, d).reshape(b * q, d)
-            return None, self.nodes(h_int.reshape(b * q, d, dm), key_mask=nmask).view(b, q, d, dm)
-        rows = torch.cat([h_obs, h_int], dim=1).reshape(b * (n + q), d, dm)
-        nmask = node_mask[:, None, :].expand(b, n + q, d).reshape(b * (n + q), d)
-        rows = self.nodes(rows, key_mask=nmask).view(b, n + q, d, dm)
-        return rows[:, :n], rows[:, n:]
+            return None, int_t
+        return self._over_nodes(obs_t, node_mask, all_nodes), int_t
+
+    def _over_nodes(self, cols: torch.Tensor, node_mask: torch.Tensor, all_nodes: bool) -> torch.Tensor:
+        """Step (c) on ``cols: (B d, R, D)``: each of the ``B R`` rows attends over its ``d`` nodes."""
+        b, d = node_mask.shape
+        r, dm = cols.shape[1:]
+        rows = cols.view(b, d, r, dm).transpose(1, 2).reshape(b * r, d, dm)
+        nmask = None if all_nodes else node_mask[:, None, :].expand(b, r, d).reshape(b * r, d)
+        return self.nodes(rows, key_mask=nmask).view(b, r, d, dm).transpose(1, 2).reshape(b * d, r, dm)
 
 
 class MaceTNP(nn.Module):
@@ -246,17 +269,20 @@ class MaceTNP(nn.Module):
         return torch.where(v == i[:, None], ROLE_OUTCOME, roles)
 
     @staticmethod
-    def _embed_by_role(mlps: nn.ModuleList, values: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
-        """Apply ``mlps[roles[..., v]]`` to ``values: (B, R, d)`` -> ``(B, R, d, D)``.
+    def _embed_columns(mlps: nn.ModuleList, values: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
+        """``phi_{roles[c]}(values[c, l])``: node columns ``values: (C, L)`` of roles ``(C,)`` -> ``(C, L, D)``.
 
-        All three role MLPs are evaluated and the right one selected: the
-        embeddings are tiny next to the attention, and this keeps it one
-        vectorised pass without gathers over ragged index sets.
+        Each column goes through the MLP of its own role only.
         """
-        x = values[..., None]
-        out = torch.stack([mlp(x) for mlp in mlps], dim=0)  # (3, B, R, d, D)
-        sel = F.one_hot(roles, 3).to(out.dtype)  # (B, d, 3)
-        return torch.einsum("rbndk,bdr->bndk", out, sel)
+        parts = []
+        for r, mlp in enumerate(mlps):
+            idx = torch.nonzero(roles == r).squeeze(1)
+            if len(idx):
+                parts.append((idx, mlp(values[idx][..., None])))
+        out = parts[0][1].new_empty((*values.shape, parts[0][1].shape[-1]))
+        for idx, h in parts:
+            out[idx] = h
+        return out
 
     @staticmethod
     def _distinct_columns(x: torch.Tensor, roles: torch.Tensor, obs_mask: torch.Tensor):
@@ -292,20 +318,24 @@ class MaceTNP(nn.Module):
         valid = obs_mask[:, :, None] & node_mask[:, None, :]
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
         roles = self._roles(j, i, d)
-
-        h_obs = self._embed_by_role(self.obs_embed, x, roles)
+        # node columns: column b d + v is node v of task b (the layout of the encoder's steps (a), (b))
+        x_cols = x.permute(0, 2, 1).reshape(b * d, n)
+        role_cols = roles.reshape(b * d)
         v = torch.arange(d, device=x.device)[None, :]
         int_in = torch.where(v == j[:, None], a[:, None], torch.zeros((), dtype=x.dtype, device=x.device))
-        h_int = self._embed_by_role(self.int_embed, int_in[:, None, :], roles)  # (B, 1, d, D)
-
-        last = len(self.layers) - 1
+        int_t = self._embed_columns(self.int_embed, int_in.reshape(b * d, 1), role_cols)  # (B d, 1, D)
         # at inference, queries of one dataset share the first layer's per-column inputs
         columns = None if torch.is_grad_enabled() else self._distinct_columns(x, roles, obs_mask)
+        if columns is None:
+            obs_t = self._embed_columns(self.obs_embed, x_cols, role_cols)  # (B d, N, D)
+        else:
+            obs_t = self._embed_columns(self.obs_embed, x_cols[columns[0]], role_cols[columns[0]])  # (U, N, D)
+        last = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
-            h_obs, h_int = layer(h_obs, h_int, obs_mask, node_mask, int_only=k == last,
-                                 columns=columns if k == 0 else None)
+            obs_t, int_t = layer.forward_columns(obs_t, int_t, obs_mask, node_mask, int_only=k == last,
+                                                 columns=columns if k == 0 else None)
 
-        z = h_int[torch.arange(b, device=x.device), 0, i]  # (B, D)
+        z = int_t.view(b, d, -1)[torch.arange(b, device=x.device), i]  # (B, D)
         params = self.decoder(self.out_norm(z)).float()
         logits, means, raw_scales = params.chunk(3, dim=-1)
         scales = F.softplus(raw_scales) + self.config.min_scale
