@@ -8,6 +8,7 @@ import torch
 
 from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many, make_queries
 from pipeline_lib.models.mace_tnp import MaceTNP, MaceTNPAnswer, MaceTNPConfig, predict
+from pipeline_lib.models.mace_tnp.answer import _chunks
 from pipeline_lib.models.mace_tnp.model import ROLE_OTHER
 from pipeline_lib.priors import PriorConfig, sample_split_range
 from pipeline_lib.taskdata import task_slice
@@ -118,7 +119,11 @@ def test_evaluate_many_scores_like_one_by_one_with_one_forward_per_task():
         assert len(calls) == len(tasks)  # NLPID and calibration share the timed pass
         calls.clear()
         many = evaluate_amortized_many("mace-tnp", model, tasks, seeds=[5 + k for k in range(len(tasks))])
-        assert len(calls) == 2  # one per shape (3 and 4 real nodes)
+        # one per chunk of at most 24 query rows cut between tasks, per shape (3 and 4 real nodes)
+        counts: dict[int, list[int]] = {}
+        for t in tasks:
+            counts.setdefault(int(t["node_mask"].sum()), []).append(len(make_queries(t)))
+        assert len(calls) == sum(len(_chunks(c, 24)) for c in counts.values()) < len(tasks)
     finally:
         del model.forward
     for (m1, s1), (m2, s2) in zip(one, many):
@@ -128,6 +133,31 @@ def test_evaluate_many_scores_like_one_by_one_with_one_forward_per_task():
         assert m2["runtime_s"] == pytest.approx(m2["runtime_batch_s"] / len(tasks))
     with pytest.raises(ValueError, match="seeds"):
         evaluate_amortized_many("mace-tnp", model, tasks, seeds=[0])
+
+
+def test_chunks_cut_between_tasks():
+    assert _chunks([6] * 5, 12) == [slice(0, 12), slice(12, 24), slice(24, 30)]
+    assert _chunks([20, 20, 5], 24) == [slice(0, 20), slice(20, 40), slice(40, 45)]
+    assert _chunks([20, 3, 5], 24) == [slice(0, 23), slice(23, 28)]
+    assert _chunks([70, 3], 32) == [slice(0, 32), slice(32, 64), slice(64, 73)]
+
+
+def test_prepare_many_in_threads_equals_one_thread():
+    """Chunks in two threads (one intra-op thread each) give the one-thread mixtures and restore
+    the thread count and the model's mode."""
+    model, tasks = _model(), _tasks()
+    model.train()
+    queries = [(q.j, q.a, q.i) for q in map(make_queries, tasks)]
+    one, two = [predict(model, t) for t in tasks], [predict(model, t) for t in tasks]
+    MaceTNPAnswer.prepare_many(one, queries, max_rows=5)
+    torch.set_num_threads(2)
+    try:
+        MaceTNPAnswer.prepare_many(two, queries, max_rows=5)
+        assert torch.get_num_threads() == 2 and model.training
+    finally:
+        torch.set_num_threads(1)
+    for a1, a2, q in zip(one, two, queries):
+        torch.testing.assert_close(a2._mog(*q).means, a1._mog(*q).means, atol=1e-5, rtol=1e-5)
 
 
 def test_prepare_many_refuses_bad_queries_and_mixed_models():

@@ -13,6 +13,9 @@ alone) and their queries split into chunks of at most ``max_rows`` batch rows.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -96,12 +99,17 @@ class MaceTNPAnswer(InterventionalPredictor):
         return out
 
     @staticmethod
-    def prepare_many(answers: list["MaceTNPAnswer"], queries: list[tuple], max_rows: int = 256) -> None:
+    def prepare_many(answers: list["MaceTNPAnswer"], queries: list[tuple], max_rows: int = 24) -> None:
         """Compute the mixtures of ``queries[t] = (j, a, i)`` for ``answers[t]`` in few forward passes.
 
         All answers must share one model. Tasks with the same ``x_obs`` shape ``(N, d)`` are
         stacked and their queries concatenated; one forward pass takes at most ``max_rows``
-        query rows (memory: the attention over samples holds ``rows * d * heads * N^2`` floats).
+        query rows, cut between tasks where possible. With ``torch.get_num_threads() = T > 1``
+        the chunks run in ``T`` threads of one intra-op thread each (PyTorch's thread count is 1
+        process-wide meanwhile): independent chunks scale across cores, and a thread preempted
+        on a shared machine stalls only its own chunk, not every operation's thread team
+        (measured at d = 3 on the loaded 2-core machine: 9.0 ms per query vs 15.7 with two
+        intra-op threads and 11.3 with one).
         Afterwards ``answers[t].log_density_batch(j, a, i, ...)`` and ``quantiles_batch`` on the
         same queries run no network. The mixture of a query does not depend on which other
         queries share its batch (no padding; rows never interact), up to float rounding.
@@ -126,11 +134,13 @@ class MaceTNPAnswer(InterventionalPredictor):
             a = np.concatenate([c[1] for c in checked])
             i = np.concatenate([c[2] for c in checked])
             x_all = torch.as_tensor(np.stack([answers[t].x_obs for t in members]))  # (G, N, d)
-            parts = []
-            for sl in _chunks([len(c[0]) for c in checked], max_rows):
+
+            def forward(sl: slice) -> MixtureOfGaussians:
                 x = x_all[torch.as_tensor(owner[sl])]  # (rows, N, d)
-                parts.append(model.predict(x, None, torch.as_tensor(j[sl]), torch.as_tensor(a[sl]),
-                                           torch.as_tensor(i[sl])))
+                return model.predict(x, None, torch.as_tensor(j[sl]), torch.as_tensor(a[sl]),
+                                     torch.as_tensor(i[sl]))
+
+            parts = _map_chunks(model, forward, _chunks([len(c[0]) for c in checked], max_rows))
             logits, means, scales = (torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "means", "scales"))
             start = 0
             for m, t in enumerate(members):
@@ -138,6 +148,27 @@ class MaceTNPAnswer(InterventionalPredictor):
                 answers[t]._remember(checked[m][3], MixtureOfGaussians(logits[start:stop], means[start:stop],
                                                                        scales[start:stop]))
                 start = stop
+
+
+_THREADS = threading.Lock()
+
+
+def _map_chunks(model, forward, chunks: list[slice]) -> list[MixtureOfGaussians]:
+    """``[forward(c) for c in chunks]``, in ``torch.get_num_threads()`` threads of one intra-op
+    thread each where there are several chunks (see :meth:`MaceTNPAnswer.prepare_many`)."""
+    n = min(torch.get_num_threads(), len(chunks))
+    if n <= 1:
+        return [forward(c) for c in chunks]
+    with _THREADS:  # one such pool at a time: each restores the thread count it found
+        threads, was_training = torch.get_num_threads(), model.training
+        model.eval()  # predict's own eval()/train() toggle is then a no-op in every thread
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(n, thread_name_prefix="mace-tnp") as pool:
+                return list(pool.map(forward, chunks))
+        finally:
+            torch.set_num_threads(threads)
+            model.train(was_training)
 
 
 def _chunks(counts: list[int], max_rows: int) -> list[slice]:
