@@ -11,10 +11,15 @@ one process with ``torch.set_num_threads(--threads)``, wall clock (``time.perf_c
    * ``per_task``: one task per call (``evaluate_amortized``, one forward pass per task);
    * ``batched``: all tasks in one call (``evaluate_amortized_many``: tasks of equal shape
      stacked, query rows in chunks), per-task seconds = total / tasks.
-   The per-task NLPIDs of both ways are compared (``max_abs_nlpid_diff``).
+   The per-task NLPIDs of both ways are compared (``max_abs_nlpid_diff``), and the batched
+   ones against the training path on ``reference_tasks`` tasks (autograd on: PyTorch's
+   attention kernel, no shared columns; ``max_abs_nlpid_diff_reference``).
    Where time goes: ``profile`` splits the batched call into building the answers and
-   queries (Python, tensors) and the forward passes; ``load_seconds`` is the cold part
-   (state dict from disk into a fresh module), paid once per process, not per task.
+   queries (Python, tensors) and the forward passes; ``profile.ops`` splits one thread's
+   forward passes on a few tasks into attention (the fused kernel or PyTorch's), linear
+   maps, LayerNorm, GELU, copies/indexing and the rest, in ms per query (torch.profiler);
+   ``load_seconds`` is the cold part (state dict from disk into a fresh module), paid once
+   per process, not per task.
    Weights are random unless ``--version`` names a registered model: the cost of a forward
    pass does not depend on the weights.
 2. **Exact BGe enumeration** (3 and 5 nodes): fit + answering the same queries, per task.
@@ -46,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline_lib.baselines.registry import fit_baseline  # noqa: E402
-from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many, make_queries  # noqa: E402
+from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many, evaluate_answer, make_queries  # noqa: E402
 from pipeline_lib.models.registry import get_method  # noqa: E402
 from pipeline_lib.priors import PriorConfig, sample_split_range  # noqa: E402
 from pipeline_lib.taskdata import restrict, task_slice  # noqa: E402
@@ -94,12 +99,14 @@ def load_model(args):
     return model, time.perf_counter() - t0, dict(cfg.model_dump())
 
 
-def time_mace(model, tasks: list[dict]) -> dict:
+def time_mace(model, tasks: list[dict], reference_tasks: int = 20, profile_tasks: int = 10) -> dict:
     """Per-task and batched inference seconds, the profile of the batched call, NLPID agreement."""
     evaluate_amortized_many("mace-tnp", model, tasks[:2])  # warm-up (allocator, kernels)
     per_task = [evaluate_amortized("mace-tnp", model, t, seed=k) for k, t in enumerate(tasks)]
     batched = evaluate_amortized_many("mace-tnp", model, tasks, seeds=list(range(len(tasks))))
     diff = max(abs(a[0]["nlpid"] - b[0]["nlpid"]) for a, b in zip(per_task, batched))
+    ref_tasks = min(len(tasks), reference_tasks)
+    ref_diff = reference_nlpid_diff(model, tasks[:ref_tasks], batched[:ref_tasks])
     # where the batched call's time goes: answers + queries (Python, tensors) vs forward passes
     spec = get_method("mace-tnp")
     t0 = time.perf_counter()
@@ -115,10 +122,72 @@ def time_mace(model, tasks: list[dict]) -> dict:
         "batched_seconds_per_task": float(batched[0][0]["runtime_s"]),
         "batched_seconds_total": float(batched[0][0]["runtime_batch_s"]),
         "max_abs_nlpid_diff": float(diff),
+        "reference_tasks": ref_tasks, "max_abs_nlpid_diff_reference": ref_diff,
         "nlpid_mean": float(np.mean([m["nlpid"] for m, _ in batched])),
         "profile": {"answers_and_queries_seconds": t1 - t0, "forward_seconds": t2 - t1,
-                    "forward_seconds_per_query": (t2 - t1) / n_queries},
+                    "forward_seconds_per_query": (t2 - t1) / n_queries,
+                    "ops": op_profile(model, tasks[:profile_tasks])},
     }
+
+
+def reference_nlpid_diff(model, tasks: list[dict], batched: list) -> float:
+    """Max |NLPID| difference between the timed batched answers and the training path (autograd
+    on: PyTorch's attention kernel, no column sharing), one task per pass, on these tasks."""
+    spec = get_method("mace-tnp")
+    diffs = []
+    for k, (task, (metrics, _)) in enumerate(zip(tasks, batched)):
+        answer = spec.predict(model, task)
+        q = make_queries(task, None, np.random.default_rng(k))
+        x = torch.as_tensor(answer.x_obs)[None].expand(len(q.j), *answer.x_obs.shape)
+        batch = {"x_obs": x, "obs_mask": torch.ones(x.shape[:2], dtype=torch.bool),
+                 "node_mask": torch.ones(x.shape[0], x.shape[2], dtype=torch.bool),
+                 "int_node": torch.as_tensor(q.j), "int_value": torch.as_tensor(q.a, dtype=torch.float32),
+                 "out_node": torch.as_tensor(q.i)}
+        with torch.enable_grad():
+            mog = model(batch)
+        answer._remember(answer._queries(q.j, q.a, q.i)[3],
+                         type(mog)(mog.logits.detach(), mog.means.detach(), mog.scales.detach()))
+        diffs.append(abs(evaluate_answer(answer, task, seed=k)["nlpid"] - metrics["nlpid"]))
+    return float(max(diffs))
+
+
+#: profiler op names -> the parts of a forward pass they are
+OP_GROUPS = {"attention": ("fused_attention", "aten::_scaled_dot_product"), "linear": ("aten::addmm", "aten::mm"),
+             "layer_norm": ("aten::native_layer_norm",), "gelu": ("aten::gelu",),
+             "copies_and_indexing": ("aten::copy_", "aten::index", "aten::_index_put_impl_", "aten::cat")}
+
+
+def op_profile(model, tasks: list[dict]) -> dict:
+    """Milliseconds per query by part of the batched forward, on ONE thread (the profiler sees
+    the calling thread's operations; the fused kernel is named by its record_function)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = get_method("mace-tnp")
+    answers = [spec.predict(model, t) for t in tasks]
+    queries = [make_queries(t, None, np.random.default_rng(k)) for k, t in enumerate(tasks)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            type(answers[0]).prepare_many(answers, [(q.j, q.a, q.i) for q in queries])
+            wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    n_queries = sum(len(q) for q in queries)
+    out = {name: 0.0 for name in OP_GROUPS}
+    total = 0.0
+    for ev in prof.key_averages():
+        own = ev.self_cpu_time_total / 1e3 if ev.key != "fused_attention" else ev.cpu_time_total / 1e3
+        total += own
+        for group, prefixes in OP_GROUPS.items():
+            if ev.key.startswith(prefixes):
+                out[group] += own
+    out = {f"{k}_ms_per_query": v / n_queries for k, v in out.items()}
+    out["other_ms_per_query"] = (total - sum(out.values()) * n_queries) / n_queries
+    out["wall_ms_per_query_under_profiler_1_thread"] = wall * 1e3 / n_queries
+    out["n_tasks"] = len(tasks)
+    return out
 
 
 def time_baseline(name: str, tasks: list[dict], config=None, warmup: bool = True) -> dict:

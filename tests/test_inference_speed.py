@@ -170,7 +170,7 @@ def test_prepare_many_refuses_bad_queries_and_mixed_models():
         MaceTNPAnswer.prepare_many([answers[0], predict(_model(1), tasks[1])], [None, None])
 
 
-@pytest.mark.parametrize("dh, l_q, l_k", [(8, 40, 37), (16, 3, 3), (4, 17, 70)])
+@pytest.mark.parametrize("dh, l_q, l_k", [(8, 200, 301), (16, 3, 3), (4, 17, 70)])
 def test_fused_attention_equals_pytorch_kernel(dh, l_q, l_k):
     """The fused CPU kernel against scaled_dot_product_attention: full and tail key vectors,
     the dh = 8 / 16 specialisations and the generic width, masks, one and two threads."""
