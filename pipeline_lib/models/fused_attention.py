@@ -13,9 +13,10 @@ which is ``softmax(scale Q K^T + M) V``: the attention of
 Why: MACE-TNP's heads are narrow (``dh = D / h = 8`` at ``d_model`` 32, 4 heads) and its sets
 long (500 observational rows), so attention is ``N^2 h`` scores of 8 products each. PyTorch's
 CPU kernel spends its time in small matrix products around each block of scores (measured: about
-2 ns per score on the 2-core benchmark machine). Here a query row's scores live in one small
-buffer, keys and values are read transposed so that 16 keys are one vector, and ``exp`` is
-evaluated in vector registers: about 1 ns per score. The kernel is a short C function compiled
+2 ns per score on the 2-core benchmark machine). Here each head's keys and values are copied
+once, transposed, so that 16 keys are one vector; two query rows at a time keep their scores in
+a small buffer and share every key and value load; ``exp`` is evaluated in vector registers:
+about 1 ns per score. The kernel is a short C function compiled
 once per machine with the system C compiler (``cc -O3 -march=native``, cached under
 ``$CAUSALMETA_KERNEL_CACHE`` or ``~/.cache/causalmeta``) and called through ``ctypes``, which
 releases the GIL, so ``torch.get_num_threads()`` Python threads split the ``batch x heads``
@@ -90,75 +91,99 @@ static inline vf vexp(vf x)
 static inline float hsum(vf v) { float s = 0.f; for (int l = 0; l < W; ++l) s += v[l]; return s; }
 static inline float hmax(vf v) { float s = v[0]; for (int l = 1; l < W; ++l) s = v[l] > s ? v[l] : s; return s; }
 
+/* R query rows of one head (R = 1 or 2: two rows share every key and value load). kt, vt: the head's
+   keys / values transposed, (dh, Lp), zero-padded from Lk to Lp = nv W; s: R Lp scores. */
 static inline __attribute__((always_inline)) void
-attend_rows(const float *q, const float *kt, const float *vt, const uint8_t *mask, float *out,
-            int64_t H, int64_t Lq, int64_t Lk, const int64_t dh, float scale, int64_t lo, int64_t hi,
-            float *s, float *tail)
+rows(const int64_t R, const int64_t dh, const float *const *qr, float *const *orow, const float *kt,
+     const float *vt, const uint8_t *mk, int64_t Lk, int64_t nv, float scale, float *s)
 {
-    const int64_t nf = Lk / W, nv = (Lk + W - 1) / W;  /* full vectors of keys; with the tail */
-    float *tk = tail, *tv = tail + dh * W;            /* the tail's keys / values, zero-padded */
+    const int64_t Lp = nv * W;
+    vf qs[R][dh], m0[R], tot[R], acc[R][dh];
+    for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < dh; ++c) qs[r][c] = vset(qr[r][c] * scale);
+    for (int64_t t = 0; t < nv; ++t) {
+        vf sc[R];
+        for (int64_t r = 0; r < R; ++r) sc[r] = vset(0.f);
+        for (int64_t c = 0; c < dh; ++c) {
+            const vf kk = vload(kt + c * Lp + t * W);
+            for (int64_t r = 0; r < R; ++r) sc[r] += qs[r][c] * kk;
+        }
+        for (int64_t r = 0; r < R; ++r) memcpy(s + r * Lp + t * W, &sc[r], sizeof sc[r]);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        float *sr = s + r * Lp;
+        for (int64_t m = Lk; m < Lp; ++m) sr[m] = -FLT_MAX;
+        if (mk)
+            for (int64_t m = 0; m < Lk; ++m) if (!mk[m]) sr[m] = -FLT_MAX;
+        vf mx = vset(-FLT_MAX);
+        for (int64_t t = 0; t < nv; ++t) mx = vmax(vload(sr + t * W), mx);
+        m0[r] = vset(hmax(mx));
+        tot[r] = vset(0.f);
+        for (int64_t c = 0; c < dh; ++c) acc[r][c] = vset(0.f);
+    }
+    for (int64_t t = 0; t < nv; ++t) {
+        vf e[R];
+        for (int64_t r = 0; r < R; ++r) {
+            e[r] = vexp(vload(s + r * Lp + t * W) - m0[r]);
+            tot[r] += e[r];
+        }
+        for (int64_t c = 0; c < dh; ++c) {
+            const vf vv = vload(vt + c * Lp + t * W);
+            for (int64_t r = 0; r < R; ++r) acc[r][c] += e[r] * vv;
+        }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        const float inv = 1.f / hsum(tot[r]);
+        for (int64_t c = 0; c < dh; ++c) orow[r][c] = hsum(acc[r][c]) * inv;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+heads(const int64_t dh, const float *q, const float *k, const float *v, const uint8_t *mask, float *out,
+      const int64_t *st, int64_t H, int64_t Lq, int64_t Lk, float scale, int64_t lo, int64_t hi, float *buf)
+{
+    const int64_t nv = (Lk + W - 1) / W, Lp = nv * W;
+    float *kt = buf, *vt = buf + dh * Lp, *s = buf + 2 * dh * Lp;
     for (int64_t bh = lo; bh < hi; ++bh) {
         const int64_t b = bh / H, h = bh % H;
-        const float *K = kt + bh * dh * Lk, *V = vt + bh * dh * Lk;
+        const float *kb = k + b * st[2] + h * dh, *vb = v + b * st[4] + h * dh;
+        for (int64_t m = 0; m < Lp; ++m)  /* this head's keys and values, transposed and zero-padded */
+            for (int64_t c = 0; c < dh; ++c) {
+                kt[c * Lp + m] = m < Lk ? kb[m * st[3] + c] : 0.f;
+                vt[c * Lp + m] = m < Lk ? vb[m * st[5] + c] : 0.f;
+            }
         const uint8_t *mk = mask ? mask + b * Lk : 0;
-        for (int64_t c = 0; c < dh; ++c)
-            for (int64_t l = 0; l < W; ++l) {
-                const int64_t m = nf * W + l;
-                tk[c * W + l] = m < Lk ? K[c * Lk + m] : 0.f;
-                tv[c * W + l] = m < Lk ? V[c * Lk + m] : 0.f;
-            }
-        for (int64_t n = 0; n < Lq; ++n) {
-            const float *qn = q + ((b * Lq + n) * H + h) * dh;
-            float *on = out + ((b * Lq + n) * H + h) * dh;
-            vf qs[dh];
-            for (int64_t c = 0; c < dh; ++c) qs[c] = vset(qn[c] * scale);
-            for (int64_t t = 0; t < nf; ++t) {
-                vf acc = vset(0.f);
-                for (int64_t c = 0; c < dh; ++c) acc += qs[c] * vload(K + c * Lk + t * W);
-                memcpy(s + t * W, &acc, sizeof acc);
-            }
-            if (nv > nf) {
-                vf acc = vset(0.f);
-                for (int64_t c = 0; c < dh; ++c) acc += qs[c] * vload(tk + c * W);
-                memcpy(s + nf * W, &acc, sizeof acc);
-                for (int64_t m = Lk; m < nv * W; ++m) s[m] = -FLT_MAX;
-            }
-            if (mk)
-                for (int64_t m = 0; m < Lk; ++m) if (!mk[m]) s[m] = -FLT_MAX;
-            vf mx = vset(-FLT_MAX);
-            for (int64_t t = 0; t < nv; ++t) mx = vmax(vload(s + t * W), mx);
-            const vf m0 = vset(hmax(mx));
-            vf tot = vset(0.f), acc[dh];
-            for (int64_t c = 0; c < dh; ++c) acc[c] = vset(0.f);
-            for (int64_t t = 0; t < nf; ++t) {
-                const vf e = vexp(vload(s + t * W) - m0);
-                tot += e;
-                for (int64_t c = 0; c < dh; ++c) acc[c] += e * vload(V + c * Lk + t * W);
-            }
-            if (nv > nf) {
-                const vf e = vexp(vload(s + nf * W) - m0);
-                tot += e;
-                for (int64_t c = 0; c < dh; ++c) acc[c] += e * vload(tv + c * W);
-            }
-            const float inv = 1.f / hsum(tot);
-            for (int64_t c = 0; c < dh; ++c) on[c] = hsum(acc[c]) * inv;
+        const float *qb = q + b * st[0] + h * dh;
+        float *ob = out + (b * Lq * H + h) * dh;
+        int64_t n = 0;
+        for (; n + 1 < Lq; n += 2) {
+            const float *qr[2] = {qb + n * st[1], qb + (n + 1) * st[1]};
+            float *orow[2] = {ob + n * H * dh, ob + (n + 1) * H * dh};
+            rows(2, dh, qr, orow, kt, vt, mk, Lk, nv, scale, s);
+        }
+        if (n < Lq) {
+            const float *qr[1] = {qb + n * st[1]};
+            float *orow[1] = {ob + n * H * dh};
+            rows(1, dh, qr, orow, kt, vt, mk, Lk, nv, scale, s);
         }
     }
 }
 
-/* q, out: (B, Lq, H, dh); kt, vt: (B, H, dh, Lk); mask: (B, Lk), nonzero = real key, or NULL.
-   Computes the (b, h) pairs b H + h in [lo, hi). Returns 0, or 1 when out of memory. */
-int attend(const float *q, const float *kt, const float *vt, const uint8_t *mask, float *out,
+/* q: (B, Lq, H, dh), k, v: (B, Lk, H, dh), each with (H, dh) contiguous and batch / row strides
+   st = {q_b, q_n, k_b, k_m, v_b, v_m} (elements); out: (B, Lq, H, dh) contiguous; mask: (B, Lk),
+   nonzero = real key, or NULL. Computes the (b, h) pairs b H + h in [lo, hi). Returns 0, or 1
+   when out of memory. */
+int attend(const float *q, const float *k, const float *v, const uint8_t *mask, float *out, const int64_t *st,
            int64_t H, int64_t Lq, int64_t Lk, int64_t dh, float scale, int64_t lo, int64_t hi)
 {
-    float *s = (float *)malloc(sizeof(float) * (size_t)((Lk + W - 1) / W * W + 2 * dh * W));
-    if (!s) return 1;
-    float *tail = s + (Lk + W - 1) / W * W;
-    if (dh == 8) attend_rows(q, kt, vt, mask, out, H, Lq, Lk, 8, scale, lo, hi, s, tail);
-    else if (dh == 16) attend_rows(q, kt, vt, mask, out, H, Lq, Lk, 16, scale, lo, hi, s, tail);
-    else if (dh == 32) attend_rows(q, kt, vt, mask, out, H, Lq, Lk, 32, scale, lo, hi, s, tail);
-    else attend_rows(q, kt, vt, mask, out, H, Lq, Lk, dh, scale, lo, hi, s, tail);
-    free(s);
+    const int64_t Lp = (Lk + W - 1) / W * W;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)((2 * dh + 2) * Lp));
+    if (!buf) return 1;
+    if (dh == 8) heads(8, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi, buf);
+    else if (dh == 16) heads(16, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi, buf);
+    else if (dh == 32) heads(32, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi, buf);
+    else heads(dh, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi, buf);
+    free(buf);
     return 0;
 }
 """
@@ -201,7 +226,7 @@ def _build() -> ctypes.CDLL | None:
             return None
     lib = ctypes.CDLL(str(target))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.attend.argtypes = [p, p, p, p, p, i, i, i, i, ctypes.c_float, i, i]
+    lib.attend.argtypes = [p, p, p, p, p, ctypes.POINTER(i), i, i, i, i, ctypes.c_float, i, i]
     lib.attend.restype = ctypes.c_int
     return lib
 
@@ -231,7 +256,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
               scale: float) -> torch.Tensor:
     """``softmax(scale q k^T + M) v`` per head, computed by the fused kernel (no autograd).
 
-    Shapes: ``q: (B, L_q, H, dh)``, ``k, v: (B, L_k, H, dh)`` (float32, CPU, any strides),
+    Shapes: ``q: (B, L_q, H, dh)``, ``k, v: (B, L_k, H, dh)`` (float32, CPU; strided rows are
+    read in place where each row's ``(H, dh)`` block is contiguous, e.g. slices of one projection),
     ``key_mask: (B, L_k)`` bool with ``True`` for real keys (at least one per row) or None
     -> ``(B, L_q, H, dh)``. Call only where :func:`available` is True.
     """
@@ -240,12 +266,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
         raise RuntimeError("fused CPU attention is not available on this machine")
     b, l_q, h, dh = q.shape
     l_k = k.shape[1]
-    q = q.contiguous()
-    kt = k.permute(0, 2, 3, 1).contiguous()  # (B, H, dh, L_k): 16 consecutive keys are one vector
-    vt = v.permute(0, 2, 3, 1).contiguous()
+    # rows may be strided (k, v: slices of one projection), a row's (H, dh) block contiguous
+    q, k, v = (x if x.stride(-1) == 1 and x.stride(-2) == dh else x.contiguous() for x in (q, k, v))
+    strides = (ctypes.c_int64 * 6)(q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
     mask = None if key_mask is None else key_mask.to(torch.uint8).contiguous()
-    out = torch.empty_like(q)
-    ptrs = (q.data_ptr(), kt.data_ptr(), vt.data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr())
+    out = q.new_empty((b, l_q, h, dh))
+    ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(),
+            strides)
     pairs = b * h
     # threads only where each gets enough scores (a pool hand-off costs ~0.1-0.4 ms)
     n = max(1, min(torch.get_num_threads(), pairs * l_q * l_k // 200_000))
