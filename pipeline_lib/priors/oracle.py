@@ -15,6 +15,8 @@ units and over the task's real nodes:
 
   estimated without bias by ancestral sampling of the parents under the intervention
   (``n_mc`` draws, the last step exact), reported with its delta-method Monte Carlo error.
+  The draws depend on the intervention only: all outcomes of one ``do(X_j = a)`` share them
+  (one ancestral pass per intervention in :meth:`TrueSCM.log_density_batch`).
   The *log* of that estimate is biased upwards in NLPID (Jensen), by up to several nats per
   task at 2000 draws where the outcome's conditional is sharp, so the default is 20000.
   Linear (and ``bge``) mechanisms with Gaussian noise have the closed form instead: under the
@@ -32,6 +34,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+from scipy.special import logsumexp
 
 from pipeline_lib.posterior import (DensityEstimate, GraphPosterior, InterventionalPredictor, SCMGenerator,
                                     check_intervention, check_query, check_rows)
@@ -156,18 +159,53 @@ class TrueSCM(GraphPosterior, InterventionalPredictor, SCMGenerator):
             z = (self._mean[i] + self._std[i] * x - mean[ci]) / np.sqrt(var[ci])
             lp = noise_log_density("gaussian", z) - 0.5 * np.log(var[ci]) + np.log(self._std[i])
             return DensityEstimate(log_density=lp, mc_stderr=np.zeros_like(lp))
-        rng = np.random.default_rng([int(j), int(i), 7])
+        return self._mc_density(self._do_parents(j, a), i, x)
+
+    def log_density_batch(self, j: np.ndarray, a: np.ndarray, i: np.ndarray, x: np.ndarray) -> DensityEstimate:
+        """Q queries at once. Monte Carlo: one ancestral pass per distinct intervention ``(j, a)``,
+        shared by all its outcomes (at d = 20 a task's 95 queries are 5 interventions), with the
+        answers of :meth:`interventional_log_density` query by query."""
+        if self.closed_form:
+            return super().log_density_batch(j, a, i, x)
+        x = np.asarray(x, dtype=np.float64)
+        lp, se = np.empty(x.shape), np.empty(x.shape)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for q, (jq, aq, iq) in enumerate(zip(j, a, i)):
+            check_query(int(jq), int(iq), self.n_nodes)
+            groups.setdefault((int(jq), float(aq)), []).append(q)
+        for (jq, aq), queries in groups.items():
+            parents = self._do_parents(jq, aq)
+            for q in queries:
+                est = self._mc_density(parents, int(i[q]), x[q])
+                lp[q], se[q] = est.log_density, est.mc_stderr
+        return DensityEstimate(lp, se)
+
+    def _do_parents(self, j: int, a: float) -> np.ndarray:
+        """``n_mc`` ancestral samples ``(S, d)`` (raw, canonical) under do(X_j = a); the seed
+        depends on ``j`` only, so every outcome of one intervention sees the same draws."""
+        rng = np.random.default_rng([int(j), 7])
         eps = noise.standard_noise(self.config.noise.kind, (self.n_mc, self.config.d_max), rng) * self._sigma_c
-        xs = self._ancestral(eps, self._to_raw_do({j: a}))
+        return self._ancestral(eps, self._to_raw_do({j: a}))
+
+    def _mc_density(self, xs: np.ndarray, i: int, x: np.ndarray) -> DensityEstimate:
+        """The module docstring's estimate of ``log p(z_i | do)`` at ``x: (m,)`` from the parents'
+        draws ``xs: (S, d)``: the outcome's own step is exact (its noise density). The ``(S, m)``
+        terms are formed a few columns at a time (about 4 MB each): at S = 20000, m = 500 the
+        whole matrix at once ran 10x slower, bound by memory traffic."""
         ci = int(self._canon[i])
         f = mechanisms.evaluate(self.config.mechanism, self._params, self._adj_c, xs[None], ci)[0]  # (S,)
         sigma = self._sigma_c[ci]
-        resid = (self._mean[i] + self._std[i] * x[None, :] - f[:, None]) / sigma  # (S, m)
-        log_terms = noise_log_density(self.config.noise.kind, resid) - np.log(sigma) + np.log(self._std[i])
-        log_p = np.logaddexp.reduce(log_terms, axis=0) - np.log(self.n_mc)
-        with np.errstate(invalid="ignore"):
-            rel = np.exp(log_terms - log_p[None, :])  # p_s / p_hat
-            se = np.nan_to_num(rel.std(axis=0, ddof=1) / np.sqrt(self.n_mc))
+        raw = self._mean[i] + self._std[i] * x  # (m,) raw units
+        shift = np.log(self._std[i]) - np.log(sigma)
+        log_p, se = np.empty(len(x)), np.empty(len(x))
+        step = max(1, (1 << 19) // self.n_mc)
+        for lo in range(0, len(x), step):
+            resid = (raw[None, lo:lo + step] - f[:, None]) / sigma  # (S, c)
+            log_terms = noise_log_density(self.config.noise.kind, resid) + shift
+            log_p[lo:lo + step] = logsumexp(log_terms, axis=0) - np.log(self.n_mc)
+            with np.errstate(invalid="ignore"):
+                rel = np.exp(log_terms - log_p[None, lo:lo + step])  # p_s / p_hat
+                se[lo:lo + step] = np.nan_to_num(rel.std(axis=0, ddof=1) / np.sqrt(self.n_mc))
         return DensityEstimate(log_density=log_p, mc_stderr=se)
 
     def sample_interventional(self, j: int, a: float, n: int, rng: np.random.Generator) -> np.ndarray:
