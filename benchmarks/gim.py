@@ -19,8 +19,14 @@ Every method sees ``x_obs`` and the 24 (34) seen experiments only:
   ``oracle``: 500 fresh rows of the true intervened SCM (the same system and regimes drawn
   with ``n_int + 500`` rows: identical graph, mechanisms, targets and x_obs, new noise).
 
+* ``gim (no prune)`` (``--unpruned-priors``): GIM once more with ``prune: none``, the same seeded
+  fit without its graph stage (:mod:`pipeline_lib.models.gim.prune`); GIM's own row also records
+  its MAP DAG's edge count and SHD before the stage (``map_edges_before_prune``, ``shd_before_prune``);
+* ``empty graph``: SHD = E-SHD = the true edge count.
+
 Metrics (``pipeline_lib.models.gim.metrics``, one definition each): SHD of GIM's MAP DAG,
-E-SHD over 100 DAG samples, edge AUROC; Intv-AUROC over the (regime, node) entries of the
+E-SHD over 100 DAG samples of each method's graph posterior (``metrics.expected_shd``, the same
+function for GIM and BaCaDI*), edge AUROC; Intv-AUROC over the (regime, node) entries of the
 seen and of the unseen experiments (``(K, d)`` store order); on each unseen experiment 500
 predicted samples against its 100 true rows: MMD (RBF, median heuristic), energy distance,
 mean W1 of the marginals, mean-shift error, averaged over the 6 unseen experiments.
@@ -29,6 +35,11 @@ targets) and against the black box (distributions).
 
 BaCaDI* costs minutes per fit at d = 20 on CPU: it runs on ``--bacadi-systems`` systems of the
 ``--bacadi-priors`` only (default: the first two systems of the two ER priors).
+Pieces run apart and joined without refitting: ``--systems`` / ``--methods`` fit a subset;
+``--merge`` adds other runs' priors; ``--combine`` adds other runs' method rows to systems with
+the same data (prior hash, data digest, index); ``--reuse-bacadi`` takes BaCaDI* rows of earlier
+results fitted on identical data with the same config (digest, or for results before the digest
+the identical ``observational`` row, a deterministic function of the data).
 
 Degradation curve (``--degradation-systems`` systems of the first prior): the features are
 projected on their top-k principal components (fitted on the seen experiments; k = 7 is the
@@ -43,6 +54,7 @@ rows; the GRN prior's parameters depend on the cell count, so it has no oracle r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -82,16 +94,59 @@ def project_features(data: dict, n_test: int, rank: int) -> dict:
     return {**data, "perturbation": (g - mean) @ vt[:rank].T}
 
 
-def score_system(cfg: PriorConfig, index: int, configs: dict[str, dict], with_bacadi: bool = True
+def data_digest(data: dict) -> str:
+    """sha256 (first 16 hex) of the arrays a method reads: identical data, identical digest."""
+    h = hashlib.sha256()
+    for key in ("x_obs", "x_int", "perturbation"):
+        h.update(np.ascontiguousarray(data[key], dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def reusable_bacadi(olds: list[dict], cfg: PriorConfig, index: int, data: dict, bacadi_cfg: dict
+                    ) -> dict[str, float] | None:
+    """The BaCaDI* row of system ``index`` in an earlier result of ``olds`` if it was fitted on the
+    same data with the same config: same prior hash and data digest, or (results written before
+    the digest) the same ``observational`` reference row, a deterministic function of x_obs and
+    the unseen rows."""
+    for old in olds:
+        if old.get("configs", {}).get("bacadi-star") != bacadi_cfg:
+            continue
+        for pos, row in enumerate(old.get("priors", {}).get(cfg.name, {}).get("systems", [])):
+            if row.get("data", {}).get("index", pos) != index or "error" in row.get("bacadi-star", {"error": ""}):
+                continue
+            if "data" in row:
+                same = row["data"] == {"prior_hash": cfg.content_hash(), "digest": data_digest(data), "index": index}
+            else:
+                n_test = bacadi_cfg["n_test_regimes"]
+                same = {f"unseen_{k}": v for k, v in unseen_errors(None, data, n_test).items()} == row["observational"]
+            if same:
+                return {**row["bacadi-star"], "reused": 1.0}
+    return None
+
+
+METHODS = ("gim", "bacadi-star", "gim-blackbox")
+
+
+def score_system(cfg: PriorConfig, index: int, configs: dict[str, dict], with_bacadi: bool = True,
+                 olds: list[dict] = (), methods: tuple[str, ...] = METHODS, unpruned_row: bool = False
                  ) -> dict[str, dict[str, float]]:
-    """Every method and reference on one system (BaCaDI* only ``with_bacadi``: its CPU cost)."""
+    """Every method of ``methods`` and the references on one system (BaCaDI* only ``with_bacadi``:
+    its CPU cost; reused from the earlier results ``olds`` where it ran on identical data with the
+    same config). ``unpruned_row``: GIM once more with ``prune: none`` (the same seeded fit before
+    its graph stage), the row ``gim (no prune)``."""
     data = restrict(task_slice(sample_split_range(cfg, "test", index, index + 1), 0))
     n_test = configs["gim"]["n_test_regimes"]
     k_all = data["x_int"].shape[0]
-    out: dict[str, dict[str, float]] = {}
-    for name in ("gim", "bacadi-star", "gim-blackbox"):
+    out: dict[str, dict] = {"data": {"prior_hash": cfg.content_hash(), "digest": data_digest(data), "index": index}}
+    for name in METHODS:
+        if name not in methods:
+            out[name] = {"error": "not fitted in this run (--methods)"}
+            continue
         if name == "bacadi-star" and not with_bacadi:
             out[name] = {"error": "not run on this system (--bacadi-priors / --bacadi-systems)"}
+            continue
+        if name == "bacadi-star" and (row := reusable_bacadi(olds, cfg, index, data, configs[name])):
+            out[name] = row
             continue
         t0 = time.perf_counter()
         try:
@@ -101,13 +156,26 @@ def score_system(cfg: PriorConfig, index: int, configs: dict[str, dict], with_ba
             continue
         seconds = time.perf_counter() - t0
         out[name] = {"runtime_s": seconds, **score_fit(answer, data, n_test, N_SAMPLES, seed=index)}
-        if name == "gim":  # the other way to marginalise the predicted targets, same fit
+        if name == "gim":  # MAP edge counts, the SHD before pruning, the other target marginal
+            adj = np.asarray(data["adjacency"])
+            out[name]["map_edges"] = float(answer.map_graph().sum())
+            before = answer.map_graph_before_prune()
+            if before is not None:
+                out[name]["map_edges_before_prune"] = float(before.sum())
+                out[name]["shd_before_prune"] = float(M.shd(adj, before))
             other = "map" if answer.cfg.generation_targets == "sample" else "sample"
             answer.cfg = answer.cfg.model_copy(update={"generation_targets": other})
             out[f"gim ({other} targets)"] = {
                 f"unseen_{k}": v for k, v in unseen_errors(answer.sample_perturbation, data, n_test, N_SAMPLES,
                                                            seed=index).items()}
+    if unpruned_row and "gim" in methods and configs["gim"].get("prune", "none") != "none":
+        t0 = time.perf_counter()
+        answer = fit_baseline("gim", data, {**configs["gim"], "prune": "none"})
+        out["gim (no prune)"] = {"runtime_s": time.perf_counter() - t0, "map_edges": float(answer.map_graph().sum()),
+                                 **score_fit(answer, data, n_test, N_SAMPLES, seed=index)}
     out["observational"] = {f"unseen_{k}": v for k, v in unseen_errors(None, data, n_test).items()}
+    n_true = float(np.asarray(data["adjacency"]).sum())  # the empty graph's SHD = E-SHD = true edge count
+    out["empty graph"] = {"shd": n_true, "e_shd": n_true, "map_edges": 0.0}
     try:
         truth = oracle_rows(cfg, index, N_SAMPLES, data["x_obs"])
     except RuntimeError as exc:  # GRN: the cell count enters the parameter draws, no same-system redraw
@@ -133,27 +201,64 @@ def degradation(cfg: PriorConfig, index: int, gim_cfg: dict) -> dict[str, dict[s
 
 def summarise(per_system: list[dict[str, dict[str, float]]]) -> dict[str, dict]:
     """mean +- s.e. per method and metric; Welch p of GIM vs BaCaDI* / the black box."""
-    methods = per_system[0].keys()
+    methods = [m for m in per_system[0] if m != "data"]
     summary: dict[str, dict] = {}
     for m in methods:
         cells = {}
-        keys = sorted({k for s in per_system for k, v in s[m].items() if not isinstance(v, str)})
+        keys = sorted({k for s in per_system if m in s for k, v in s[m].items() if not isinstance(v, str)})
         for key in keys:
-            vals = np.array([s[m][key] for s in per_system if key in s[m]], dtype=np.float64)
+            vals = np.array([s[m][key] for s in per_system if key in s.get(m, {})], dtype=np.float64)
             mean, se = M.mean_se(vals)
             cells[key] = {"mean": mean, "se": se, "n": int(len(vals))}
-        cells["failed"] = sum("error" in s[m] for s in per_system)
+        cells["failed"] = sum("error" in s.get(m, {}) for s in per_system)
         summary[m] = cells
     pvals = {}
     for other, keys in (("bacadi-star", ("e_shd", "edge_auroc", "intv_auroc_seen", "intv_auroc_unseen")),
+                        ("empty graph", ("e_shd",)), ("gim (no prune)", ("e_shd", "shd")),
                         ("gim-blackbox", tuple(f"unseen_{k}" for k in DISTRIBUTION_METRICS))):
         for key in keys:
             a = [s["gim"][key] for s in per_system if key in s["gim"]]
-            b = [s[other][key] for s in per_system if key in s[other]]
+            b = [s[other][key] for s in per_system if key in s.get(other, {})]
             if len(a) >= 2 and len(b) >= 2:
                 pvals[f"gim_vs_{other}.{key}"] = M.welch_test(a, b)[1]
     summary["welch_p"] = pvals
     return summary
+
+
+def combine(result: dict, other: dict) -> None:
+    """Add ``other``'s fitted method rows to ``result``'s systems of identical data (same
+    ``data`` entry: prior hash, digest, index) where ``result``'s row is missing or not fitted;
+    summaries recomputed."""
+    for name, res in result["priors"].items():
+        rows = {json.dumps(r.get("data"), sort_keys=True): r for r in other["priors"].get(name, {}).get("systems", [])}
+        for system in res["systems"]:
+            extra = rows.get(json.dumps(system.get("data"), sort_keys=True))
+            if extra is None or "data" not in system:
+                continue
+            for method, row in extra.items():
+                if method != "data" and "error" not in row and "error" in system.get(method, {"error": ""}):
+                    system[method] = row
+        res["summary"] = summarise(res["systems"])
+
+
+def fill_bacadi(result: dict, priors: list[PriorConfig], olds: list[dict], bacadi_cfg: dict) -> None:
+    """BaCaDI* rows of earlier results (:func:`reusable_bacadi`) into the systems that lack one."""
+    for cfg in priors:
+        res = result["priors"].get(cfg.name)
+        if res is None:
+            continue
+        for pos, system in enumerate(res["systems"]):
+            if "error" not in system.get("bacadi-star", {"error": ""}) and "empty graph" in system:
+                continue
+            index = system.get("data", {}).get("index", pos)
+            data = restrict(task_slice(sample_split_range(cfg, "test", index, index + 1), 0))
+            n_true = float(np.asarray(data["adjacency"]).sum())
+            system.setdefault("empty graph", {"shd": n_true, "e_shd": n_true, "map_edges": 0.0})
+            if "error" not in system.get("bacadi-star", {"error": ""}):
+                continue
+            if row := reusable_bacadi(olds, cfg, index, data, bacadi_cfg):
+                system["bacadi-star"] = row
+        res["summary"] = summarise(res["systems"])
 
 
 def main() -> None:
@@ -174,8 +279,21 @@ def main() -> None:
     ap.add_argument("--resume", type=Path, default=None,
                     help="results JSON of an interrupted run: its finished priors are kept, not refitted")
     ap.add_argument("--merge", nargs="*", type=Path, default=[],
-                    help="results JSONs of runs on other priors (e.g. run side by side): their finished priors and "
-                         "degradation curve are added to this run's result, nothing is refitted")
+                    help="results JSONs of runs on other priors (e.g. run side by side): their priors among --priors "
+                         "(with their own systems) and degradation curve are added to this run's result, nothing is "
+                         "refitted")
+    ap.add_argument("--systems", nargs="*", type=int, default=None,
+                    help="test-system indices to run (default: 0 .. n_systems - 1)")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="methods to fit (the others are recorded as not fitted; references always)")
+    ap.add_argument("--unpruned-priors", nargs="*", default=["gim-linear-er-20"],
+                    help="priors on which GIM is fitted once more without its graph stage (prune: none)")
+    ap.add_argument("--reuse-bacadi", nargs="*", type=Path, default=[],
+                    help="earlier results JSONs: their BaCaDI* rows are reused on systems with identical data and "
+                         "the same BaCaDI* config (data digest, or the observational reference row), not refitted")
+    ap.add_argument("--combine", nargs="*", type=Path, default=[],
+                    help="results JSONs of runs of other methods on the same systems (e.g. --methods bacadi-star): "
+                         "their fitted rows join this run's systems with the same data digest; nothing is refitted")
     ap.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
                     help="config override of one method, e.g. gim.steps=300 (YAML value)")
     args = ap.parse_args()
@@ -194,7 +312,12 @@ def main() -> None:
         base[method][field] = yaml.safe_load(value)
     n_systems = args.n_systems or spec.n_test_tasks
     priors = [p for p in spec.prior_configs() if args.priors is None or p.name in args.priors]
-    result = {"preset": args.preset, "n_systems": n_systems, "configs": base, "threads": args.threads,
+    priors_run = {p.name for p in priors}
+    reuse = [json.loads(path.read_text()) for path in args.reuse_bacadi]
+    indices = list(range(n_systems)) if args.systems is None else args.systems
+    n_systems = len(indices)
+    result = {"preset": args.preset, "n_systems": n_systems, "system_indices": indices, "configs": base,
+              "threads": args.threads,
               "bacadi_priors": args.bacadi_priors, "bacadi_systems": args.bacadi_systems,
               "priors": {}, "degradation": {}}
     start = time.perf_counter()
@@ -202,9 +325,11 @@ def main() -> None:
         old = json.loads(args.resume.read_text())
         result["priors"] = {k: v for k, v in old["priors"].items() if len(v["systems"]) == n_systems}
         start -= old.get("total_seconds", 0.0)
-    for path in args.merge:
+    for path in args.merge:  # each prior keeps its own systems and the GIM config it ran with
         other = json.loads(path.read_text())
-        result["priors"].update({k: v for k, v in other["priors"].items() if len(v["systems"]) == n_systems})
+        for k, v in other["priors"].items():
+            if k in priors_run:
+                result["priors"][k] = {"gim_config": other["configs"]["gim"], "merged_from": path.name, **v}
         if other.get("degradation"):
             result["degradation"] = other["degradation"]
         start -= other.get("total_seconds", 0.0)
@@ -214,14 +339,16 @@ def main() -> None:
         mech = "linear" if cfg.mechanism.kind == "linear" else "mlp"
         configs = {**base, "gim": {**base["gim"], "mechanism": mech}}
         runs = []
-        for index in range(n_systems):
+        for index in indices:
             bacadi = cfg.name in args.bacadi_priors and index < args.bacadi_systems
-            runs.append(score_system(cfg, index, configs, bacadi))
-            result["priors"][cfg.name] = {"gim_mechanism": mech, "systems": runs, "summary": summarise(runs)}
+            runs.append(score_system(cfg, index, configs, bacadi, reuse, tuple(args.methods),
+                                     cfg.name in args.unpruned_priors))
+            result["priors"][cfg.name] = {"gim_mechanism": mech, "gim_config": configs["gim"], "systems": runs,
+                                          "summary": summarise(runs)}
             result["total_seconds"] = time.perf_counter() - start
             args.out.write_text(json.dumps(result, indent=1))
             print(cfg.name, index, {m: {k: v if isinstance(v, str) else round(v, 3) for k, v in r.items()}
-                                   for m, r in runs[-1].items()},
+                                   for m, r in runs[-1].items() if m != "data"},
                   flush=True)
     if args.degradation_systems and priors and not result["degradation"]:
         cfg = priors[0]
@@ -231,6 +358,10 @@ def main() -> None:
                                  "mean": {r: {k: float(np.mean([c[r][k] for c in curves])) for k in curves[0][r]}
                                           for r in curves[0]}}
         print("degradation", result["degradation"]["mean"], flush=True)
+    for path in args.combine:
+        combine(result, json.loads(path.read_text()))
+    if reuse:
+        fill_bacadi(result, priors, reuse, base["bacadi-star"])
     result["total_seconds"] = time.perf_counter() - start
     args.out.write_text(json.dumps(result, indent=1))
     if not args.no_mlflow:

@@ -4,6 +4,7 @@ unseen distribution errors with targets drawn per row and with the MAP target se
 
     python benchmarks/gim_diagnosis.py gim-linear-er-20 0 TAG '{"lambda_G": 50}'
     python benchmarks/gim_diagnosis.py gim-linear-er-20 0 TAG '{"oracle": "order"}'
+    python benchmarks/gim_diagnosis.py gim-linear-er-20 0 TAG '{"refit_steps": 300, "prune": "bic"}'
 
 ``oracle``: ``"order"`` fixes the DP-DAG's ordering scores at the true topological order (its
 gradient zeroed; start with ``order_init: uniform``, else the fit overwrites them), ``"graph"``
@@ -60,6 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     import pipeline_lib.models.gim.fit as gim_fit
+    from pipeline_lib.metrics import shd
     from pipeline_lib.models.gim import GIMConfig, fit_gim
     from pipeline_lib.models.gim.metrics import score_fit
     from pipeline_lib.priors import PriorConfig, sample_split_range
@@ -78,9 +80,12 @@ def main() -> None:
     t0 = time.perf_counter()
     post = fit_gim(data, gim_cfg)
     main_fit = [h for h in post.history if "refit" not in h]
+    before = post.map_graph_before_prune()
     out = {"tag": args.tag, "prior": args.prior, "index": args.index, "changes": changes, "oracle": oracle,
            "s": round(time.perf_counter() - t0, 1), "map_edges": int(post.map_graph().sum()),
            "true_edges": int(np.asarray(data["adjacency"]).sum()),
+           "map_edges_before_prune": None if before is None else int(before.sum()),
+           "shd_before_prune": None if before is None else int(shd(data["adjacency"], before)),
            "final_loss": round(float(np.mean([h["loss"] for h in main_fit[-len(main_fit) // 10:]])), 4)}
     for mode in ("sample", "map"):
         post.cfg = post.cfg.model_copy(update={"generation_targets": mode})

@@ -70,6 +70,14 @@ class GIMConfig(DPDAGOptions):
     refit_steps: int = Field(0, ge=0, description="after the fit: steps refitting mechanisms, noise and phi on the "
                                                   "fixed MAP DAG; the generator then uses "
                                                   "mechanisms fitted to the DAG it generates with (0: off)")
+    prune: Literal["none", "bic", "bic+order"] = Field(
+        "none", description="the graph stage after the fit, before the refit (models/gim/prune.py): none; bic: "
+                            "drop MAP-DAG edges by per-node BIC backward elimination (shift targets per experiment "
+                            "selected too; additive basis: linear, or linear + hinge for mlp); bic+order: first "
+                            "refine the MAP ordering by local search on the summed per-node BIC, then take each "
+                            "node's best parents among its predecessors. Dropped edges leave the graph posterior "
+                            "too. Needs edge_space node")
+    prune_penalty: float = Field(1.0, gt=0, description="multiplier of the BIC's (parameters x log rows) term")
     generation_targets: Literal["sample", "map"] = Field(
         "sample", description="targets of a generated perturbation: drawn per row from p(I | gamma) (sample), or "
                               "the most probable set, p > 1/2, for every row (map)")

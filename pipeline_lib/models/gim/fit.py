@@ -12,6 +12,7 @@ import torch
 from pipeline_lib.models.dpdag import shift_count_scores
 from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.gim.model import GIMModel
+from pipeline_lib.models.gim.prune import PRUNED_LOGIT, NodeScore, order_dag, prune_dag, refine_order
 from pipeline_lib.posterior import (GraphPosterior, SampledInterventional, SCMGenerator, TargetPosterior,
                                     check_intervention, check_rows)
 
@@ -76,6 +77,11 @@ class GIMPosterior(GraphPosterior, TargetPosterior, SampledInterventional, SCMGe
     def map_graph(self) -> np.ndarray:
         """``(d, d)`` uint8: the DAG the generator uses (the mode of the DP-DAG)."""
         return self._adj.round().to(torch.uint8).numpy()
+
+    def map_graph_before_prune(self) -> np.ndarray | None:
+        """``(d, d)`` uint8 MAP DAG of the fit before pruning (None: not pruned, or a loaded fit)."""
+        before = self.model.map_before_prune
+        return None if before is None else before.round().to(torch.uint8).numpy()
 
     def intervention_target_probs(self) -> np.ndarray:
         return self.predict_perturbation(self.gamma_all)["target_probs"]
@@ -206,6 +212,8 @@ def train_gim(x_obs: np.ndarray, x_int: np.ndarray, gamma: np.ndarray, cfg: GIMC
 
     for t in range(cfg.steps):
         history.append(step(opt, lambda_G=cfg.lambda_G * min(1.0, t / warm) if warm > 0 else None))
+    if cfg.prune != "none":
+        prune_map_dag(model, x_obs, x_int, refine_order_too=cfg.prune == "bic+order")
     if cfg.refit_steps:
         # mechanisms, noise and phi on the fixed MAP DAG (the same target marginal as the fit)
         adj = model.map_dag()
@@ -213,6 +221,37 @@ def train_gim(x_obs: np.ndarray, x_int: np.ndarray, gamma: np.ndarray, cfg: GIMC
         for _ in range(cfg.refit_steps):
             history.append({**step(refit, adj=adj), "refit": 1.0})
     return model, history, time.perf_counter() - start
+
+
+@torch.no_grad()
+def prune_map_dag(model: GIMModel, x_obs: np.ndarray, x_int: np.ndarray, refine_order_too: bool) -> None:
+    """The graph stage after the DP-DAG fit (:mod:`.prune`; ``x_obs, x_int`` standardized seen rows).
+
+    ``refine_order_too=False`` (``prune="bic"``): the MAP DAG's edges that per-node BIC drops get
+    ``PRUNED_LOGIT`` (out of the MAP DAG and of the graph posterior's samples).
+    ``True`` (``prune="bic+order"``): the MAP ordering is refined by BIC local search and the
+    DAG of its best parents becomes the MAP DAG: the ordering scores keep their sorted values,
+    reassigned to the new ordering (the Plackett-Luce spread, i.e. the ordering's uncertainty,
+    stays), the DAG's edges get ``-PRUNED_LOGIT`` and every other node pair ``PRUNED_LOGIT``:
+    the graph posterior becomes the orderings' law over subgraphs of that DAG.
+    The MAP DAG before this stage stays on ``model.map_before_prune``."""
+    dag = model.dag
+    if dag.edge_space != "node":
+        raise GIMInputError("prune needs edge_space='node' (a position-space logit is no node pair)")
+    before = model.map_dag()
+    scorer = NodeScore(x_obs, x_int, "linear" if model.cfg.mechanism == "linear" else "hinge", model.cfg.prune_penalty)
+    if refine_order_too:
+        start = dag.order_scores.argsort(descending=True).tolist()
+        order = refine_order(start, scorer)
+        after = torch.as_tensor(order_dag(order, scorer), dtype=dag.edge_logits.dtype, device=dag.edge_logits.device)
+        values = dag.order_scores.sort(descending=True).values.clone()
+        dag.order_scores[torch.as_tensor(order, device=values.device)] = values
+        dag.edge_logits.copy_(torch.where(after > 0.5, -PRUNED_LOGIT, PRUNED_LOGIT))
+    else:
+        after = prune_dag(before.cpu().numpy(), scorer)
+        removed = torch.as_tensor((before.cpu().numpy() > 0.5) & (after == 0), device=before.device)
+        dag.edge_logits[removed] = PRUNED_LOGIT
+    model.map_before_prune = before.cpu()
 
 
 def fit_gim(data: Mapping[str, np.ndarray], config: GIMConfig | None = None) -> GIMPosterior:
