@@ -224,7 +224,12 @@ def _build() -> ctypes.CDLL | None:
             warnings.warn(f"fused CPU attention unavailable (PyTorch's kernel is used): {exc} "
                           f"{detail.decode(errors='replace')[:300]}", RuntimeWarning, stacklevel=3)
             return None
-    lib = ctypes.CDLL(str(target))
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:  # e.g. a cache shared with another kind of machine
+        warnings.warn(f"fused CPU attention unavailable (PyTorch's kernel is used): {exc}", RuntimeWarning,
+                      stacklevel=3)
+        return None
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.attend.argtypes = [p, p, p, p, p, ctypes.POINTER(i), i, i, i, i, ctypes.c_float, i, i]
     lib.attend.restype = ctypes.c_int
