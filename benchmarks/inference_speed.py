@@ -148,7 +148,7 @@ def reference_nlpid_diff(model, tasks: list[dict], batched: list) -> float:
         answer._remember(answer._queries(q.j, q.a, q.i)[3],
                          type(mog)(mog.logits.detach(), mog.means.detach(), mog.scales.detach()))
         diffs.append(abs(evaluate_answer(answer, task, seed=k)["nlpid"] - metrics["nlpid"]))
-    return float(max(diffs))
+    return float(max(diffs)) if diffs else None
 
 
 #: profiler op names -> the parts of a forward pass they are
