@@ -64,15 +64,19 @@ static inline vf vmax(vf a, vf b)
     return out;
 }
 
-/* exp(x), x <= 0: x = k ln2 + r with k = floor(x log2 e + 1/2), exp(r) by Taylor to degree 7, 2^k by
-   the exponent bits (x is clamped at -87, where exp is below the float32 normal range anyway). */
+/* exp(x), x <= 0: x = k ln2 + r with k = round(x log2 e) (adding 1.5 2^23 rounds to the nearest
+   integer, which is then the low bits of the sum), exp(r) by Taylor to degree 7, 2^k by the exponent
+   bits (x is clamped at -87, where exp is below the float32 normal range anyway). */
 static inline vf vexp(vf x)
 {
+    const vf magic = vset(12582912.f);
     x = vmax(x, vset(-87.f));
-    const vf y = x * vset(1.44269504088896341f) + vset(0.5f);
-    vi k = __builtin_convertvector(y, vi);          /* toward zero: floor(y) or floor(y) + 1 */
-    k = k + (__builtin_convertvector(k, vf) > y);   /* a true comparison is -1: now floor(y) */
-    const vf kf = __builtin_convertvector(k, vf);
+    const vf t = x * vset(1.44269504088896341f) + magic;
+    const vf kf = t - magic;
+    vi tb, mb;
+    memcpy(&tb, &t, sizeof t);
+    memcpy(&mb, &magic, sizeof magic);
+    const vi k = tb - mb;
     const vf r = x - kf * vset(0.693145751953125f) - kf * vset(1.428606765330187e-06f);
     vf p = vset(1.f / 5040.f);
     p = p * r + vset(1.f / 720.f);
