@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -102,6 +103,13 @@ def load_reuse(path: Path, args) -> dict:
     if bad:
         raise SystemExit(f"--reuse-baselines {path}: protocol differs (stored, now): {bad}")
     return old["priors"]
+
+
+def reuse_record(path: Path | None) -> dict | None:
+    """Which stored result the baseline rows came from: its name and content hash (no machine path)."""
+    if path is None:
+        return None
+    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def baseline_data(data: dict, test_regimes: slice) -> dict:
@@ -187,7 +195,8 @@ def summarise(rows: dict[str, list[dict]], reference: str = "metacadi") -> dict:
     return out
 
 
-def bench_prior(name: str, args, result: dict, save) -> None:
+def bench_prior(name: str, args, result: dict, save):
+    """Runs the systems of one prior, saving and yielding after each (``--interleave`` alternates priors)."""
     cfg = system_config(name, args.n_nodes)
     batch = sample_split_range(cfg, "test", 0, args.n_systems)
     res = result["priors"].setdefault(name, {"rows": {}, "imbalance": {"truth": [], "metacadi": [], "bacadi": []}})
@@ -244,6 +253,7 @@ def bench_prior(name: str, args, result: dict, save) -> None:
         res["summary"] = summarise(rows)
         res["imbalance"]["summary"] = summarise_imbalance(res["imbalance"])
         save()
+        yield i
 
 
 def summarise_imbalance(imb: dict) -> dict:
@@ -283,6 +293,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--metacadi", nargs="*", default=[], metavar="KEY=VALUE", help="MetaCaDIConfig overrides")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate the priors system by system (a run cut short still covers each prior)")
     ap.add_argument("--reuse-baselines", type=Path, default=None, metavar="JSON",
                     help="take the baseline rows (and the imbalance BaCaDI fits) of a stored result with the same "
                          "protocol and budgets instead of refitting them; only MetaCaDI is recomputed")
@@ -302,7 +314,8 @@ def main(argv=None) -> dict:
                      "n_support": 10, "n_query": 100, "n_test_rows": N_TEST_ROWS, "threads": args.threads,
                      "metacadi": {**METACADI, **args.metacadi}, "baselines": args.budgets,
                      "maml_systems": args.maml_systems, "imbalance_systems": args.imbalance_systems,
-                     "reused_baselines": str(args.reuse_baselines) if args.reuse_baselines else None},
+                     "reused_baselines": reuse_record(args.reuse_baselines),
+                     "interleave": args.interleave},
         "machine": {"load_start": os.getloadavg()},
         "priors": {},
     }
@@ -313,8 +326,9 @@ def main(argv=None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=float))
 
-    for name in args.priors:
-        bench_prior(name, args, result, save)
+    runs = [bench_prior(name, args, result, save) for name in args.priors]
+    for _ in (itertools.zip_longest(*runs) if args.interleave else itertools.chain(*runs)):
+        pass  # every system saved as it ends: an interrupted run keeps what finished
     save()
     if not args.no_mlflow:
         log_result(result, args.out)

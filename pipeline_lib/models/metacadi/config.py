@@ -64,15 +64,19 @@ class MetaCaDIConfig(DPDAGOptions):
     lambda_I: float = Field(0.3, ge=0, description="weight of the target sparsity term (mean of sigmoid(zeta)); "
                                             "0.05 let the per-task last layer explain every node (README)")
     lambda_H: float = Field(0.1, ge=0, description="weight of the HSIC residual-independence term")
-    lambda_G: float = Field(0.1, ge=0, description="weight of the edge KL term (mean KL per edge logit); 0.3 pulled "
-                                             "every edge to the prior, 0.01 left too many edges")
+    lambda_G: float = Field(0.1, ge=0, description="with graph_objective='weighted': weight of the edge KL term (mean "
+                                             "KL per edge logit); 0.3 pulled every edge to the prior, 0.01 left "
+                                             "too many edges")
     graph_objective: Literal["weighted", "elbo"] = Field(
-        "weighted", description="weight of the graph terms: lambda_G x the mean edge KL (eq. 7), or the negative "
+        "elbo", description="weight of the graph terms: lambda_G x the mean edge KL (eq. 7), or the negative "
                                 "ELBO's own scale (one nat of KL per n_rows x d likelihood terms; lambda_G unused)")
     edge_occam: Literal["none", "bic"] = Field(
-        "none", description="bic: log(n_rows) / 2 nats per edge of each DAG sample, the Laplace / BIC Occam factor of "
+        "bic", description="bic: log(n_rows) / 2 nats per edge of each DAG sample, the Laplace / BIC Occam factor of "
                             "an edge's mechanism parameter that the point-estimated likelihood lacks (weighted like "
                             "the KL): an edge must improve the likelihood by more than that to be kept")
+    occam_warmup: float = Field(0.5, ge=0, le=1, description="fraction of the steps over which the Occam term "
+                                "grows linearly from 0 (the mechanisms first learn to use their inputs: from step 0 "
+                                "it switched off true edges before their MLP inputs were fitted)")
     steps: int = Field(300, ge=1, description="outer Adam steps (one step = all meta-training experiments)")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of the mechanisms and the target predictor")
     lr_graph: float = Field(5e-2, gt=0, description="Adam learning rate of the DP-DAG parameters")

@@ -120,12 +120,14 @@ def train_model(support: np.ndarray, query: np.ndarray, cfg: MetaCaDIConfig,
     batch = n_q if cfg.query_batch is None else min(cfg.query_batch, n_q)
     history = []
     start = time.perf_counter()
-    for _ in range(cfg.steps):
+    warmup = max(1.0, cfg.occam_warmup * cfg.steps)
+    for step in range(cfg.steps):
         opt.zero_grad(set_to_none=True)
         # a minibatch of query rows per experiment: random keys, the `batch` smallest win
         keys = torch.rand(t, n_q, generator=gen, device=cfg.device)
         rows = keys.argsort(dim=1)[:, :batch]  # (T, batch)
-        loss, parts = model.loss(x_s, torch.gather(x_q, 1, rows[..., None].expand(t, batch, x_q.shape[2])), gen)
+        x_batch = torch.gather(x_q, 1, rows[..., None].expand(t, batch, x_q.shape[2]))
+        loss, parts = model.loss(x_s, x_batch, gen, occam_scale=min(1.0, step / warmup))
         loss.backward()
         opt.step()
         history.append(parts)

@@ -161,12 +161,14 @@ class MetaCaDIModel(nn.Module):
         return probs.reshape(n_graphs, t, self.d).mean(0)
 
     # ------------------------------------------------------------------ objective
-    def loss(self, x_s: torch.Tensor, x_q: torch.Tensor, generator: torch.Generator
+    def loss(self, x_s: torch.Tensor, x_q: torch.Tensor, generator: torch.Generator, occam_scale: float = 1.0
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eq. 7 on support sets ``x_s: (T, n_s, d)`` and query sets ``x_q: (T, n_q, d)``."""
+        """Eq. 7 on support sets ``x_s: (T, n_s, d)`` and query sets ``x_q: (T, n_q, d)``; the Occam
+        term times ``occam_scale`` (its warm-up)."""
         cfg = self.cfg
         parts = {"recon": 0.0, "targets": 0.0, "hsic": 0.0, "edges": 0.0}
         kl_weight, occam_weight = self.graph_weights()
+        occam_weight *= occam_scale
         samples, orders = [], []
         for _ in range(cfg.n_graph_mc):
             adj, order = self.dag.sample(1, generator, return_order=True)
