@@ -66,11 +66,12 @@ static inline vf vmax(vf a, vf b)
 
 /* exp(x), x <= 0: x = k ln2 + r with k = round(x log2 e) (adding 1.5 2^23 rounds to the nearest
    integer, which is then the low bits of the sum), exp(r) by Taylor to degree 7, 2^k by the exponent
-   bits (x is clamped at -87, where exp is below the float32 normal range anyway). */
+   bits. x is clamped at -88, where k = -127 and the exponent bits are 0: exactly 0, so masked keys
+   (score -FLT_MAX) get exactly zero weight (exp(x) < 1.2e-38 is flushed to 0 from x < -87.7). */
 static inline vf vexp(vf x)
 {
     const vf magic = vset(12582912.f);
-    x = vmax(x, vset(-87.f));
+    x = vmax(x, vset(-88.f));
     const vf t = x * vset(1.44269504088896341f) + magic;
     const vf kf = t - magic;
     vi tb, mb;
@@ -92,7 +93,19 @@ static inline vf vexp(vf x)
     return p * scale;
 }
 
+#if defined(__clang__) || __GNUC__ >= 12
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+static inline float hsum(vf v)  /* halving: 2 vector adds and 3 scalar ones */
+{
+    const vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const vf4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+#else
 static inline float hsum(vf v) { float s = 0.f; for (int l = 0; l < W; ++l) s += v[l]; return s; }
+#endif
 static inline float hmax(vf v) { float s = v[0]; for (int l = 1; l < W; ++l) s = v[l] > s ? v[l] : s; return s; }
 
 /* R query rows of one head (R = 1 or 2: two rows share every key and value load). kt, vt: the head's
@@ -142,6 +155,42 @@ rows(const int64_t R, const int64_t dh, const float *const *qr, float *const *or
     }
 }
 
+/* fewer keys than one vector (attention over a handful of nodes): one row at a time, keys and
+   values read in place, the row's scores one vector */
+static inline __attribute__((always_inline)) void
+heads_short(const int64_t dh, const float *q, const float *k, const float *v, const uint8_t *mask, float *out,
+            const int64_t *st, int64_t H, int64_t Lq, int64_t Lk, float scale, int64_t lo, int64_t hi)
+{
+    for (int64_t bh = lo; bh < hi; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const float *kb = k + b * st[2] + h * dh, *vb = v + b * st[4] + h * dh;
+        const uint8_t *mk = mask ? mask + b * Lk : 0;
+        for (int64_t n = 0; n < Lq; ++n) {
+            const float *qn = q + b * st[0] + n * st[1] + h * dh;
+            float *on = out + ((b * Lq + n) * H + h) * dh;
+            float qs[dh], sc[W];
+            for (int64_t c = 0; c < dh; ++c) qs[c] = qn[c] * scale;
+            float mx = -FLT_MAX;
+            for (int64_t m = 0; m < W; ++m) {
+                float a = -FLT_MAX;
+                if (m < Lk && (!mk || mk[m])) {
+                    a = 0.f;
+                    for (int64_t c = 0; c < dh; ++c) a += qs[c] * kb[m * st[3] + c];
+                }
+                sc[m] = a;
+                mx = a > mx ? a : mx;
+            }
+            const vf e = vexp(vload(sc) - vset(mx));
+            float acc[dh];
+            for (int64_t c = 0; c < dh; ++c) acc[c] = 0.f;
+            for (int64_t m = 0; m < Lk; ++m)
+                for (int64_t c = 0; c < dh; ++c) acc[c] += e[m] * vb[m * st[5] + c];
+            const float inv = 1.f / hsum(e);
+            for (int64_t c = 0; c < dh; ++c) on[c] = acc[c] * inv;
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void
 heads(const int64_t dh, const float *q, const float *k, const float *v, const uint8_t *mask, float *out,
       const int64_t *st, int64_t H, int64_t Lq, int64_t Lk, float scale, int64_t lo, int64_t hi, float *buf)
@@ -180,6 +229,12 @@ heads(const int64_t dh, const float *q, const float *k, const float *v, const ui
 int attend(const float *q, const float *k, const float *v, const uint8_t *mask, float *out, const int64_t *st,
            int64_t H, int64_t Lq, int64_t Lk, int64_t dh, float scale, int64_t lo, int64_t hi)
 {
+    if (Lk < W) {
+        if (dh == 8) heads_short(8, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi);
+        else if (dh == 16) heads_short(16, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi);
+        else heads_short(dh, q, k, v, mask, out, st, H, Lq, Lk, scale, lo, hi);
+        return 0;
+    }
     const int64_t Lp = (Lk + W - 1) / W * W;
     float *buf = (float *)malloc(sizeof(float) * (size_t)((2 * dh + 2) * Lp));
     if (!buf) return 1;
