@@ -29,9 +29,12 @@ one process with ``torch.set_num_threads(--threads)``, wall clock (``time.perf_c
    MACE-TNP batched at 5 nodes (goal > 1); the load average and a large-matmul GFLOP/s of
    the same process say how busy the shared machine was.
 
-Writes ``benchmarks/results/inference_speed.json`` and logs it with ``Tracker.log_benchmark``::
+Writes ``benchmarks/results/inference_speed.json`` and logs it with ``Tracker.log_benchmark``;
+the same with the opt-in fused attention kernel (``attention_kernel`` in the JSON says which)::
 
     nice -n 10 .venv/bin/python benchmarks/inference_speed.py
+    CAUSALMETA_FUSED_ATTENTION=1 nice -n 10 .venv/bin/python benchmarks/inference_speed.py \
+        --out benchmarks/results/inference_speed_fused.json
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline_lib.baselines.registry import fit_baseline  # noqa: E402
 from pipeline_lib.evaluation import evaluate_amortized, evaluate_amortized_many, evaluate_answer, make_queries  # noqa: E402
+from pipeline_lib.models import fused_attention  # noqa: E402
 from pipeline_lib.models.registry import get_method  # noqa: E402
 from pipeline_lib.priors import PriorConfig, sample_split_range  # noqa: E402
 from pipeline_lib.taskdata import restrict, task_slice  # noqa: E402
@@ -240,6 +244,7 @@ def main(argv=None) -> dict:
     model, load_seconds, model_cfg = load_model(args)
     result = {"prior": prior3.name, "prior_hash": prior3.content_hash()[:12], "n_obs": prior3.n_obs,
               "threads": args.threads, "model": model_cfg, "load_seconds": load_seconds,
+              "attention_kernel": "fused (opt-in)" if fused_attention.available() else "pytorch",
               "mace_tnp": {"d3": time_mace(model, tasks3), "d5": time_mace(model, tasks5)}}
     result["matmul_gflops"] = matmul_gflops()
     dibs_cfg = None if args.dibs_steps is None else {"steps": args.dibs_steps}

@@ -170,11 +170,33 @@ def test_prepare_many_refuses_bad_queries_and_mixed_models():
         MaceTNPAnswer.prepare_many([answers[0], predict(_model(1), tasks[1])], [None, None])
 
 
+@pytest.fixture
+def fused_kernel(monkeypatch):
+    """The opt-in fused attention switched on for one test (and off again after it)."""
+    from pipeline_lib.models import fused_attention
+
+    monkeypatch.setenv("CAUSALMETA_FUSED_ATTENTION", "1")
+    fused_attention._state.pop("lib", None)
+    yield fused_attention
+    fused_attention._state.pop("lib", None)
+
+
+def test_fused_attention_is_off_unless_asked_for(monkeypatch):
+    from pipeline_lib.models import fused_attention
+
+    monkeypatch.delenv("CAUSALMETA_FUSED_ATTENTION", raising=False)
+    fused_attention._state.pop("lib", None)
+    try:
+        assert not fused_attention.available()
+    finally:
+        fused_attention._state.pop("lib", None)
+
+
 @pytest.mark.parametrize("dh, l_q, l_k", [(8, 200, 301), (8, 5, 4), (16, 3, 3), (4, 17, 70)])
-def test_fused_attention_equals_pytorch_kernel(dh, l_q, l_k):
+def test_fused_attention_equals_pytorch_kernel(dh, l_q, l_k, fused_kernel):
     """The fused CPU kernel against scaled_dot_product_attention: full and tail key vectors,
     the dh = 8 / 16 specialisations and the generic width, masks, one and two threads."""
-    fa = pytest.importorskip("pipeline_lib.models.fused_attention")
+    fa = fused_kernel
     if not fa.available():
         pytest.skip("no C compiler: the fused kernel is unavailable (PyTorch's kernel is used)")
     g = torch.Generator().manual_seed(dh)
@@ -199,11 +221,15 @@ def test_fused_attention_equals_pytorch_kernel(dh, l_q, l_k):
     assert torch.equal(fa.attention(q, k, perturbed, mask, dh ** -0.5), masked)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["pytorch-attention", "fused-attention"])
 @torch.no_grad()
-def test_fast_inference_nlpid_equals_reference_path():
-    """What the benchmark times (column sharing, last layer on interventional rows, the fused
-    kernel where compiled) scores NLPID like the literal forward pass, to 1e-3 of a per-query
-    sum over 200 samples, at 3 and 4 nodes with padded samples and nodes."""
+def test_fast_inference_nlpid_equals_reference_path(fused, request):
+    """What the benchmark times (column sharing, last layer on interventional rows; PyTorch's
+    attention by default, the opt-in fused kernel where compiled) scores NLPID like the literal
+    forward pass, to 1e-3 of a per-query sum over 200 samples, at 3 and 4 nodes with padded
+    samples and nodes."""
+    if fused and not request.getfixturevalue("fused_kernel").available():
+        pytest.skip("no C compiler: the fused kernel is unavailable")
     model = MaceTNP(MaceTNPConfig(d_model=32, n_heads=4, n_layers=2, n_components=5, ff_mult=2))
     torch.manual_seed(0)
     model.eval()
