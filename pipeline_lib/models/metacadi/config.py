@@ -68,7 +68,7 @@ class MetaCaDIConfig(DPDAGOptions):
                                              "KL per edge logit); 0.3 pulled every edge to the prior, 0.01 left "
                                              "too many edges")
     graph_objective: Literal["weighted", "elbo"] = Field(
-        "elbo", description="weight of the graph terms: lambda_G x the mean edge KL (eq. 7), or the negative "
+        "weighted", description="weight of the graph terms: lambda_G x the mean edge KL (eq. 7), or the negative "
                                 "ELBO's own scale (one nat of KL per n_rows x d likelihood terms; lambda_G unused)")
     edge_occam: Literal["none", "bic"] = Field(
         "bic", description="bic: log(n_rows) / 2 nats per edge of each DAG sample, the Laplace / BIC Occam factor of "
