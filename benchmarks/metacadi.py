@@ -313,6 +313,7 @@ def main(argv=None) -> dict:
         "protocol": {"n_systems": args.n_systems, "n_nodes": args.n_nodes, "T": T, "T_test": T_TEST,
                      "n_support": 10, "n_query": 100, "n_test_rows": N_TEST_ROWS, "threads": args.threads,
                      "metacadi": {**METACADI, **args.metacadi}, "baselines": args.budgets,
+                     "metacadi_config": MetaCaDIConfig(**{**METACADI, **args.metacadi}).model_dump(),
                      "maml_systems": args.maml_systems, "imbalance_systems": args.imbalance_systems,
                      "reused_baselines": reuse_record(args.reuse_baselines),
                      "interleave": args.interleave},
