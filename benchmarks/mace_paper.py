@@ -114,19 +114,21 @@ def nlpid_rows(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
     return best, rows
 
 
-def summarise(per_task: dict[str, dict[int, float]]) -> dict:
+def summarise(per_task: dict[str, dict[int, float]], mace: str | None = None) -> dict:
     """Table of the tasks every method finished: mean +- s.e., Welch p vs the best method and vs
-    the empty graph, captured fraction; best baseline / MACE-TNP."""
+    the empty graph, captured fraction; best baseline / MACE-TNP (the row ``mace``, the model of
+    this run, where merged files bring other MACE-TNP rows; else the first MACE-TNP row)."""
     common = sorted(set.intersection(*(set(v) for v in per_task.values())))
     arrays = {m: np.array([v[t] for t in common]) for m, v in per_task.items()}
     methods = [m for m in arrays if m not in REFERENCES]
     best, rows = nlpid_rows(arrays)
     out = {"tasks": common, "n_tasks": len(common), "best": best, "rows": rows}
-    mace = next((m for m in methods if m.startswith(MACE)), None)
+    mace = mace if mace in arrays else next((m for m in methods if m.startswith(MACE)), None)
     baselines = [m for m in methods if not m.startswith(MACE)]
     if mace and baselines:
         out["best_baseline"] = min(baselines, key=lambda m: arrays[m].mean())
         out["best_baseline_over_mace"] = float(arrays[out["best_baseline"]].mean() / arrays[mace].mean())
+        out["mace"] = mace
     return out
 
 
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.skip_mace and not any(m.startswith(MACE) for m in per_task):
         print("baselines done (--skip-mace): run again with --resume and the model for the table")
         return {}
-    summary = summarise(per_task)
+    summary = summarise(per_task, None if args.skip_mace else label)
     summary["not_converged_tasks"] = {m: len(set(d) & set(summary["tasks"])) for m, d in not_converged.items()}
     summary["runtime_s_mean"] = {m: float(np.mean([v[t] for t in summary["tasks"]])) for m, v in runtime.items()}
     save(summary)
