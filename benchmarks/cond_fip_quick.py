@@ -13,9 +13,13 @@ joint training: both losses, stop-gradient into the encoder, AdamW lr 1e-3, beta
 * ``ema``: EMA of the weights (beta 0.99, every 10 steps, the authors' setting, with warm-up);
 * ``lr3e-3``, ``lr3e-4``: learning rate; ``beta95``: the authors' Adam beta2 0.95;
 * ``mse``: pooled MSE loss instead of the per-task RMSE;
-* ``dec4``: 4 decoder blocks instead of 2.
+* ``dec4``: 4 decoder blocks instead of 2;
+* ``linval``: decoder attention values linear in ``x`` (``decoder_values="linear"``);
+  ``linout``: readout without the final LayerNorm (``decoder_readout="linear"``);
+  ``linear``: both (:class:`pipeline_lib.models.cond_fip.layers.AdaLNGraphBlock`).
 
-``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks).
+``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks),
+once per variant of ``--variants`` (model overrides only), each from the same seed.
 
 Results are appended to ``--out`` (one record per variant and seed, with the wall time).
 """
@@ -55,6 +59,9 @@ VARIANTS: dict[str, dict] = {
     "beta95": {"train": {"betas": (0.9, 0.95)}},
     "mse": {"model": {"loss": "mse"}},
     "dec4": {"model": {"dec_layers": 4}},
+    "linval": {"model": {"decoder_values": "linear"}},
+    "linout": {"model": {"decoder_readout": "linear"}},
+    "linear": {"model": {"decoder_values": "linear", "decoder_readout": "linear"}},
 }
 
 
@@ -100,7 +107,7 @@ def run_variant(name: str, prior: PriorConfig, args, tasks: dict) -> dict:
             "metrics": summarise(rows)}
 
 
-def overfit(prior: PriorConfig, args, tasks: dict) -> dict:
+def overfit(prior: PriorConfig, args, tasks: dict, name: str = "base") -> dict:
     """Capacity check: the joint loss on the first ``--overfit-tasks`` test tasks only (fresh
     row splits each step, AdamW lr ``--lr``, no schedule), then the sample RMSE on each of them.
     Separates "the decoder cannot represent these SCMs" from "it has not seen enough tasks"."""
@@ -109,27 +116,41 @@ def overfit(prior: PriorConfig, args, tasks: dict) -> dict:
     k = args.overfit_tasks
     few = {key: v[:k] for key, v in tasks.items()}
     torch.manual_seed(args.seed)
-    model = CondFiP(preset(args.preset))
+    model = CondFiP(preset(args.preset, **VARIANTS[name].get("model", {})))
     fn = make_batch(model.config)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     curve = []
+    t0 = time.perf_counter()
+    recent = []
     for step in range(args.overfit):
         loss, m = model.loss(to_device(fn(few, rng), torch.device("cpu")))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        recent = (recent + [m["mech_rmse"]])[-20:]
         if (step + 1) % 100 == 0:
-            curve.append([step + 1, m["noise_rmse"], m["mech_rmse"]])
-            print("overfit", curve[-1], flush=True)
+            curve.append([step + 1, m["noise_rmse"], m["mech_rmse"], float(np.mean(recent))])
+            print("overfit", name, curve[-1], flush=True)
     model.eval()
     sample = []
     for t in range(k):
         data = restrict(task_slice(few, t))
         ans = predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)})
         sample.append(score_generator(ans, data)["sample"])
-    return {"variant": "overfit", "prior": prior.name, "tasks": k, "steps": args.overfit,
-            "curve_step_noise_mech": curve, "sample_rmse_per_task": sample}
+    return {"variant": "overfit", "model_variant": name, "prior": prior.name, "tasks": k, "steps": args.overfit,
+            "seed": args.seed, "train_seconds": time.perf_counter() - t0,
+            "curve_step_noise_mech_mech20": curve, "sample_rmse_per_task": sample}
+
+
+def _append(out: Path, rec: dict) -> None:
+    """Append ``rec`` to the results file (a list, or a dict with ``records``)."""
+    data = json.loads(out.read_text()) if out.exists() else []
+    if isinstance(data, dict):
+        data["records"].append(rec)
+    else:
+        data.append(rec)
+    out.write_text(json.dumps(data, indent=1))
 
 
 def main(argv=None) -> None:
@@ -152,22 +173,21 @@ def main(argv=None) -> None:
     prior = PriorConfig.from_yaml(REPO / f"configs/priors/{args.prior}.yaml")
     tasks = sample_split_range(prior, "test", 0, args.n_test)
     out = Path(args.out)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     if args.overfit:
-        rec = overfit(prior, args, tasks)
-        records = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps(records + [rec], indent=1))
+        for name in names:
+            _append(out, overfit(prior, args, tasks, name))
         return
-    for name in args.variants.split(","):
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    for name in names:
         rec = run_variant(name, prior, args, tasks)
         m = rec["metrics"]
         print(f"{name}: {rec['train_seconds']:.0f} s, train mech {rec['train_mech_rmse_last20']:.3f}, "
               + ", ".join(f"{k} {m[k]['mean']:.3f}±{m[k]['se']:.3f}" for k in ("noise", "sample", "interventional")),
               flush=True)
-        records = json.loads(out.read_text()) if out.exists() else []
-        records.append(rec)
-        out.write_text(json.dumps(records, indent=1))
+        _append(out, rec)
 
 
 if __name__ == "__main__":

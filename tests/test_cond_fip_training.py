@@ -3,6 +3,8 @@ and the greedy DAG of the predicted-graph benchmark."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,7 +115,9 @@ def test_gaussian_density_option_is_the_normal_of_the_draws():
         ans.interventional_log_density(0, 0.5, 1, x)
 
 
-def test_greedy_dag_keeps_the_most_probable_acyclic_edges():
+def test_greedy_dag_keeps_the_most_probable_acyclic_edges(monkeypatch):
+    # benchmarks/ is a folder of scripts, importable from the repository root only
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.cond_fip_graph import greedy_dag
 
     p = np.array([[0.0, 0.9, 0.2], [0.6, 0.0, 0.8], [0.7, 0.1, 0.0]])

@@ -53,8 +53,11 @@ class GraphAttention(nn.Module):
         # (..., L, D) -> (..., H, L, D/H)
         return t.unflatten(-1, (self.n_heads, self.d_head)).transpose(-2, -3)
 
-    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(x_q)), self._heads(self.k_proj(x_k)), self._heads(self.v_proj(x_k))
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, allowed: torch.Tensor,
+                x_v: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_v``: the tokens the values are read from (default ``x_k``), ``(..., L_k, D)``."""
+        x_v = x_k if x_v is None else x_v
+        q, k, v = self._heads(self.q_proj(x_q)), self._heads(self.k_proj(x_k)), self._heads(self.v_proj(x_v))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (..., H, L_q, L_k)
         scores = scores.masked_fill(~allowed.unsqueeze(-3), float("-inf"))
         null = torch.zeros(scores.shape[:-1] + (1,), dtype=scores.dtype, device=scores.device)
@@ -101,12 +104,22 @@ class AdaLNGraphBlock(nn.Module):
     with that of theirs (``cond_q``; the queries may be a subset of the nodes). With
     ``W_c = 0`` at initialisation every block starts as the identity.
 
+    ``values``: ``"layernorm"`` reads the attention values from the same normalised,
+    modulated keys; ``"linear"`` reads them from the raw tokens, ``v_i = W_V e_i + b_V``.
+    For ``e_i = x_i u_i + p_i`` the LayerNorm saturates in ``x_i`` (``LN(x u + p) -> sign(x)
+    LN(u)`` for large ``|x|``), so with ``"layernorm"`` no block output is linear in the
+    parents' values; with ``"linear"`` it is, whenever the attention weights do not depend on
+    ``x`` (nonlinearity stays available through the keys and the feed-forward).
+
     Shapes: ``q: (..., L_q, D)``, ``e: (..., d, D)``, ``cond_q: (..., L_q, D)``,
     ``cond_k: (..., d, D)``, ``allowed: (..., L_q, d)`` -> ``(..., L_q, D)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4):
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4, values: str = "layernorm"):
         super().__init__()
+        if values not in ("layernorm", "linear"):
+            raise ValueError(f"values must be 'layernorm' or 'linear', got {values!r}")
+        self.values = values
         self.norm_q = nn.LayerNorm(d_model, elementwise_affine=False)
         self.norm_k = nn.LayerNorm(d_model, elementwise_affine=False)
         self.norm_ff = nn.LayerNorm(d_model, elementwise_affine=False)
@@ -122,5 +135,5 @@ class AdaLNGraphBlock(nn.Module):
         shift_k, scale_k = self.modulation(cond_k)[..., : 2 * q.shape[-1]].chunk(2, dim=-1)
         qn = modulate(self.norm_q(q), shift1, scale1)
         kn = modulate(self.norm_k(e), shift_k, scale_k)
-        z = q + gate1 * self.attn(qn, kn, allowed)
+        z = q + gate1 * self.attn(qn, kn, allowed, x_v=e if self.values == "linear" else None)
         return z + gate2 * self.ff(modulate(self.norm_ff(z), shift2, scale2))

@@ -109,6 +109,12 @@ class CondFiPConfig(BaseModel):
     noise_weight: float = Field(1.0, ge=0.0)
     decoder_weight: float = Field(1.0, ge=0.0)
     loss: Literal["rmse", "mse"] = Field("rmse", description="per-task RMSE (paper) or pooled MSE")
+    decoder_values: Literal["layernorm", "linear"] = Field(
+        "layernorm", description="decoder attention values from the normalised keys (the authors') or linear "
+        "in x from the raw tokens (:class:`.layers.AdaLNGraphBlock`)")
+    decoder_readout: Literal["layernorm", "linear"] = Field(
+        "layernorm", description="f_hat_j = w^T LN(q_j) + b (the authors') or w^T q_j + b (linear in the "
+        "query stream)")
 
     @model_validator(mode="after")
     def _check(self) -> "CondFiPConfig":
@@ -203,8 +209,9 @@ class CondFiP(nn.Module):
         self.emb_heads = nn.ModuleList([nn.Linear(dm, dm, bias=False) for _ in range(3)])
         self.emb_head_norms = nn.ModuleList([nn.LayerNorm(dm) for _ in range(3)])
         # --- conditional fixed-point decoder
-        self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff) for _ in range(cfg.dec_layers)])
-        self.dec_norm = nn.LayerNorm(dm)
+        self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff, values=cfg.decoder_values)
+                                         for _ in range(cfg.dec_layers)])
+        self.dec_norm = nn.LayerNorm(dm) if cfg.decoder_readout == "layernorm" else nn.Identity()
         self.dec_out = nn.Linear(dm, 1)
 
     # ----------------------------------------------------------------- encoder
