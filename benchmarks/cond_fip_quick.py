@@ -16,7 +16,18 @@ joint training: both losses, stop-gradient into the encoder, AdamW lr 1e-3, beta
 * ``dec4``: 4 decoder blocks instead of 2;
 * ``linval``: decoder attention values linear in ``x`` (``decoder_values="linear"``);
   ``linout``: readout without the final LayerNorm (``decoder_readout="linear"``);
-  ``linear``: both (:class:`pipeline_lib.models.cond_fip.layers.AdaLNGraphBlock`).
+  ``linear``: both (:class:`pipeline_lib.models.cond_fip.layers.AdaLNGraphBlock`);
+* ``meanpool``: the dataset embedding pools the rows by their mean instead of the max;
+  ``linval-meanpool``: with linear values;
+* ``nodeids`` (diagnostic): a fixed random identity vector per node label added to the
+  encoder's input (are anonymous parents the limiter?);
+* ``nodetach``: the decoder loss also trains the encoder (no stop-gradient);
+* ``wide``: d_model 128 (noise head 256) instead of 64;
+* ``signed``: decoder attention weights are the parents' signed scores, unnormalised (a
+  signed weight per edge); ``signed-linear``: with linear values and readout;
+  ``signed-nodeids``: with the identity tags of ``nodeids``;
+* ``edge``: per-edge dataset features give every decoder edge a score bias and a signed
+  gain (``edge_features``); ``edge-linear``: with linear values and readout.
 
 ``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks),
 once per variant of ``--variants`` (model overrides only), each from the same seed.
@@ -62,6 +73,17 @@ VARIANTS: dict[str, dict] = {
     "linval": {"model": {"decoder_values": "linear"}},
     "linout": {"model": {"decoder_readout": "linear"}},
     "linear": {"model": {"decoder_values": "linear", "decoder_readout": "linear"}},
+    "meanpool": {"model": {"embed_pool": "mean"}},
+    "linval-meanpool": {"model": {"decoder_values": "linear", "embed_pool": "mean"}},
+    "nodeids": {"model": {"node_ids": True}},
+    "nodetach": {"model": {"detach_embedding": False}},
+    "wide": {"model": {"d_model": 128, "head_hidden": 256}},
+    "signed": {"model": {"decoder_weights": "signed"}},
+    "signed-linear": {"model": {"decoder_weights": "signed", "decoder_values": "linear",
+                                "decoder_readout": "linear"}},
+    "signed-nodeids": {"model": {"decoder_weights": "signed", "node_ids": True}},
+    "edge": {"model": {"edge_features": True}},
+    "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear"}},
 }
 
 
@@ -104,6 +126,8 @@ def run_variant(name: str, prior: PriorConfig, args, tasks: dict) -> dict:
             "prior": prior.name, "train_seconds": seconds, "n_test": len(rows),
             "train_noise_rmse_last20": noise_train,
             "train_mech_rmse_last20": float(np.mean([h["mech_rmse"] for h in hist[-20:]])),
+            "train_mech_curve_per50": [float(np.mean([h["mech_rmse"] for h in hist[i:i + 50]]))
+                                       for i in range(0, len(hist), 50)],
             "metrics": summarise(rows)}
 
 

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: decoder settings every structural test runs under: the authors' (LayerNorm values and
-#: readout) and the linear one
-DECODERS = [{}, {"decoder_values": "linear", "decoder_readout": "linear"}]
+#: readout), the linear one, and per-edge features
+DECODERS = [{}, {"decoder_values": "linear", "decoder_readout": "linear"}, {"edge_features": True}]
 
 
 def random_model(seed: int = 0, **overrides) -> CondFiP:

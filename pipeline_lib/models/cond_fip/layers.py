@@ -38,10 +38,13 @@ class GraphAttention(nn.Module):
     (broadcast against the leading axes) -> ``(..., L_q, D)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, weights: str = "softmax"):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if weights not in ("softmax", "signed"):
+            raise ValueError(f"weights must be 'softmax' or 'signed', got {weights!r}")
+        self.weights = weights
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model)
@@ -54,14 +57,25 @@ class GraphAttention(nn.Module):
         return t.unflatten(-1, (self.n_heads, self.d_head)).transpose(-2, -3)
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, allowed: torch.Tensor,
-                x_v: torch.Tensor | None = None) -> torch.Tensor:
-        """``x_v``: the tokens the values are read from (default ``x_k``), ``(..., L_k, D)``."""
+                x_v: torch.Tensor | None = None, edge_bias: torch.Tensor | None = None,
+                edge_gain: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_v``: the tokens the values are read from (default ``x_k``), ``(..., L_k, D)``.
+        ``edge_bias``, ``edge_gain``: ``(..., H, L_q, L_k)``, added to the scores / multiplying
+        the weights of each (query, key) pair and head: ``out_j = sum_i g_rji w_rji v_ri``."""
         x_v = x_k if x_v is None else x_v
         q, k, v = self._heads(self.q_proj(x_q)), self._heads(self.k_proj(x_k)), self._heads(self.v_proj(x_v))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (..., H, L_q, L_k)
-        scores = scores.masked_fill(~allowed.unsqueeze(-3), float("-inf"))
-        null = torch.zeros(scores.shape[:-1] + (1,), dtype=scores.dtype, device=scores.device)
-        weights = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :-1]
+        if edge_bias is not None:
+            scores = scores + edge_bias
+        if self.weights == "signed":
+            # the scores themselves, parents only: a signed, unnormalised weight per edge
+            weights = scores.masked_fill(~allowed.unsqueeze(-3), 0.0)
+        else:
+            scores = scores.masked_fill(~allowed.unsqueeze(-3), float("-inf"))
+            null = torch.zeros(scores.shape[:-1] + (1,), dtype=scores.dtype, device=scores.device)
+            weights = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :-1]
+        if edge_gain is not None:
+            weights = weights * edge_gain
         out = weights @ v  # (..., H, L_q, D/H)
         return self.out_proj(out.transpose(-2, -3).flatten(-2))
 
@@ -115,7 +129,8 @@ class AdaLNGraphBlock(nn.Module):
     ``cond_k: (..., d, D)``, ``allowed: (..., L_q, d)`` -> ``(..., L_q, D)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4, values: str = "layernorm"):
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4, values: str = "layernorm",
+                 weights: str = "softmax", edge_features: bool = False):
         super().__init__()
         if values not in ("layernorm", "linear"):
             raise ValueError(f"values must be 'layernorm' or 'linear', got {values!r}")
@@ -123,17 +138,28 @@ class AdaLNGraphBlock(nn.Module):
         self.norm_q = nn.LayerNorm(d_model, elementwise_affine=False)
         self.norm_k = nn.LayerNorm(d_model, elementwise_affine=False)
         self.norm_ff = nn.LayerNorm(d_model, elementwise_affine=False)
-        self.attn = GraphAttention(d_model, n_heads)
+        self.attn = GraphAttention(d_model, n_heads, weights=weights)
+        if edge_features:
+            self.edge_proj = nn.Linear(d_model, 2 * n_heads)
+            nn.init.zeros_(self.edge_proj.weight)
+            nn.init.zeros_(self.edge_proj.bias)
         self.ff = MLP(d_model, ff_mult * d_model, d_model, n_layers=2)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(self, q: torch.Tensor, e: torch.Tensor, cond_q: torch.Tensor, cond_k: torch.Tensor,
-                allowed: torch.Tensor) -> torch.Tensor:
+                allowed: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        """``edge: (..., L_q, d, D)`` per-edge features (``edge_features`` blocks only): per head,
+        a score bias and a signed gain ``1 + g`` of each edge's attention weight (both zero-initialised)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond_q).chunk(6, dim=-1)
         shift_k, scale_k = self.modulation(cond_k)[..., : 2 * q.shape[-1]].chunk(2, dim=-1)
         qn = modulate(self.norm_q(q), shift1, scale1)
         kn = modulate(self.norm_k(e), shift_k, scale_k)
-        z = q + gate1 * self.attn(qn, kn, allowed, x_v=e if self.values == "linear" else None)
+        bias = gain = None
+        if edge is not None:
+            bias, gain = self.edge_proj(edge).movedim(-1, -3).chunk(2, dim=-3)  # (..., H, L_q, d) each
+            gain = 1.0 + gain
+        z = q + gate1 * self.attn(qn, kn, allowed, x_v=e if self.values == "linear" else None,
+                                  edge_bias=bias, edge_gain=gain)
         return z + gate2 * self.ff(modulate(self.norm_ff(z), shift2, scale2))

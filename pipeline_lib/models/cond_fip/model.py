@@ -109,9 +109,18 @@ class CondFiPConfig(BaseModel):
     noise_weight: float = Field(1.0, ge=0.0)
     decoder_weight: float = Field(1.0, ge=0.0)
     loss: Literal["rmse", "mse"] = Field("rmse", description="per-task RMSE (paper) or pooled MSE")
+    node_ids: bool = Field(False, description="diagnostic: add a fixed random vector per node label to the "
+                           "encoder's input tokens (identity tags; breaks exact relabelling equivariance)")
+    embed_pool: Literal["max", "mean"] = Field("max", description="pooling of the embedding tokens over the "
+                                               "context rows (the authors' max, or the mean)")
     decoder_values: Literal["layernorm", "linear"] = Field(
         "layernorm", description="decoder attention values from the normalised keys (the authors') or linear "
         "in x from the raw tokens (:class:`.layers.AdaLNGraphBlock`)")
+    decoder_weights: Literal["softmax", "signed"] = Field(
+        "softmax", description="decoder attention weights: softmax with a null key (the authors') or the "
+        "signed scores of the parents, unnormalised (a signed weight per edge)")
+    edge_features: bool = Field(False, description="per-edge dataset features G_ij = mean_m (A z_mi) * (B z_mj) "
+                                "of the embedding tokens give each decoder edge a score bias and a signed gain")
     decoder_readout: Literal["layernorm", "linear"] = Field(
         "layernorm", description="f_hat_j = w^T LN(q_j) + b (the authors') or w^T q_j + b (linear in the "
         "query stream)")
@@ -130,14 +139,17 @@ class CondFiPConfig(BaseModel):
 @dataclass(frozen=True)
 class DatasetEmbedding:
     """Per-node dataset embedding: value direction ``u``, node query ``p``, condition ``c``,
-    each ``(B, d, D)``."""
+    each ``(B, d, D)``; with ``edge_features`` also ``edge: (B, d, d, D)`` (``edge[b, j, i]``:
+    the pair child ``j``, parent ``i``)."""
 
     value: torch.Tensor
     query: torch.Tensor
     cond: torch.Tensor
+    edge: torch.Tensor | None = None
 
     def __getitem__(self, idx) -> "DatasetEmbedding":
-        return DatasetEmbedding(self.value[idx], self.query[idx], self.cond[idx])
+        return DatasetEmbedding(self.value[idx], self.query[idx], self.cond[idx],
+                                None if self.edge is None else self.edge[idx])
 
 
 def parent_mask(adjacency: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
@@ -198,6 +210,9 @@ class CondFiP(nn.Module):
         dm, nh, ff = cfg.d_model, cfg.n_heads, cfg.ff_mult
         # --- dataset encoder + noise head
         self.enc_embed = nn.Linear(1, dm)
+        if cfg.node_ids:
+            g = torch.Generator().manual_seed(20240)
+            self.register_buffer("node_id_table", torch.randn(256, dm, generator=g), persistent=False)
         self.enc_layers = nn.ModuleList([AlternatingLayer(dm, nh, ff) for _ in range(cfg.enc_layers)])
         self.enc_norm = nn.LayerNorm(dm)
         self.noise_head = MLP(dm, cfg.head_hidden, 1, n_layers=3)
@@ -209,7 +224,14 @@ class CondFiP(nn.Module):
         self.emb_heads = nn.ModuleList([nn.Linear(dm, dm, bias=False) for _ in range(3)])
         self.emb_head_norms = nn.ModuleList([nn.LayerNorm(dm) for _ in range(3)])
         # --- conditional fixed-point decoder
-        self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff, values=cfg.decoder_values)
+        if cfg.edge_features:
+            self.edge_left = nn.Linear(dm, dm, bias=False)
+            self.edge_right = nn.Linear(dm, dm, bias=False)
+            self.edge_norm = nn.LayerNorm(dm)
+            self.edge_mlp = MLP(dm, dm, dm, n_layers=2)
+        self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff, values=cfg.decoder_values,
+                                                         weights=cfg.decoder_weights,
+                                                         edge_features=cfg.edge_features)
                                          for _ in range(cfg.dec_layers)])
         self.dec_norm = nn.LayerNorm(dm) if cfg.decoder_readout == "layernorm" else nn.Identity()
         self.dec_out = nn.Linear(dm, 1)
@@ -219,6 +241,8 @@ class CondFiP(nn.Module):
         """Encoder tokens ``(B, N, d, D)`` of ``x: (B, N, d)``; rows with ``obs_mask`` False
         are queries only (never keys)."""
         h = self.enc_embed(x[..., None])
+        if self.config.node_ids:
+            h = h + self.node_id_table[: x.shape[-1]]
         for layer in self.enc_layers:
             h = layer(h, obs_mask, allowed)
         return self.enc_norm(h)
@@ -229,16 +253,26 @@ class CondFiP(nn.Module):
 
     # --------------------------------------------------------------- embedding
     def embed(self, h: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor) -> DatasetEmbedding:
-        """Dataset embedding from encoder tokens ``h: (B, N, d, D)`` (masked max over the
-        real samples)."""
+        """Dataset embedding from encoder tokens ``h: (B, N, d, D)`` (masked max, or mean, over
+        the real samples)."""
         z = self.emb_proj(h)
         for layer in self.emb_layers:
             z = layer(z, obs_mask, allowed)
         z = self.emb_norm_tokens(z)
-        z = z.masked_fill(~obs_mask[:, :, None, None], float("-inf")).amax(1)  # (B, d, D)
+        edge = None
+        if self.config.edge_features:
+            w = obs_mask[:, :, None, None].to(z.dtype)
+            left, right = self.edge_left(z) * w, self.edge_right(z)  # (B, N, d, D)
+            g = torch.einsum("bmjd,bmid->bjid", left, right) / w.sum(1)[:, None].clamp_min(1.0)  # (B, d, d, D)
+            edge = self.edge_mlp(self.edge_norm(g))
+        if self.config.embed_pool == "max":
+            z = z.masked_fill(~obs_mask[:, :, None, None], float("-inf")).amax(1)  # (B, d, D)
+        else:
+            w = obs_mask[:, :, None, None].to(z.dtype)
+            z = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
         z = self.emb_norm_pooled(z)
         u, p, c = (norm(head(z)) for head, norm in zip(self.emb_heads, self.emb_head_norms))
-        return DatasetEmbedding(u, p, c)
+        return DatasetEmbedding(u, p, c, edge)
 
     # ----------------------------------------------------------------- decoder
     def mechanism(self, x: torch.Tensor, emb: DatasetEmbedding, allowed: torch.Tensor,
@@ -249,15 +283,18 @@ class CondFiP(nn.Module):
         ``(B, M, k)``, equal to the corresponding columns of the full call.
         """
         e = x[..., None] * emb.value[:, None] + emb.query[:, None]  # (B, M, d, D)
-        query, cond_q, allow = emb.query, emb.cond, allowed
+        query, cond_q, allow, edge = emb.query, emb.cond, allowed, emb.edge
         if nodes is not None:
             idx = nodes[:, :, None].expand(-1, -1, query.shape[-1])
             query, cond_q = query.gather(1, idx), cond_q.gather(1, idx)  # (B, k, D)
             allow = allowed.gather(1, nodes[:, :, None].expand(-1, -1, allowed.shape[-1]))  # (B, k, d)
+            if edge is not None:
+                edge = edge.gather(1, nodes[:, :, None, None].expand(-1, -1, *edge.shape[2:]))  # (B, k, d, D)
         q = query[:, None].expand(e.shape[:2] + query.shape[1:])
         cond_q, cond_k, allow = cond_q[:, None], emb.cond[:, None], allow[:, None]
+        edge = None if edge is None else edge[:, None]
         for block in self.dec_layers:
-            q = block(q, e, cond_q, cond_k, allow)
+            q = block(q, e, cond_q, cond_k, allow, edge=edge)
         return self.dec_out(self.dec_norm(q)).squeeze(-1)
 
     def generate(
