@@ -9,7 +9,10 @@ dataset's own rows is compared with the truth ``f = x - n``:
   fitted per node on the first 64 rows (the context size of ``cpu-small``) and scored on the rest;
 * for nodes with exactly one parent ``i``: the least-squares slope of ``f_hat_j`` on ``x_i``
   against that of ``f_j`` (exact for LIN), their correlation and the ratio
-  ``slope_hat / slope`` (1 = right, 0 = no dependence, < 1 = shrunk towards the prior's mean).
+  ``slope_hat / slope`` (1 = right, 0 = no dependence, < 1 = shrunk towards the prior's mean);
+* for nodes with two parents: the least-squares coefficients of ``f_hat_j`` on both parents
+  against the true ones: their correlation, that of their sum and of their difference (does
+  the decoder tell the two parents apart?), and how linear ``f_hat_j`` is (R^2).
 
 Usage: ``python benchmarks/cond_fip_diagnose.py --state MODEL.pt --prior condfip-lin-10
 [--model '{"decoder_values": "linear"}']``.
@@ -37,7 +40,7 @@ from pipeline_lib.taskdata import restrict, task_slice  # noqa: E402
 def diagnose(model: CondFiP, prior: PriorConfig, n_test: int, n_ctx: int = 64) -> dict:
     tasks = sample_split_range(prior, "test", 0, n_test)
     by_k: dict[int, dict[str, list]] = {}
-    slopes = []
+    slopes, pairs = [], []
     for t in range(len(tasks["x_obs"])):
         data = restrict(task_slice(tasks, t))
         x, n, a = data["x_obs"], data["noise_obs"], data["adjacency"]
@@ -54,12 +57,19 @@ def diagnose(model: CondFiP, prior: PriorConfig, n_test: int, n_ctx: int = 64) -
             beta = np.linalg.lstsq(xc, x[:n_ctx, j], rcond=None)[0]
             pred = np.c_[x[n_ctx:, pa], np.ones(len(x) - n_ctx)] @ beta
             cell["ols"].append(float(np.sqrt(np.mean((pred - f[n_ctx:, j]) ** 2))))
+            if len(pa) == 2:
+                xp = np.c_[x[:, pa], np.ones(len(x))]
+                b_true = np.linalg.lstsq(xp, f[:, j], rcond=None)[0][:2]
+                b_hat = np.linalg.lstsq(xp, f_hat[:, j], rcond=None)[0][:2]
+                r2 = 1 - np.mean((xp @ np.linalg.lstsq(xp, f_hat[:, j], rcond=None)[0] - f_hat[:, j]) ** 2) / f_hat[:, j].var()
+                pairs.append((*b_true, *b_hat, r2))
             if len(pa) == 1:
                 xi = np.c_[x[:, pa[0]], np.ones(len(x))]
                 s_true = np.linalg.lstsq(xi, f[:, j], rcond=None)[0][0]
                 s_hat = np.linalg.lstsq(xi, f_hat[:, j], rcond=None)[0][0]
                 slopes.append((s_true, s_hat))
-    s = np.array(slopes)
+    s, p2 = np.array(slopes), np.array(pairs)
+    mean_true = np.repeat(p2[:, :2].mean(1, keepdims=True), 2, 1).ravel()
     table = {str(k): {"nodes": len(v["model"]), "model_rmse": float(np.mean(v["model"])),
                       "ols64_rmse": float(np.mean(v["ols"]))} for k, v in sorted(by_k.items())}
     return {"prior": prior.name, "n_test": n_test, "by_parent_count": table,
@@ -68,7 +78,14 @@ def diagnose(model: CondFiP, prior: PriorConfig, n_test: int, n_ctx: int = 64) -
                               "mean_abs_hat": float(np.abs(s[:, 1]).mean()),
                               "sign_agreement": float(np.mean(np.sign(s[:, 0]) == np.sign(s[:, 1]))),
                               "ratio_median": float(np.median(s[:, 1] / s[:, 0])),
-                              "slope_rmse": float(np.sqrt(np.mean((s[:, 1] - s[:, 0]) ** 2)))}}
+                              "slope_rmse": float(np.sqrt(np.mean((s[:, 1] - s[:, 0]) ** 2)))},
+            "two_parents": {"nodes": len(p2),
+                            "corr_coef": float(np.corrcoef(p2[:, :2].ravel(), p2[:, 2:4].ravel())[0, 1]),
+                            "corr_with_mean_of_true": float(np.corrcoef(mean_true, p2[:, 2:4].ravel())[0, 1]),
+                            "corr_sum": float(np.corrcoef(p2[:, :2].sum(1), p2[:, 2:4].sum(1))[0, 1]),
+                            "corr_difference": float(np.corrcoef(p2[:, 0] - p2[:, 1], p2[:, 2] - p2[:, 3])[0, 1]),
+                            "coef_rmse": float(np.sqrt(np.mean((p2[:, :2] - p2[:, 2:4]) ** 2))),
+                            "linear_r2_of_f_hat": float(np.mean(p2[:, 4]))}}
 
 
 def main(argv=None) -> None:

@@ -313,6 +313,24 @@ def test_bad_inputs_name_the_field():
         CondFiPConfig(n_embed=10, n_embed_min=20)
 
 
+def test_configs_stored_before_the_decoder_options_load_unchanged():
+    """A model.json written before ``decoder_values`` / ``decoder_readout`` / ``decoder_weights`` /
+    ``edge_features`` / ``embed_pool`` / ``node_ids`` existed lacks them: it must rebuild the
+    same architecture (every default is the old behaviour) and load its state dict strictly."""
+    old = {"d_model": 32, "n_heads": 4, "ff_mult": 2, "enc_layers": 2, "emb_layers": 1, "dec_layers": 2,
+           "head_hidden": 64, "n_embed": 64, "n_embed_min": None, "n_target": 64, "embed_rows": None,
+           "detach_embedding": True, "noise_weight": 1.0, "decoder_weight": 1.0, "loss": "rmse"}
+    cfg = CondFiPConfig.model_validate(old)
+    assert (cfg.decoder_values, cfg.decoder_readout, cfg.decoder_weights) == ("layernorm", "layernorm", "softmax")
+    assert not cfg.edge_features and not cfg.node_ids and cfg.embed_pool == "max"
+    torch.manual_seed(0)
+    state = CondFiP(cfg).state_dict()
+    assert not any(k.startswith("edge") for k in state) and "dec_norm.weight" in state
+    CondFiP(CondFiPConfig.model_validate(old)).load_state_dict(state, strict=True)
+    # the CPU preset uses the per-edge features, the authors' size keeps their per-node embedding
+    assert preset("cpu-small").edge_features and not preset("default").edge_features
+
+
 def test_presets_and_batch_layout():
     assert {"default", "cpu-small"} <= set(PRESETS)
     assert preset("default") == CondFiPConfig()
