@@ -10,7 +10,10 @@
   with ``mu`` and ``log diag D`` from an MLP of the features and one shared unit-lower-
   triangular ``L`` (correlations), fitted by maximum likelihood (Adam, weight decay) on the
   rows of the seen experiments. No graph, no targets: it answers only samples of a
-  perturbation, the setting in which GIM should be at least as accurate.
+  perturbation, the setting in which GIM should be at least as accurate. With ``dose_feature``
+  it gets GIM's dose-response form (:mod:`.model`): the MLP reads the drug features only and
+  ``mu = mu_0 + rho a(g)``, ``log diag D = s_0 + rho b(g)`` with the same hierarchical Hill curve
+  ``rho`` in the log dose (the comparison in which GIM's causal model, not the dose form, differs).
 
 Both read the seen regimes ``0..K - n_test_regimes - 1`` only, like GIM.
 """
@@ -26,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.gim.fit import split_experiments
-from pipeline_lib.models.gim.model import _mlp
+from pipeline_lib.models.gim.model import _mlp, hill_response
 
 __all__ = ["BlackBoxConfig", "BlackBoxGenerator", "bacadi_star_config", "fit_bacadi_star", "fit_blackbox"]
 
@@ -72,13 +75,49 @@ class BlackBoxConfig(BaseModel):
     steps: int = Field(1500, ge=1)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    dose_feature: int | None = Field(None, ge=0, description="the log-dose feature (GIMConfig.dose_feature; "
+                                                             "None: one MLP of all features)")
+    dose_prior_std: float = Field(0.3, gt=0, description="N(0, s^2) prior of a drug's Hill-curve deviations")
     seed: int = Field(0, ge=0)
+
+
+class ConditionalMoments(torch.nn.Module):
+    """Features ``g: (E, p)`` -> mean and log-std ``(E, d)`` of the black box (module docstring)."""
+
+    def __init__(self, p: int, d: int, cfg: BlackBoxConfig):
+        super().__init__()
+        self.d, self.dose = d, cfg.dose_feature
+        if self.dose is not None and not 0 <= self.dose < p:
+            raise GIMInputError(f"dose_feature={self.dose} is not a feature index (p = {p})")
+        n_in, n_out = (p, 2 * d) if self.dose is None else (max(p - 1, 1), 2 * d + 2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = _mlp([n_in, *[cfg.hidden] * cfg.layers, n_out])
+        if self.dose is not None:
+            self.base = torch.nn.Parameter(torch.zeros(2 * d))  # mu_0, s_0
+            self.hill_raw = torch.nn.Parameter(torch.full((1,), math.log(math.e - 1)))
+            self.log_ec50 = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """mean, log-std ``(E, d)`` and the Hill deviations ``(E, 2)`` (None without a dose feature)."""
+        d, dose = self.d, self.dose
+        if dose is None:
+            out = self.net(g)
+            return out[:, :d], out[:, d:], None
+        drug = torch.cat([g[:, :dose], g[:, dose + 1:]], 1)
+        if drug.shape[1] == 0:
+            drug = torch.zeros(g.shape[0], 1, dtype=g.dtype)
+        out = self.net(drug)
+        dev = out[:, -2:]
+        response = hill_response(g[:, dose: dose + 1], self.hill_raw, self.log_ec50, dev)
+        moments = self.base + response * out[:, : 2 * d]
+        return moments[:, :d], moments[:, d:], dev
 
 
 class BlackBoxGenerator:
     """A fitted conditional Gaussian: :meth:`sample_perturbation` for any features (data units)."""
 
-    def __init__(self, net: torch.nn.Module, tril: torch.Tensor, d: int, x_mean, x_std, g_mean, g_std):
+    def __init__(self, net: ConditionalMoments, tril: torch.Tensor, d: int, x_mean, x_std, g_mean, g_std):
         self.net, self.tril, self.n_nodes = net.eval(), tril.detach(), d
         self.x_mean, self.x_std, self.g_mean, self.g_std = x_mean, x_std, g_mean, g_std
 
@@ -86,10 +125,9 @@ class BlackBoxGenerator:
     def _moments(self, gamma) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.as_tensor((np.asarray(gamma, np.float64).reshape(1, -1) - self.g_mean) / self.g_std,
                             dtype=torch.float32)
-        out = self.net(g)[0]
-        d = self.n_nodes
-        scale = torch.diag(torch.exp(out[d:])) @ _unit_tril(self.tril)
-        return out[:d], scale
+        mu, log_s, _ = self.net(g)
+        scale = torch.diag(torch.exp(log_s[0])) @ _unit_tril(self.tril)
+        return mu[0], scale
 
     def predict_mean(self, gamma) -> np.ndarray:
         """``(d,)`` predicted mean of ``x | gamma`` (data units)."""
@@ -117,21 +155,20 @@ def fit_blackbox(data: Mapping[str, np.ndarray], cfg: BlackBoxConfig | None = No
     e, n, d = x_int.shape
     x_mean, x_std = parts["x_obs"].mean(0), np.where(parts["x_obs"].std(0) > 1e-8, parts["x_obs"].std(0), 1.0)
     g_mean, g_std = gamma.mean(0), np.where(gamma.std(0) > 1e-8, gamma.std(0), 1.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        net = _mlp([gamma.shape[1], *[cfg.hidden] * cfg.layers, 2 * d])
+    net = ConditionalMoments(gamma.shape[1], d, cfg)
     tril = torch.nn.Parameter(torch.zeros(d, d))
     x = torch.as_tensor((x_int - x_mean) / x_std, dtype=torch.float32)  # (E, n, d)
     g = torch.as_tensor((gamma - g_mean) / g_std, dtype=torch.float32)
     opt = torch.optim.Adam([*net.parameters(), tril], lr=cfg.lr, weight_decay=cfg.weight_decay)
     for _ in range(cfg.steps):
         opt.zero_grad(set_to_none=True)
-        out = net(g)  # (E, 2d)
-        mu, log_s = out[:, :d], out[:, d:]
+        mu, log_s, dev = net(g)  # (E, d) each
         # z = L^-1 D^-1 (x - mu): whitened residuals; log|Sigma|^(1/2) = sum log D (unit L)
         r = ((x - mu[:, None]) * torch.exp(-log_s)[:, None]).reshape(-1, d)
         z = torch.linalg.solve_triangular(_unit_tril(tril), r.T, upper=False).T
         nll = 0.5 * (z**2).sum() / (e * n) + log_s.sum() / e + 0.5 * d * math.log(2 * math.pi)
+        if dev is not None:  # the Hill deviations' prior, per row like the likelihood
+            nll = nll + (dev**2).sum() / (2 * cfg.dose_prior_std**2) / (e * n)
         nll.backward()
         opt.step()
     return BlackBoxGenerator(net, tril, d, x_mean, x_std, g_mean, g_std)

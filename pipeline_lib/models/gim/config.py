@@ -33,6 +33,15 @@ class GIMConfig(DPDAGOptions):
     phi_layers: int = Field(2, ge=1)
     intervene_scale: bool = Field(True, description="psi includes a log-scale of the intervened noise "
                                                     "(off: shift interventions only)")
+    dose_feature: int | None = Field(
+        None, description="index of the feature that is a log dose (None: phi is one MLP of all features). Set: "
+                          "phi's MLP reads the other features (the drug) only and gives dose-independent target "
+                          "logits, shift and log-scale amplitudes and a Hill response in the log dose, "
+                          "sigmoid(n (log dose - log EC50)), shared by the drugs up to deviations, that multiplies "
+                          "the amplitudes (model.py)")
+    dose_prior_std: float = Field(0.3, gt=0, description="N(0, s^2) prior of a drug's deviation from the shared "
+                                                         "Hill curve (slope before softplus, log EC50; standardized "
+                                                         "log-dose units)")
     target_marginal: Literal["gumbel_mc", "exact"] = Field(
         "gumbel_mc", description="gumbel_mc: the paper's Monte Carlo over relaxed target samples; exact: the "
                                  "per-node Bernoulli mixture summed in closed form")
@@ -70,6 +79,11 @@ class GIMConfig(DPDAGOptions):
     refit_steps: int = Field(0, ge=0, description="after the fit: steps refitting mechanisms, noise and phi on the "
                                                   "fixed MAP DAG; the generator then uses "
                                                   "mechanisms fitted to the DAG it generates with (0: off)")
+    refit_init: Literal["continue", "fresh_phi", "fresh"] = Field(
+        "continue", description="the refit starts from the fit's mechanisms, noise and phi (continue); from a "
+                                "fresh phi and noise scales, the mechanisms kept (fresh_phi); or with the "
+                                "mechanisms drawn afresh too (fresh): what was fitted to the pre-stage DAG, e.g. "
+                                "always-on targets whose scales compensate wrong noise scales, does not carry over")
     prune: Literal["none", "bic", "bic+order"] = Field(
         "none", description="the graph stage after the fit, before the refit (models/gim/prune.py): none; bic: "
                             "drop MAP-DAG edges by per-node BIC backward elimination (shift targets per experiment "

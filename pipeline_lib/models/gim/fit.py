@@ -217,6 +217,10 @@ def train_gim(x_obs: np.ndarray, x_int: np.ndarray, gamma: np.ndarray, cfg: GIMC
     if cfg.refit_steps:
         # mechanisms, noise and phi on the fixed MAP DAG (the same target marginal as the fit)
         adj = model.map_dag()
+        if cfg.refit_init != "continue":
+            model.reinit_except_graph(seed=cfg.seed * 7919 + 2, mechanisms=cfg.refit_init == "fresh")
+        if cfg.refit_init == "fresh_phi":  # fitted mechanisms kept: their residuals give the noise scales
+            model.set_noise_from_observational(xo, adj)
         refit = torch.optim.Adam([p for p in model.parameters() if id(p) not in graph_ids], lr=cfg.lr)
         for _ in range(cfg.refit_steps):
             history.append({**step(refit, adj=adj), "refit": 1.0})

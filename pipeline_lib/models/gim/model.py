@@ -17,6 +17,21 @@ experiment to target logits ``l_e``, shifts ``s_e`` and log-scales ``r_e`` (all 
 so that ``p(x; M, gamma, phi) = sum_I p(I | gamma) p(x; M, I, psi(gamma))`` is defined for
 any ``gamma``, seen or not. The observational experiment has no targets.
 
+Dose response (``dose_feature`` set: ``gamma = [g, u]`` with ``u`` a log dose). ``phi`` reads the
+drug features ``g`` only, and the dose enters through a Hill curve, a sigmoid in the log dose,
+
+    l_e = l(g),   s_e = rho_e a(g),   r_e = rho_e b(g),
+    rho_e = sigmoid(softplus(n0 + dn(g)) (u - c0 - dc(g))),   dn, dc ~ N(0, s_dose^2),
+
+(``c0 + dc``: the log EC50): a drug keeps its targets at every dose, its shift and log-scale
+grow monotonically with the dose and vanish as the dose goes to zero (the intervened mechanism
+then equals the observational one). The curve is shared by all drugs (``n0, c0``) up to
+per-drug deviations under a Gaussian prior (a hierarchical model): a drug seen at one or two
+doses cannot identify its own EC50 apart from its amplitude, so it borrows the shared shape; a
+plain MLP of ``[g, u]`` need not even be monotone in ``u`` there. The compositional drug x dose
+form of CPA-style perturbation models, within GIM's class: phi is still a network from features
+to targets and psi.
+
 Objective: joint MAP of ``(q(A), theta, sigma, phi)`` over all seen experiments ``e`` with
 rows ``D_e``. Per experiment and node the two conditional log likelihoods,
 
@@ -36,6 +51,7 @@ likelihood entries (rows x d) of the minibatch and ``N_D`` those of the whole tr
     loss = -(sum_e log p(D_e) + log p(D_obs | I = 0)) / N
            + [ ||theta||^2 / (2 s_theta^2) + ||phi||^2 / (2 s_phi^2)
                + sum_e (||s_e||^2 / (2 s_s^2) + ||r_e||^2 / (2 s_r^2))       (Gaussian priors)
+               + sum_e (dn_e^2 + dc_e^2) / (2 s_dose^2)                      (with a dose feature)
                + lambda_I sum_ej sigmoid(l_ej)                               (target sparsity)
                + lambda_G KL(q_edges || Bern(p0)) ] / N_D                    (edge sparsity),
 
@@ -86,6 +102,14 @@ def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -
     return -0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * LOG_2PI
 
 
+def hill_response(log_dose: torch.Tensor, hill_raw: torch.Tensor, log_ec50: torch.Tensor, dev: torch.Tensor
+                  ) -> torch.Tensor:
+    """``sigmoid(softplus(n0 + dn) (u - c0 - dc))``: the Hill curve in the log dose ``u: (E, 1)`` with the
+    shared ``n0, c0: (1,)`` and per-experiment deviations ``dev = (dn, dc): (E, 2)``; ``(E, 1)`` in (0, 1)."""
+    hill = nn.functional.softplus(hill_raw + dev[:, :1])
+    return torch.sigmoid(hill * (log_dose - log_ec50 - dev[:, 1:]))
+
+
 class GIMModel(nn.Module):
     """All parameters of GIM on ``d`` nodes and ``p`` features (module docstring)."""
 
@@ -102,12 +126,49 @@ class GIMModel(nn.Module):
         else:
             self.f = NodeMLP(d, [d, *[cfg.hidden] * cfg.layers, 1], gen)
         self.log_sigma = nn.Parameter(torch.zeros(d))
-        n_out = 3 * d if cfg.intervene_scale else 2 * d
+        self.init_phi(seed=cfg.seed)
+
+    @torch.no_grad()
+    def set_noise_from_observational(self, x_obs: torch.Tensor, adj: torch.Tensor) -> None:
+        """``sigma_j`` = the std of ``x_obs_j - f_j(A_j * x_obs)``: the observational rows carry no
+        targets, so they alone pin the noise scales (a start that no intervention scale compensates)."""
+        resid = x_obs - self.mechanisms(x_obs[None], adj)[0]
+        self.log_sigma.copy_(torch.log(resid.std(0).clamp_min(1e-4)))
+
+    @torch.no_grad()
+    def reinit_except_graph(self, seed: int, mechanisms: bool = True) -> None:
+        """Noise scales, phi and (``mechanisms``) the mechanisms drawn afresh, the DAG kept: the
+        refit's ``fresh`` (``fresh_phi``: mechanisms kept) start."""
+        gen = torch.Generator().manual_seed(seed)
+        if not mechanisms:
+            pass
+        elif self.cfg.mechanism == "linear":
+            self.weight.copy_(0.1 * torch.randn(self.d, self.d, generator=gen))
+            self.bias.zero_()
+        else:
+            fresh = NodeMLP(self.d, [self.d, *[self.cfg.hidden] * self.cfg.layers, 1], gen)
+            self.f.load_state_dict(fresh.state_dict())
+        self.log_sigma.zero_()
+        device = self.log_sigma.device
+        self.init_phi(seed=seed)
+        self.to(device)
+
+    def init_phi(self, seed: int) -> None:
+        """A freshly initialised ``phi`` (also used by the refit with ``refit_init="fresh"``)."""
+        cfg, d, p = self.cfg, self.d, self.p
+        dose = cfg.dose_feature
+        if dose is not None and not 0 <= dose < max(p, 1):
+            raise ValueError(f"dose_feature={dose} is not a feature index (p = {p})")
+        n_in = p if dose is None else p - 1
+        n_out = (3 * d if cfg.intervene_scale else 2 * d) + (0 if dose is None else 2)
         with torch.random.fork_rng(devices=[]):  # nn.Linear initialises from the global stream
-            torch.manual_seed(cfg.seed)
-            self.phi = _mlp([max(p, 1), *[cfg.phi_hidden] * cfg.phi_layers, n_out])
+            torch.manual_seed(seed)
+            self.phi = _mlp([max(n_in, 1), *[cfg.phi_hidden] * cfg.phi_layers, n_out])
         with torch.no_grad():
             self.phi[-1].bias[:d].fill_(cfg.target_logit_init)
+        if dose is not None:  # the shared Hill curve: slope n0 = softplus(.) = 1, log EC50 c0 = 0 at the start
+            self.hill_raw = nn.Parameter(torch.full((1,), math.log(math.e - 1)))
+            self.log_ec50 = nn.Parameter(torch.zeros(1))
 
     # ------------------------------------------------------------------ causal model
     def mechanisms(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -122,13 +183,24 @@ class GIMModel(nn.Module):
     # ------------------------------------------------------------------ phi
     def intervention(self, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``gamma: (E, p)`` -> target logits, shifts, log-scales, each ``(E, d)``."""
-        if self.p == 0:
-            gamma = torch.zeros(gamma.shape[0], 1, dtype=gamma.dtype, device=gamma.device)
-        out = self.phi(gamma)
-        d = self.d
+        return self.phi_outputs(gamma)[:3]
+
+    def phi_outputs(self, gamma: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`intervention` plus, with ``dose_feature``, the drugs' deviations ``(dn, dc): (E, 2)``
+        from the shared Hill curve (module docstring; ``None`` without a dose feature)."""
+        d, dose = self.d, self.cfg.dose_feature
+        drug = gamma if dose is None else torch.cat([gamma[:, :dose], gamma[:, dose + 1:]], 1)
+        if drug.shape[1] == 0:
+            drug = torch.zeros(gamma.shape[0], 1, dtype=gamma.dtype, device=gamma.device)
+        out = self.phi(drug)
         logits, shift = out[:, :d], out[:, d: 2 * d]
-        log_scale = out[:, 2 * d:] if self.cfg.intervene_scale else torch.zeros_like(shift)
-        return logits, shift, log_scale
+        log_scale = out[:, 2 * d: 3 * d] if self.cfg.intervene_scale else torch.zeros_like(shift)
+        if dose is None:
+            return logits, shift, log_scale, None
+        dev = out[:, -2:]
+        response = hill_response(gamma[:, dose: dose + 1], self.hill_raw, self.log_ec50, dev)
+        return logits, response * shift, response * log_scale, dev
 
     # ------------------------------------------------------------------ objective
     def node_logliks(self, x: torch.Tensor, f: torch.Tensor, shift: torch.Tensor, log_scale: torch.Tensor
@@ -160,7 +232,7 @@ class GIMModel(nn.Module):
         ``adj: (d, d)`` replaces the DP-DAG samples (the refit on the MAP DAG: no edge term)."""
         cfg = self.cfg
         lam_g = cfg.lambda_G if lambda_G is None else lambda_G
-        logits, shift, log_scale = self.intervention(gamma)
+        logits, shift, log_scale, dose_dev = self.phi_outputs(gamma)
         n_entries = (x_obs.shape[0] + x_int.shape[0] * x_int.shape[1]) * self.d
         # the priors' denominator: the whole data's entries (set by the fit) or the minibatch's
         n_prior = self.n_data_entries if cfg.prior_scale == "data" and self.n_data_entries else n_entries
@@ -185,6 +257,8 @@ class GIMModel(nn.Module):
                  / (2 * cfg.phi_prior_std**2)
                  + (shift**2).sum() / (2 * cfg.shift_prior_std**2)
                  + (log_scale**2).sum() / (2 * cfg.log_scale_prior_std**2))
+        if dose_dev is not None:
+            prior = prior + (dose_dev**2).sum() / (2 * cfg.dose_prior_std**2)
         n_targets = torch.sigmoid(logits).sum()
         kl = self.dag.kl_to_bernoulli(cfg.edge_prior) if adj is None else torch.zeros(())
         total = nll + (prior + cfg.lambda_I * n_targets + lam_g * kl) / n_prior
