@@ -52,7 +52,7 @@ KEYS = ("nlpid", "coverage_50", "coverage_90", "calibration_error")
 
 
 def load_or_train(prior: PriorConfig, args) -> CondFiP:
-    model = CondFiP(preset(args.preset))
+    model = CondFiP(preset(args.preset, **json.loads(args.model)))
     if args.model_path:
         model.load_state_dict(torch.load(args.model_path, map_location="cpu", weights_only=True))
         return model.eval()
@@ -102,6 +102,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prior", default="condfip-lin-10")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--model-path", default=None)
+    ap.add_argument("--model", default="{}", help="JSON overrides of the preset: they must rebuild the architecture "
+                    "of --model-path (a model trained before session 10: '{\"edge_features\": false}')")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)

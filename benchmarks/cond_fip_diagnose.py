@@ -15,7 +15,8 @@ dataset's own rows is compared with the truth ``f = x - n``:
   the decoder tell the two parents apart?), and how linear ``f_hat_j`` is (R^2).
 
 Usage: ``python benchmarks/cond_fip_diagnose.py --state MODEL.pt --prior condfip-lin-10
-[--model '{"decoder_values": "linear"}']``.
+[--model '{"edge_features": false}']`` (the ``--model`` overrides must rebuild the
+architecture the state dict was trained with).
 """
 
 from __future__ import annotations

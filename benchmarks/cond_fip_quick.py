@@ -4,9 +4,11 @@ Each variant meta-trains the ``cpu-small`` model on fresh tasks of a prior (defa
 ``condfip-lin-10``, observational arrays only) for the same number of optimiser steps and
 scores it on the first ``--n-test`` test tasks with :func:`benchmarks.cond_fip.score_generator`
 (noise / sample / interventional / counterfactual RMSE, true graph). Variants (``--variants``,
-comma-separated names of :data:`VARIANTS`) change one thing against ``base`` (the current
-joint training: both losses, stop-gradient into the encoder, AdamW lr 1e-3, betas
-(0.9, 0.999), warm-up 5% + cosine):
+comma-separated names of :data:`VARIANTS`) change one thing against ``base`` (the ``--preset``
+as it is, joint training: both losses, stop-gradient into the encoder, AdamW lr 1e-3, betas
+(0.9, 0.999), warm-up 5% + cosine). ``cpu-small`` has the per-edge features since session 10;
+the records of ``benchmarks/results/cond_fip_quick.json`` and ``cond_fip_quick_s10.json`` were
+run before, when ``base`` had the authors' per-node embedding only (now ``node-embedding``):
 
 * ``two-stage``: the authors' procedure, encoder trained alone for ``--enc-frac`` of the
   steps, then frozen while the decoder trains for the rest (:mod:`pipeline_lib.models.cond_fip.training`);
@@ -27,7 +29,8 @@ joint training: both losses, stop-gradient into the encoder, AdamW lr 1e-3, beta
   signed weight per edge); ``signed-linear``: with linear values and readout;
   ``signed-nodeids``: with the identity tags of ``nodeids``;
 * ``edge``: per-edge dataset features give every decoder edge a score bias and a signed
-  gain (``edge_features``); ``edge-linear``: with linear values and readout.
+  gain (``edge_features``); ``edge-linear``: with linear values and readout;
+  ``node-embedding``: without them (the authors' per-node embedding).
 
 ``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks),
 once per variant of ``--variants`` (model overrides only), each from the same seed.
@@ -83,6 +86,7 @@ VARIANTS: dict[str, dict] = {
                                 "decoder_readout": "linear"}},
     "signed-nodeids": {"model": {"decoder_weights": "signed", "node_ids": True}},
     "edge": {"model": {"edge_features": True}},
+    "node-embedding": {"model": {"edge_features": False}},
     "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear"}},
 }
 

@@ -40,6 +40,22 @@ Architecture (B tasks, N samples, d nodes, D = d_model)
    parents' keys only, so ``f_hat_j`` depends on ``x_pa(j)`` alone and the learned map
    ``F_hat(x, n) = f_hat(x) + n`` inherits the fixed-point property exactly.
 
+Options that depart from the authors' architecture (all off by default, so a stored
+configuration rebuilds the model it was trained as):
+
+* ``edge_features`` (on in the ``cpu-small`` preset): per-edge dataset features from the
+  embedding tokens ``z: (B, N, d, D)`` before the pool,
+  ``G[b, j, i] = MLP(LN(mean_m (A z[b, m, j]) * (B z[b, m, i])))``; each decoder block maps
+  ``G[b, j, i]`` to a score bias and a signed gain ``1 + g`` of the attention weight of the edge
+  ``i -> j`` per head. A per-node embedding must address a child's parents by their keys alone;
+  measured (``benchmarks/cond_fip_diagnose.py``), it fits single-parent nodes like least
+  squares but not the separate coefficients of two or more parents, and more steps, width,
+  identity tags, signed weights or linear values did not change that; the pair features did.
+* ``decoder_values="linear"``: attention values from the raw tokens (linear in ``x``);
+  ``decoder_readout="linear"``: no LayerNorm before the readout; ``decoder_weights="signed"``:
+  the parents' raw scores as weights (:mod:`.layers`).
+* ``embed_pool="mean"``, ``node_ids`` (fixed random tags per node label): diagnostics.
+
 Training (one loss; :func:`cond_fip_loss`)
 ------------------------------------------
 Each task's rows are split in two: context rows ``C`` (embedding + noise loss) and
