@@ -10,7 +10,10 @@ unseen distribution errors with targets drawn per row and with the MAP target se
 gradient zeroed; start with ``order_init: uniform``, else the fit overwrites them), ``"graph"``
 replaces every DAG sample and the MAP DAG by the true adjacency: what GIM reaches once the
 ordering / the graph is right. Appends one JSON line to ``--out``
-(``benchmarks/results/gim_diagnosis.jsonl``). Base config: the preset's GIM settings at one restart.
+(``benchmarks/results/gim_diagnosis.jsonl``). Base config: the ``gim-synthetic`` preset's GIM settings
+for this prior (``benchmarks/gim.py gim_config``) at one restart; each line records the full config
+(``config``). Lines before the fourth pass had a smaller base (n_test_regimes 6, steps 1200, one
+restart, the mechanism; every other field at GIMConfig's default) and no ``config``.
 """
 from __future__ import annotations
 
@@ -66,15 +69,17 @@ def main() -> None:
     from pipeline_lib.models.gim.metrics import score_fit
     from pipeline_lib.priors import PriorConfig, sample_split_range
     from pipeline_lib.taskdata import restrict, task_slice
+    from flows.spec import load_preset
+    from gim import gim_config  # benchmarks/gim.py, beside this script
 
     changes = json.loads(args.changes)
     oracle = changes.pop("oracle", None)
     cfg = PriorConfig.from_yaml(ROOT / "configs" / "priors" / f"{args.prior}.yaml")
     data = restrict(task_slice(sample_split_range(cfg, "test", args.index, args.index + 1), 0))
-    mech = "linear" if cfg.mechanism.kind == "linear" else "mlp"
+    preset = {b.name: dict(b.config) for b in load_preset("gim-synthetic").baselines}
     if oracle == "order":  # the shift-count start would overwrite the fixed scores
         changes["order_init"] = "uniform"
-    gim_cfg = GIMConfig(**{"n_test_regimes": 6, "steps": 1200, "n_restarts": 1, "mechanism": mech, **changes})
+    gim_cfg = GIMConfig(**{**gim_config(preset["gim"], cfg), "n_restarts": 1, **changes})
     if oracle:
         gim_fit.GIMModel = fixed(gim_fit.GIMModel, np.asarray(data["adjacency"]), oracle)
     t0 = time.perf_counter()
@@ -82,6 +87,7 @@ def main() -> None:
     main_fit = [h for h in post.history if "refit" not in h]
     before = post.map_graph_before_prune()
     out = {"tag": args.tag, "prior": args.prior, "index": args.index, "changes": changes, "oracle": oracle,
+           "config": gim_cfg.model_dump(mode="json"),
            "s": round(time.perf_counter() - t0, 1), "map_edges": int(post.map_graph().sum()),
            "true_edges": int(np.asarray(data["adjacency"]).sum()),
            "map_edges_before_prune": None if before is None else int(before.sum()),
