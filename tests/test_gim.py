@@ -232,8 +232,8 @@ def test_fit_reads_no_truth_and_validates_input():
 
 def test_save_load_roundtrip_and_generator(tmp_path):
     data = system(planted(), 0)
-    post = fit_gim(data, GIMConfig(n_test_regimes=N_TEST, steps=30, n_restarts=1, mechanism="mlp"))
-    path = post.save(tmp_path / "gim.pt")
+    post = fit_gim(data, GIMConfig(n_test_regimes=N_TEST, steps=30, n_restarts=1, mechanism="mlp", dose_feature=4))
+    path = post.save(tmp_path / "gim.pt")  # with the dose form's shared Hill parameters
     again = GIMPosterior.load(path)
     gamma = data["perturbation"][-1]
     assert np.allclose(post.predict_perturbation(gamma)["target_probs"], again.predict_perturbation(gamma)["target_probs"])
