@@ -140,8 +140,9 @@ class AdaLNGraphBlock(nn.Module):
         self.norm_ff = nn.LayerNorm(d_model, elementwise_affine=False)
         self.attn = GraphAttention(d_model, n_heads, weights=weights)
         if edge_features:
+            # random weights (not zero): a zero map would pass no gradient back to the edge
+            # features at the start; the block still starts as the identity (its gate is 0)
             self.edge_proj = nn.Linear(d_model, 2 * n_heads)
-            nn.init.zeros_(self.edge_proj.weight)
             nn.init.zeros_(self.edge_proj.bias)
         self.ff = MLP(d_model, ff_mult * d_model, d_model, n_layers=2)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
@@ -151,7 +152,7 @@ class AdaLNGraphBlock(nn.Module):
     def forward(self, q: torch.Tensor, e: torch.Tensor, cond_q: torch.Tensor, cond_k: torch.Tensor,
                 allowed: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
         """``edge: (..., L_q, d, D)`` per-edge features (``edge_features`` blocks only): per head,
-        a score bias and a signed gain ``1 + g`` of each edge's attention weight (both zero-initialised)."""
+        a score bias and a signed gain ``1 + g`` of each edge's attention weight."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond_q).chunk(6, dim=-1)
         shift_k, scale_k = self.modulation(cond_k)[..., : 2 * q.shape[-1]].chunk(2, dim=-1)
         qn = modulate(self.norm_q(q), shift1, scale1)
