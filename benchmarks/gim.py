@@ -150,7 +150,8 @@ METHODS = ("gim", "bacadi-star", "gim-blackbox")
 # 0.118 with the dose form, 0.154 with both changes; README, issue 16)
 GIM_BY_MECHANISM_KIND = {
     "linear": {"mechanism": "linear"},
-    "grn": {"mechanism": "mlp", "prune": "none", "dose_feature": None, "refit_init": "continue", "refit_steps": 300},
+    "grn": {"mechanism": "mlp", "prune": "none", "dose_feature": None, "refit_init": "continue", "refit_steps": 300,
+            "lambda_I": 10.0},
 }
 
 
