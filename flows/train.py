@@ -16,8 +16,9 @@ from flows.runtime import check_root, train_threads
 from flows.spec import load_prior
 from pipeline_lib.models.registry import get_method
 from pipeline_lib.priors import PriorConfig
+from pipeline_lib.training.loop import TrainConfig
 from tasks.artifacts import artifact_key, publish_markdown
-from tasks.train import train_method_task
+from tasks.train import train_method_task, training_recipe
 
 __all__ = ["meta_train", "resolve_prior"]
 
@@ -53,7 +54,8 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
                steps: int = 300, batch_size: int = 16, lr: float = 5e-4, device: str = "auto",
                preset: str | None = None, model: dict[str, Any] | None = None, force: bool = False,
                experiment: str = "meta-train", seed: int = 0, data: str = "store") -> dict:
-    """Meta-train ``method`` on ``prior``; reuse the registered model trained on the same prior hash.
+    """Meta-train ``method`` on ``prior``; reuse the registered model trained on the same prior hash
+    by the same recipe (model config, training config, data source).
 
     ``data``: ``store`` trains on the stored train split (generated first when ``prior`` names
     a config rather than a store), ``stream`` on fresh draws from the prior every step.
@@ -68,29 +70,32 @@ def meta_train(method: str = "mace-tnp", prior: str = "lin-3node", root: str = "
     config, store_path = resolve_prior(prior)
     prior_hash = config.content_hash()
     tracker = Tracker(root, experiment)
-    if not force and (reused := _reuse(tracker, method, config, waited=None)) is not None:
+    train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                     checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
+    recipe = training_recipe(get_method(method).config(preset, **dict(model or {})), TrainConfig(**train_cfg), data)
+    if not force and (reused := _reuse(tracker, method, config, recipe, waited=None)) is not None:
         return reused
     # One training per (method, prior) at a time, across processes and machines (flows/concurrency.py):
     # a second request waits here, then finds the model the first one registered.
     with training_lock(method, prior_hash, logger, root) as waited:
-        if not force and (reused := _reuse(tracker, method, config, waited=waited)) is not None:
+        if not force and (reused := _reuse(tracker, method, config, recipe, waited=waited)) is not None:
             return reused
         if data == "store" and store_path is None:
             from flows.generate import generate_prior
 
             store_path = generate_prior(config, root, 2)
-        train_cfg = dict(steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                         checkpoint_every=max(10, steps // 10), val_every=max(10, steps // 5))
         threads = train_threads()
         with occupy_cores(threads, f"training {method} on {config.name}", logger=logger):
             return train_method_task(method, config.to_json(), store_path, root, experiment, train_cfg, preset,
                                      dict(model or {}), data, threads)
 
 
-def _reuse(tracker, method: str, config: PriorConfig, waited: float | None) -> dict | None:
-    """The reuse answer when a model of ``method`` is registered for the prior's hash, else None."""
+def _reuse(tracker, method: str, config: PriorConfig, recipe: str, waited: float | None) -> dict | None:
+    """The reuse answer when a model of ``method`` trained by ``recipe`` (model config, training
+    config, data source: :func:`tasks.train.training_recipe`) is registered for the prior's
+    hash, else None: another preset, budget or data source trains anew."""
     prior_hash = config.content_hash()
-    version = tracker.registered_model_for_prior(method, prior_hash)
+    version = tracker.registered_model_for_prior(method, prior_hash, recipe)
     if version is None:
         return None
     how = "" if waited is None else f" by the run that held the training lock ({waited:.0f} s waited)"

@@ -371,13 +371,15 @@ class Tracker:
 
     # ------------------------------------------------------------ registry
     def log_and_register_model(self, model, method: str, prior_hash: str, prior_name: str,
-                               config: Any = None) -> int:
+                               config: Any = None, recipe: str | None = None) -> int:
         """Log ``model``'s state dict and typed config to the active run; register a version.
 
         ``config`` (a pydantic model or dict) defaults to ``model.config``; it must validate
         as the registered method's config class, or the version could not be rebuilt. The
         version of ``causalmeta-<method>`` is tagged ``prior_hash``/``prior_name``/``method``/
-        ``run_id``. Tensors are copied to the CPU so the model loads on any machine.
+        ``run_id`` (and ``recipe``, the training recipe's hash, when given: see
+        :meth:`registered_model_for_prior`). Tensors are copied to the CPU so the model loads
+        on any machine.
 
         Returns:
             The registered version number.
@@ -413,7 +415,7 @@ class Tracker:
         except MlflowException:  # exists (or was created concurrently)
             pass
         tags = {"prior_hash": prior_hash, "prior_name": prior_name, "method": method, "run_id": self.run_id,
-                "format": MODEL_FORMAT}
+                "format": MODEL_FORMAT, **({"recipe": recipe} if recipe else {})}
         mv = self.client.create_model_version(name, source=source, run_id=self.run_id,
                                               tags={k: str(v) for k, v in tags.items()})
         if mv.version is None:
@@ -432,15 +434,18 @@ class Tracker:
         versions = [int(v.version) for v in self._versions(method)]
         return max(versions) if versions else None
 
-    def registered_model_for_prior(self, method: str, prior_hash: str) -> int | None:
-        """Newest loadable version of ``causalmeta-<method>`` tagged with ``prior_hash``, or None.
+    def registered_model_for_prior(self, method: str, prior_hash: str, recipe: str | None = None) -> int | None:
+        """Newest loadable version of ``causalmeta-<method>`` tagged with ``prior_hash`` (and, when
+        ``recipe`` is given, trained by that recipe: model config, training config, data source;
+        versions registered without the tag do not match it), or None.
 
         Versions in the pickled format of earlier code do not count (they are kept, but
         :meth:`load_registered_model` refuses them), so a flow that reuses a model trained on
         the prior retrains instead of reusing one it cannot load.
         """
         hits = [int(v.version) for v in self._versions(method)
-                if v.tags.get("prior_hash") == prior_hash and v.tags.get("format") == MODEL_FORMAT]
+                if v.tags.get("prior_hash") == prior_hash and v.tags.get("format") == MODEL_FORMAT
+                and (recipe is None or v.tags.get("recipe") == recipe)]
         return max(hits) if hits else None
 
     def load_registered_model(self, method: str, version: int | str = "latest", map_location: str = "cpu"):

@@ -22,6 +22,15 @@ __all__ = ["train_method_task"]
 DATA_SOURCES = ("store", "stream")
 
 
+def training_recipe(model_cfg, train_cfg: TrainConfig, data: str) -> str:
+    """sha256 of what makes one trained model differ from another on the same prior: the model
+    config, the training config and the data source. Names the checkpoint folder (first 8 hex)
+    and tags the registered version, so a changed preset or budget trains anew instead of
+    reusing the model of another recipe."""
+    return hashlib.sha256(json.dumps([model_cfg.model_dump(), train_cfg.model_dump(), data], sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
 def _batch_source(data: str, prior: PriorConfig, store_path: str | None, make_batch, cfg: TrainConfig):
     if data == "stream":
         return prior_stream(prior, make_batch, cfg.batch_size, cfg.seed)
@@ -105,8 +114,8 @@ def _train(method: str, prior_json: str, store_path: str | None, root: str, expe
 
         val = PriorStore.open(store_path).read("val")
         val_source = PoolSource(val, make_batch, min(cfg.batch_size, len(val["x_obs"])), cfg.seed, shuffle=False)
-    run_key = hashlib.sha256(json.dumps([model_cfg.model_dump(), cfg.model_dump(), data], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:8]
+    recipe = training_recipe(model_cfg, cfg, data)
+    run_key = recipe[:8]
     ckpt_dir = Path(root) / "checkpoints" / f"{method}-{prior.content_hash()[:12]}-{run_key}"
     tracker = Tracker(root, experiment)
     # a checkpoint means a killed run is resumed: it continues that run's MLflow run (storage/tracking.py)
@@ -144,7 +153,8 @@ def _train(method: str, prior_json: str, store_path: str | None, root: str, expe
                           "train": cfg.model_dump()}, "config.json")
         if (ckpt_dir / "last.pt").is_file():
             tracker.log_artifact(ckpt_dir / "last.pt")
-        version = tracker.log_and_register_model(model, method, prior.content_hash(), prior.name, config=model_cfg)
+        version = tracker.log_and_register_model(model, method, prior.content_hash(), prior.name, config=model_cfg,
+                                                 recipe=recipe)
         run_id = tracker.run_id
         if val_source is not None:
             tracker.log_input_example(task_slice(val, 0), spec.answers)

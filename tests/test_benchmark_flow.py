@@ -128,6 +128,15 @@ def test_benchmark_flow_end_to_end(tmp_path):
     assert m["reused"] is True
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
+    # another training recipe on the same prior (one more step) trains anew instead of reusing
+    from flows.train import meta_train
+
+    run = tiny_spec().methods[0]
+    (store_path,) = (root / "priors").glob("*.zarr")
+    other = meta_train(method=run.name, prior=str(store_path), root=str(root), steps=run.steps + 1,
+                       batch_size=run.batch_size, lr=run.lr, preset=run.preset, model=run.model)
+    assert other["reused"] is False and other["version"] != m["version"]
+
 
 def _check_lineage(client, summary, root):
     """MLflow: the parent run has one child per method with the same metric names in each; the

@@ -78,6 +78,16 @@ def test_run_model_registry_round_trip(root, tmp_path):
     listed = tracker.list_registered_models()
     assert [(m["name"], m["version"], m["prior_hash"]) for m in listed] == [("causalmeta-mace-tnp", 1, "abc123")]
 
+    # a training recipe (model config, training config, data source) must match when asked for:
+    # the untagged version 1 serves no recipe, version 2 only its own
+    assert tracker.registered_model_for_prior("mace-tnp", "abc123", recipe="r-small") is None
+    with tracker.start_run(run_name="mace-tnp-lin-2"):
+        v2 = tracker.log_and_register_model(model, "mace-tnp", "abc123", "lin-2node", recipe="r-small")
+    assert v2 == 2
+    assert tracker.registered_model_for_prior("mace-tnp", "abc123", recipe="r-small") == 2
+    assert tracker.registered_model_for_prior("mace-tnp", "abc123", recipe="r-large") is None
+    assert tracker.registered_model_for_prior("mace-tnp", "abc123") == 2
+
     bench_id = tracker.log_benchmark("mace_tnp_smoke", {"nlpid": 1.5, "nested": {"kl": 0.1}, "bad": float("nan")},
                                      artifacts=[ckpt])
     bench = tracker.client.get_run(bench_id)
