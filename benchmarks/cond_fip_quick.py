@@ -29,7 +29,9 @@ run before, when ``base`` had the authors' per-node embedding only (now ``node-e
   signed weight per edge); ``signed-linear``: with linear values and readout;
   ``signed-nodeids``: with the identity tags of ``nodeids``;
 * ``edge``: per-edge dataset features give every decoder edge a score bias and a signed
-  gain (``edge_features``); ``edge-linear``: with linear values and readout;
+  gain (``edge_features``); ``edge-linear``: with linear values and readout; ``edge-parents``:
+  edge features plus a per-child attention over the parents' edge tokens with raw context
+  correlations (``edge_parents``);
   ``node-embedding``: without them (the authors' per-node embedding).
 
 ``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks),
@@ -88,6 +90,7 @@ VARIANTS: dict[str, dict] = {
     "edge": {"model": {"edge_features": True}},
     "node-embedding": {"model": {"edge_features": False}},
     "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear"}},
+    "edge-parents": {"model": {"edge_features": True, "edge_parents": True}},
 }
 
 

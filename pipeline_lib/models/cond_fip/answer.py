@@ -222,7 +222,7 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
         noise_z = model.noise_from_tokens(z, h)[0].double().cpu().numpy()
         n_pool = min(x.shape[0], model.config.embed_rows or model.config.n_embed)
         rows = torch.as_tensor(np.sort(np.random.default_rng(0).permutation(x.shape[0])[:n_pool]), device=dev)
-        emb = model.embed(h[:, rows], obs_mask[:, rows], allowed)
+        emb = model.embed(h[:, rows], obs_mask[:, rows], allowed, z[:, rows])
     finally:
         model.train(was_training)
     return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z)

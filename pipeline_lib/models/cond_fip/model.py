@@ -51,6 +51,14 @@ configuration rebuilds the model it was trained as):
   measured (``benchmarks/cond_fip_diagnose.py``), it fits single-parent nodes like least
   squares but not the separate coefficients of two or more parents, and more steps, width,
   identity tags, signed weights or linear values did not change that; the pair features did.
+* ``edge_parents`` (needs ``edge_features``; off everywhere, experiment of issue 15 s10b):
+  the edge features get the joint second moments of a child's parents. ``C`` is the
+  correlation matrix of the raw context rows (masked, standardised); each edge token
+  ``t[j, i] = G[j, i] + a C[j, i]`` attends (one pre-LN attention + feed-forward block) to the
+  tokens ``t[j, k]`` of the other parents ``k`` of ``j`` (masked by the graph; itself always),
+  with keys and values shifted by the parent-pair term ``W G[i, k] + b C[i, k]``: partial
+  regression coefficients need ``Sigma_PP^-1 Sigma_Pj``, which a per-pair feature cannot carry.
+  Only the dataset embedding changes, so the fixed-point property is untouched.
 * ``decoder_values="linear"``: attention values from the raw tokens (linear in ``x``);
   ``decoder_readout="linear"``: no LayerNorm before the readout; ``decoder_weights="signed"``:
   the parents' raw scores as weights (:mod:`.layers`).
@@ -137,6 +145,8 @@ class CondFiPConfig(BaseModel):
         "signed scores of the parents, unnormalised (a signed weight per edge)")
     edge_features: bool = Field(False, description="per-edge dataset features G_ij = mean_m (A z_mi) * (B z_mj) "
                                 "of the embedding tokens give each decoder edge a score bias and a signed gain")
+    edge_parents: bool = Field(False, description="with edge_features: each edge token attends to the edge "
+                               "tokens of the child's other parents, with raw context correlations C_ji, C_ik")
     decoder_readout: Literal["layernorm", "linear"] = Field(
         "layernorm", description="f_hat_j = w^T LN(q_j) + b (the authors') or w^T q_j + b (linear in the "
         "query stream)")
@@ -147,6 +157,8 @@ class CondFiPConfig(BaseModel):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_embed_min is not None and self.n_embed_min > self.n_embed:
             raise ValueError(f"n_embed_min={self.n_embed_min} exceeds n_embed={self.n_embed}")
+        if self.edge_parents and not self.edge_features:
+            raise ValueError("edge_parents needs edge_features")
         if self.noise_weight == 0 and self.decoder_weight == 0:
             raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
         return self
@@ -205,6 +217,56 @@ class AlternatingLayer(nn.Module):
         return self.nodes(h, allowed[:, None])
 
 
+def _context_corr(x: torch.Tensor, obs_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Correlation matrix ``(B, d, d)`` of the rows of ``x: (B, N, d)`` with ``obs_mask``."""
+    w = obs_mask[:, :, None].to(x.dtype)
+    n = w.sum(1, keepdim=True).clamp_min(1.0)
+    xc = (x - (x * w).sum(1, keepdim=True) / n) * w
+    xs = xc / ((xc.square().sum(1, keepdim=True) / n).sqrt() + eps)
+    return torch.einsum("bmj,bmi->bji", xs, xs) / n.squeeze(-1)[:, :, None]
+
+
+class ParentSetLayer(nn.Module):
+    """Per child ``j``, the edge tokens of ``j``'s parents attend to each other (``edge_parents``).
+
+    ``edge: (B, d, d, D)`` (``[b, j, i]``), ``corr: (B, d, d)``, ``allowed: (B, d, d)`` ->
+    ``(B, d, d, D)``. Token ``t[j, i] = edge[j, i] + a corr[j, i]``; query ``t[j, i]``, keys and
+    values ``t[j, k] + W edge[i, k] + b corr[i, k]`` over ``k in pa(j)`` and ``k = i``."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int = 4):
+        super().__init__()
+        self.h = n_heads
+        self.c_child = nn.Linear(1, d_model)
+        self.c_pair = nn.Linear(1, d_model)
+        self.pair = nn.Linear(d_model, d_model, bias=False)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.kv_pair = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model)
+        self.ff = MLP(d_model, ff_mult * d_model, d_model, n_layers=2)
+
+    def forward(self, edge: torch.Tensor, corr: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, d, _, D = edge.shape
+        H, dh = self.h, D // self.h
+        t = edge + self.c_child(corr[..., None])  # (B, j, i, D)
+        pair = self.pair(edge) + self.c_pair(corr[..., None])  # (B, i, k, D)
+        q, k, v = self.qkv(self.norm1(t)).chunk(3, dim=-1)  # (B, j, i, D) / (B, j, k, D)
+        kp, vp = self.kv_pair(pair).chunk(2, dim=-1)  # (B, i, k, D)
+        k = k[:, :, None] + kp[:, None]  # (B, j, i, k, D)
+        v = v[:, :, None] + vp[:, None]
+        q = q.view(B, d, d, H, dh)
+        k, v = k.view(B, d, d, d, H, dh), v.view(B, d, d, d, H, dh)
+        s = torch.einsum("bjihe,bjikhe->bjihk", q, k) / dh ** 0.5
+        eye = torch.eye(d, dtype=torch.bool, device=edge.device)
+        mask = allowed[:, :, None, :] | eye[None, None]  # (B, j, i, k): k parent of j, or k = i
+        s = s.masked_fill(~mask[:, :, :, None, :], float("-inf"))
+        a = torch.softmax(s, dim=-1)
+        o = torch.einsum("bjihk,bjikhe->bjihe", a, v).reshape(B, d, d, D)
+        t = t + self.out(o)
+        return t + self.ff(self.norm2(t))
+
+
 def _masked_rmse_per_task(err: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``sqrt(sum mask err^2 / sum mask + eps)`` per task: ``err, mask: (B, N, d)`` -> ``(B,)``."""
     w = mask.to(err.dtype)
@@ -245,6 +307,8 @@ class CondFiP(nn.Module):
             self.edge_right = nn.Linear(dm, dm, bias=False)
             self.edge_norm = nn.LayerNorm(dm)
             self.edge_mlp = MLP(dm, dm, dm, n_layers=2)
+        if cfg.edge_parents:
+            self.edge_set = ParentSetLayer(dm, nh, ff)
         self.dec_layers = nn.ModuleList([AdaLNGraphBlock(dm, nh, ff, values=cfg.decoder_values,
                                                          weights=cfg.decoder_weights,
                                                          edge_features=cfg.edge_features)
@@ -268,9 +332,10 @@ class CondFiP(nn.Module):
         return x - self.noise_head(h).squeeze(-1)
 
     # --------------------------------------------------------------- embedding
-    def embed(self, h: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor) -> DatasetEmbedding:
+    def embed(self, h: torch.Tensor, obs_mask: torch.Tensor, allowed: torch.Tensor,
+              x: torch.Tensor | None = None) -> DatasetEmbedding:
         """Dataset embedding from encoder tokens ``h: (B, N, d, D)`` (masked max, or mean, over
-        the real samples)."""
+        the real samples). ``x: (B, N, d)`` the same rows' values (needed by ``edge_parents``)."""
         z = self.emb_proj(h)
         for layer in self.emb_layers:
             z = layer(z, obs_mask, allowed)
@@ -281,6 +346,10 @@ class CondFiP(nn.Module):
             left, right = self.edge_left(z) * w, self.edge_right(z)  # (B, N, d, D)
             g = torch.einsum("bmjd,bmid->bjid", left, right) / w.sum(1)[:, None].clamp_min(1.0)  # (B, d, d, D)
             edge = self.edge_mlp(self.edge_norm(g))
+            if self.config.edge_parents:
+                if x is None:
+                    raise ValueError("edge_parents needs the context rows x in embed()")
+                edge = self.edge_set(edge, _context_corr(x, obs_mask), allowed)
         if self.config.embed_pool == "max":
             z = z.masked_fill(~obs_mask[:, :, None, None], float("-inf")).amax(1)  # (B, d, D)
         else:
@@ -424,7 +493,7 @@ class CondFiP(nn.Module):
         if stage == "encoder":
             return l_n, metrics
         m_tgt = batch["tgt_mask"].bool()[:, :, None] & node_mask[:, None, :]
-        emb = self.embed(h.detach() if cfg.detach_embedding else h, ctx_mask, allowed)
+        emb = self.embed(h.detach() if cfg.detach_embedding else h, ctx_mask, allowed, x_ctx)
         f_hat = self.mechanism(batch["x_tgt"].float(), emb, allowed)
         err_f = f_hat - batch["f_tgt"].float()
         rmse_f = _masked_rmse_per_task(err_f, m_tgt)
