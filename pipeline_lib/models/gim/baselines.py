@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.gim.fit import split_experiments
-from pipeline_lib.models.gim.model import _mlp, hill_response
+from pipeline_lib.models.gim.model import _mlp, check_dose_feature, hill_parameters, hill_response, split_dose
 
 __all__ = ["BlackBoxConfig", "BlackBoxGenerator", "bacadi_star_config", "fit_bacadi_star", "fit_blackbox"]
 
@@ -87,29 +87,25 @@ class ConditionalMoments(torch.nn.Module):
     def __init__(self, p: int, d: int, cfg: BlackBoxConfig):
         super().__init__()
         self.d, self.dose = d, cfg.dose_feature
-        if self.dose is not None and not 0 <= self.dose < p:
-            raise GIMInputError(f"dose_feature={self.dose} is not a feature index (p = {p})")
+        check_dose_feature(self.dose, p)
         n_in, n_out = (p, 2 * d) if self.dose is None else (max(p - 1, 1), 2 * d + 2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.net = _mlp([n_in, *[cfg.hidden] * cfg.layers, n_out])
         if self.dose is not None:
             self.base = torch.nn.Parameter(torch.zeros(2 * d))  # mu_0, s_0
-            self.hill_raw = torch.nn.Parameter(torch.full((1,), math.log(math.e - 1)))
-            self.log_ec50 = torch.nn.Parameter(torch.zeros(1))
+            self.hill_raw, self.log_ec50 = hill_parameters()
 
     def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """mean, log-std ``(E, d)`` and the Hill deviations ``(E, 2)`` (None without a dose feature)."""
-        d, dose = self.d, self.dose
-        if dose is None:
+        d = self.d
+        if self.dose is None:
             out = self.net(g)
             return out[:, :d], out[:, d:], None
-        drug = torch.cat([g[:, :dose], g[:, dose + 1:]], 1)
-        if drug.shape[1] == 0:
-            drug = torch.zeros(g.shape[0], 1, dtype=g.dtype)
+        drug, log_dose = split_dose(g, self.dose)
         out = self.net(drug)
         dev = out[:, -2:]
-        response = hill_response(g[:, dose: dose + 1], self.hill_raw, self.log_ec50, dev)
+        response = hill_response(log_dose, self.hill_raw, self.log_ec50, dev)
         moments = self.base + response * out[:, : 2 * d]
         return moments[:, :d], moments[:, d:], dev
 

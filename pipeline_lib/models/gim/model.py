@@ -94,7 +94,7 @@ import torch
 from torch import nn
 
 from pipeline_lib.models.dpdag import DPDAG
-from pipeline_lib.models.gim.config import GIMConfig
+from pipeline_lib.models.gim.config import GIMConfig, GIMInputError
 from pipeline_lib.models.metacadi.likelihood import NodeMLP, masked_inputs
 from pipeline_lib.models.metacadi.targets import _mlp, sample_targets
 
@@ -106,6 +106,26 @@ LOG_2PI = math.log(2 * math.pi)
 def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """Elementwise ``log N(x; mean, exp(log_std)^2)``."""
     return -0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * LOG_2PI
+
+
+def check_dose_feature(dose: int | None, p: int) -> None:
+    """``dose`` (a feature index or None) must index one of the ``p`` features."""
+    if dose is not None and not 0 <= dose < p:
+        raise GIMInputError(f"dose_feature={dose} is not a feature index (p = {p})")
+
+
+def split_dose(gamma: torch.Tensor, dose: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``gamma: (E, p)`` -> the features phi reads, ``(E, max(p - 1, 1))`` (all but the log dose; a zero
+    column when nothing is left), and the log dose ``(E, 1)`` (None without a dose feature)."""
+    drug = gamma if dose is None else torch.cat([gamma[:, :dose], gamma[:, dose + 1:]], 1)
+    if drug.shape[1] == 0:
+        drug = torch.zeros(gamma.shape[0], 1, dtype=gamma.dtype, device=gamma.device)
+    return drug, None if dose is None else gamma[:, dose: dose + 1]
+
+
+def hill_parameters() -> tuple[nn.Parameter, nn.Parameter]:
+    """The shared Hill curve's slope before the softplus (softplus = 1 at the start) and log EC50 (0)."""
+    return nn.Parameter(torch.full((1,), math.log(math.e - 1))), nn.Parameter(torch.zeros(1))
 
 
 def hill_response(log_dose: torch.Tensor, hill_raw: torch.Tensor, log_ec50: torch.Tensor, dev: torch.Tensor
@@ -161,8 +181,7 @@ class GIMModel(nn.Module):
         """A freshly initialised ``phi`` (also used by the refit with ``refit_init="fresh"``)."""
         cfg, d, p = self.cfg, self.d, self.p
         dose = cfg.dose_feature
-        if dose is not None and not 0 <= dose < max(p, 1):
-            raise ValueError(f"dose_feature={dose} is not a feature index (p = {p})")
+        check_dose_feature(dose, p)
         n_in = p if dose is None else p - 1
         n_out = (3 * d if cfg.intervene_scale else 2 * d) + (0 if dose is None else 2)
         with torch.random.fork_rng(devices=[]):  # nn.Linear initialises from the global stream
@@ -170,9 +189,8 @@ class GIMModel(nn.Module):
             self.phi = _mlp([max(n_in, 1), *[cfg.phi_hidden] * cfg.phi_layers, n_out])
         with torch.no_grad():
             self.phi[-1].bias[:d].fill_(cfg.target_logit_init)
-        if dose is not None:  # the shared Hill curve: slope n0 = softplus(.) = 1, log EC50 c0 = 0 at the start
-            self.hill_raw = nn.Parameter(torch.full((1,), math.log(math.e - 1)))
-            self.log_ec50 = nn.Parameter(torch.zeros(1))
+        if dose is not None:  # the shared Hill curve
+            self.hill_raw, self.log_ec50 = hill_parameters()
 
     # ------------------------------------------------------------------ causal model
     def mechanisms(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -193,17 +211,15 @@ class GIMModel(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`intervention` plus, with ``dose_feature``, the drugs' deviations ``(dn, dc): (E, 2)``
         from the shared Hill curve (module docstring; ``None`` without a dose feature)."""
-        d, dose = self.d, self.cfg.dose_feature
-        drug = gamma if dose is None else torch.cat([gamma[:, :dose], gamma[:, dose + 1:]], 1)
-        if drug.shape[1] == 0:
-            drug = torch.zeros(gamma.shape[0], 1, dtype=gamma.dtype, device=gamma.device)
+        d = self.d
+        drug, log_dose = split_dose(gamma, self.cfg.dose_feature)
         out = self.phi(drug)
         logits, shift = out[:, :d], out[:, d: 2 * d]
         log_scale = out[:, 2 * d: 3 * d] if self.cfg.intervene_scale else torch.zeros_like(shift)
-        if dose is None:
+        if log_dose is None:
             return logits, shift, log_scale, None
         dev = out[:, -2:]
-        response = hill_response(gamma[:, dose: dose + 1], self.hill_raw, self.log_ec50, dev)
+        response = hill_response(log_dose, self.hill_raw, self.log_ec50, dev)
         return logits, response * shift, response * log_scale, dev
 
     # ------------------------------------------------------------------ objective
