@@ -16,7 +16,7 @@ from pipeline_lib.training.checkpoint import LAST
 from pipeline_lib.training.loop import TrainConfig, train
 from tasks.artifacts import Progress, artifact_key, publish_markdown
 
-__all__ = ["train_method_task"]
+__all__ = ["train_method_task", "training_recipe"]
 
 
 DATA_SOURCES = ("store", "stream")

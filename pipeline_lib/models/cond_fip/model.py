@@ -340,11 +340,12 @@ class CondFiP(nn.Module):
         for layer in self.emb_layers:
             z = layer(z, obs_mask, allowed)
         z = self.emb_norm_tokens(z)
+        w = obs_mask[:, :, None, None].to(z.dtype)  # (B, N, 1, 1)
+        n_rows = w.sum(1).clamp_min(1.0)  # (B, 1, 1)
         edge = None
         if self.config.edge_features:
-            w = obs_mask[:, :, None, None].to(z.dtype)
             left, right = self.edge_left(z) * w, self.edge_right(z)  # (B, N, d, D)
-            g = torch.einsum("bmjd,bmid->bjid", left, right) / w.sum(1)[:, None].clamp_min(1.0)  # (B, d, d, D)
+            g = torch.einsum("bmjd,bmid->bjid", left, right) / n_rows[:, None]  # (B, d, d, D)
             edge = self.edge_mlp(self.edge_norm(g))
             if self.config.edge_parents:
                 if x is None:
@@ -353,8 +354,7 @@ class CondFiP(nn.Module):
         if self.config.embed_pool == "max":
             z = z.masked_fill(~obs_mask[:, :, None, None], float("-inf")).amax(1)  # (B, d, D)
         else:
-            w = obs_mask[:, :, None, None].to(z.dtype)
-            z = (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+            z = (z * w).sum(1) / n_rows
         z = self.emb_norm_pooled(z)
         u, p, c = (norm(head(z)) for head, norm in zip(self.emb_heads, self.emb_head_norms))
         return DatasetEmbedding(u, p, c, edge)

@@ -5,11 +5,8 @@ decoder layers, 2 dataset-embedding layers, feed-forward 512, noise head 1024; 2
 context + 200 target rows of n = 400), GPU-sized, with the authors' per-node embedding.
 ``cpu-small`` fits a ~10 minute single-thread meta-training run and adds per-edge dataset
 features (``edge_features``, :class:`.model.CondFiPConfig`): with a per-node embedding alone
-the decoder fits nodes with one parent as well as least squares but cannot tell two or more
-parents apart (mechanism RMSE 0.33-0.43 against 0.01-0.04 for least squares on the same
-rows; ``benchmarks/cond_fip_diagnose.py``), and the edge features cut the sample RMSE at the
-same budget: LIN-10 0.376 -> 0.204 (mean of 4 seeds), RFF-10 0.518 -> 0.352
-(``benchmarks/cond_fip_quick.py``), LIN-20 0.392 -> 0.160 (``benchmarks/cond_fip.py``).
+the decoder cannot tell two or more parents apart (measured in the README's Cond-FiP results,
+``benchmarks/cond_fip_diagnose.py``, ``benchmarks/cond_fip_quick.py``).
 ``tiny`` is for tests.
 """
 
