@@ -32,7 +32,14 @@ run before, when ``base`` had the authors' per-node embedding only (now ``node-e
   gain (``edge_features``); ``edge-linear``: with linear values and readout; ``edge-parents``:
   edge features plus a per-child attention over the parents' edge tokens with raw context
   correlations (``edge_parents``);
-  ``node-embedding``: without them (the authors' per-node embedding).
+  ``node-embedding``: without them (the authors' per-node embedding);
+* ``ridge``: the closed-form ridge readout (``decoder_readout="ridge"``: per dataset and node,
+  ``x_j`` regressed on the decoder's features of the context rows); ``ridge-node``: without
+  the edge features; ``ridge-linval``: with linear attention values; ``ridge-parents``: with
+  ``edge_parents``.
+
+Every variant is also scored with the decoder's abduction (``abduction="decoder"``,
+``n_hat = x - f_hat(x)``; ``metrics_decoder_abduction``), same trained weights.
 
 ``--overfit N``: the capacity check of :func:`overfit` instead (N steps on 4 fixed tasks),
 once per variant of ``--variants`` (model overrides only), each from the same seed.
@@ -91,6 +98,10 @@ VARIANTS: dict[str, dict] = {
     "node-embedding": {"model": {"edge_features": False}},
     "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear"}},
     "edge-parents": {"model": {"edge_features": True, "edge_parents": True}},
+    "ridge": {"model": {"decoder_readout": "ridge"}},
+    "ridge-node": {"model": {"edge_features": False, "decoder_readout": "ridge"}},
+    "ridge-linval": {"model": {"decoder_readout": "ridge", "decoder_values": "linear"}},
+    "ridge-parents": {"model": {"decoder_readout": "ridge", "edge_parents": True}},
 }
 
 
@@ -124,18 +135,22 @@ def run_variant(name: str, prior: PriorConfig, args, tasks: dict) -> dict:
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), Path(args.save_dir) / f"{prior.name}-{name}-{args.steps}-s{args.seed}.pt")
-    rows = []
+    rows, rows_dec = [], []
     for t in range(len(tasks["x_obs"])):
         data = restrict(task_slice(tasks, t))
-        rows.append(score_generator(predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}),
-                                    data))
+        task = {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}
+        model.config = model_cfg
+        rows.append(score_generator(predict(model, task), data))
+        model.config = model_cfg.model_copy(update={"abduction": "decoder"})
+        rows_dec.append(score_generator(predict(model, task), data))
+    model.config = model_cfg
     return {"variant": name, "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
             "prior": prior.name, "train_seconds": seconds, "n_test": len(rows),
             "train_noise_rmse_last20": noise_train,
             "train_mech_rmse_last20": float(np.mean([h["mech_rmse"] for h in hist[-20:]])),
             "train_mech_curve_per50": [float(np.mean([h["mech_rmse"] for h in hist[i:i + 50]]))
                                        for i in range(0, len(hist), 50)],
-            "metrics": summarise(rows)}
+            "metrics": summarise(rows), "metrics_decoder_abduction": summarise(rows_dec)}
 
 
 def overfit(prior: PriorConfig, args, tasks: dict, name: str = "base") -> dict:
@@ -216,7 +231,11 @@ def main(argv=None) -> None:
         rec = run_variant(name, prior, args, tasks)
         m = rec["metrics"]
         print(f"{name}: {rec['train_seconds']:.0f} s, train mech {rec['train_mech_rmse_last20']:.3f}, "
-              + ", ".join(f"{k} {m[k]['mean']:.3f}±{m[k]['se']:.3f}" for k in ("noise", "sample", "interventional")),
+              + ", ".join(f"{k} {m[k]['mean']:.3f}±{m[k]['se']:.3f}" for k in ("noise", "sample", "interventional",
+                                                                                  "counterfactual"))
+              + "; decoder abduction: noise {noise:.3f} counterfactual {cf:.3f}".format(
+                  noise=rec["metrics_decoder_abduction"]["noise"]["mean"],
+                  cf=rec["metrics_decoder_abduction"]["counterfactual"]["mean"]),
               flush=True)
         _append(out, rec)
 

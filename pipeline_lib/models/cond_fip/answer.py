@@ -10,7 +10,10 @@ over the task's real nodes, in the units of the data it was given:
   the model runs in standardised units and every output is mapped back,
   ``x = m + s z``, noise ``n = s n_z``, intervention values ``a_z = (a - m_j) / s_j``;
 * ``predict_noise(x)``: the encoder's ``n_hat`` with the given dataset as context (rows of
-  ``x`` that are not the dataset itself attend to the dataset rows, never to each other);
+  ``x`` that are not the dataset itself attend to the dataset rows, never to each other), or
+  with ``abduction="decoder"`` the additive-noise inverse ``x - f_hat(x)``;
+* with ``decoder_readout="ridge"`` the readout is refitted on *all* rows of the dataset (the
+  embedding still pools ``embed_rows`` of them);
 * ``sample_observational`` / ``sample_do``: fixed-point generation from given noise, or
   from *fresh* noise drawn per node, independently, from the empirical law of the
   abducted noise of the dataset rows (a bootstrap of ``n_hat``; Cond-FiP does not model
@@ -96,6 +99,9 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
         out = []
         for start in range(0, len(z), CHUNK_ROWS):
             q = z[start:start + CHUNK_ROWS]
+            if self.model.config.abduction == "decoder":
+                out.append((q - self.model.mechanism(q[None], self.emb, self.allowed)[0]).double().cpu().numpy())
+                continue
             inp = torch.cat([ctx, q])[None]  # (1, N + c, d)
             keys = torch.zeros(1, inp.shape[1], dtype=torch.bool, device=self._device)
             keys[:, : len(ctx)] = True  # query rows read the dataset, never each other
@@ -223,6 +229,10 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
         n_pool = min(x.shape[0], model.config.embed_rows or model.config.n_embed)
         rows = torch.as_tensor(np.sort(np.random.default_rng(0).permutation(x.shape[0])[:n_pool]), device=dev)
         emb = model.embed(h[:, rows], obs_mask[:, rows], allowed, z[:, rows])
+        if model.config.decoder_readout == "ridge":
+            emb = model.fit_readout(emb, z, obs_mask, allowed)  # the readout is fitted on every row
+        if model.config.abduction == "decoder":
+            noise_z = (z - model.mechanism(z, emb, allowed))[0].double().cpu().numpy()
     finally:
         model.train(was_training)
     return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z)
