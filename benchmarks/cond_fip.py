@@ -166,7 +166,13 @@ def train_cond_fip(prior: PriorConfig, args, root: Path) -> tuple[CondFiP, dict]
 def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...], n_test: int) -> dict:
     tasks = sample_split_range(prior, "test", 0, min(n_test, prior.n_tasks("test")))
     mlp = ANMConfig(kind="mlp", steps=args.mlp_steps)
-    builders = {"cond-fip": lambda data: predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}),
+    def cond_fip(data, abduction=None):
+        return predict(model, {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}, abduction=abduction)
+
+    other = "decoder" if model.config.abduction == "encoder" else "encoder"
+    builders = {"cond-fip": cond_fip,
+                # the same weights with the other abduction: noise, counterfactual and MMD differ
+                f"cond-fip-{other}-abduction": lambda data: cond_fip(data, other),
                 "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
                 "anm-mlp": lambda data: fit_anm(data, mlp)}
     full = [m for m in args.methods.split(",") if m]

@@ -32,11 +32,14 @@ run before, when ``base`` had the authors' per-node embedding only (now ``node-e
   gain (``edge_features``); ``edge-linear``: with linear values and readout; ``edge-parents``:
   edge features plus a per-child attention over the parents' edge tokens with raw context
   correlations (``edge_parents``);
-  ``node-embedding``: without them (the authors' per-node embedding);
+  ``node-embedding``: without them (the authors' per-node embedding; both with the authors'
+  learned readout and the encoder's abduction, i.e. the session 10 / authors' models);
 * ``ridge``: the closed-form ridge readout (``decoder_readout="ridge"``: per dataset and node,
   ``x_j`` regressed on the decoder's features of the context rows); ``ridge-node``: without
   the edge features; ``ridge-linval``: with linear attention values; ``ridge-parents``: with
-  ``edge_parents``.
+  ``edge_features`` and ``edge_parents``; ``ridge-values``: the parents' values as extra ridge
+  features (``ridge_parent_values``). Since session 11 ``base`` (= ``cpu-small``) is the ridge
+  readout without edge features, so ``ridge-node`` = ``base``, ``ridge`` adds the edge features.
 
 Every variant is also scored with the decoder's abduction (``abduction="decoder"``,
 ``n_hat = x - f_hat(x)``; ``metrics_decoder_abduction``), same trained weights.
@@ -94,14 +97,17 @@ VARIANTS: dict[str, dict] = {
     "signed-linear": {"model": {"decoder_weights": "signed", "decoder_values": "linear",
                                 "decoder_readout": "linear"}},
     "signed-nodeids": {"model": {"decoder_weights": "signed", "node_ids": True}},
-    "edge": {"model": {"edge_features": True}},
-    "node-embedding": {"model": {"edge_features": False}},
-    "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear"}},
-    "edge-parents": {"model": {"edge_features": True, "edge_parents": True}},
-    "ridge": {"model": {"decoder_readout": "ridge"}},
+    "edge": {"model": {"edge_features": True, "decoder_readout": "layernorm", "abduction": "encoder"}},
+    "node-embedding": {"model": {"edge_features": False, "decoder_readout": "layernorm", "abduction": "encoder"}},
+    "edge-linear": {"model": {"edge_features": True, "decoder_values": "linear", "decoder_readout": "linear",
+                              "abduction": "encoder"}},
+    "edge-parents": {"model": {"edge_features": True, "edge_parents": True, "decoder_readout": "layernorm",
+                               "abduction": "encoder"}},
+    "ridge": {"model": {"decoder_readout": "ridge", "edge_features": True}},
     "ridge-node": {"model": {"edge_features": False, "decoder_readout": "ridge"}},
     "ridge-linval": {"model": {"decoder_readout": "ridge", "decoder_values": "linear"}},
-    "ridge-parents": {"model": {"decoder_readout": "ridge", "edge_parents": True}},
+    "ridge-parents": {"model": {"decoder_readout": "ridge", "edge_features": True, "edge_parents": True}},
+    "ridge-values": {"model": {"decoder_readout": "ridge", "ridge_parent_values": True}},
 }
 
 
@@ -139,11 +145,8 @@ def run_variant(name: str, prior: PriorConfig, args, tasks: dict) -> dict:
     for t in range(len(tasks["x_obs"])):
         data = restrict(task_slice(tasks, t))
         task = {**data, "node_mask": np.ones(data["x_obs"].shape[1], bool)}
-        model.config = model_cfg
         rows.append(score_generator(predict(model, task), data))
-        model.config = model_cfg.model_copy(update={"abduction": "decoder"})
-        rows_dec.append(score_generator(predict(model, task), data))
-    model.config = model_cfg
+        rows_dec.append(score_generator(predict(model, task, abduction="decoder"), data))
     return {"variant": name, "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
             "prior": prior.name, "train_seconds": seconds, "n_test": len(rows),
             "train_noise_rmse_last20": noise_train,

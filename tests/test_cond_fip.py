@@ -29,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: decoder settings every structural test runs under: the authors' (LayerNorm values and
 #: readout), the linear one, per-edge features, and the closed-form ridge readout
 DECODERS = [{}, {"decoder_values": "linear", "decoder_readout": "linear"}, {"edge_features": True},
-            {"edge_features": True, "edge_parents": True}, {"edge_features": True, "decoder_readout": "ridge"}]
+            {"edge_features": True, "edge_parents": True}, {"edge_features": True, "decoder_readout": "ridge"},
+            {"decoder_readout": "ridge", "ridge_parent_values": True}]
 
 
 def random_model(seed: int = 0, **overrides) -> CondFiP:
@@ -331,8 +332,8 @@ def test_configs_stored_before_the_decoder_options_load_unchanged():
     state = CondFiP(cfg).state_dict()
     assert not any(k.startswith("edge") for k in state) and "dec_norm.weight" in state
     CondFiP(CondFiPConfig.model_validate(old)).load_state_dict(state, strict=True)
-    # the CPU preset uses the per-edge features, the authors' size keeps their per-node embedding
-    assert preset("cpu-small").edge_features and not preset("default").edge_features
+    # the CPU preset uses the ridge readout, the authors' size keeps their learned readout
+    assert preset("cpu-small").decoder_readout == "ridge" and preset("default").decoder_readout == "layernorm"
 
 
 def test_presets_and_batch_layout():

@@ -73,8 +73,9 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
     quantiles_from_draws: bool = True
 
     def __init__(self, model: CondFiP, emb: DatasetEmbedding, allowed: torch.Tensor, x_ctx: np.ndarray,
-                 mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray):
+                 mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray, abduction: str = "encoder"):
         self.model = model
+        self.abduction = abduction
         self.emb = emb  # batch of one task
         self.allowed = allowed  # (1, d, d)
         self.x_ctx = x_ctx  # (N, d) data units, as given
@@ -99,7 +100,7 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
         out = []
         for start in range(0, len(z), CHUNK_ROWS):
             q = z[start:start + CHUNK_ROWS]
-            if self.model.config.abduction == "decoder":
+            if self.abduction == "decoder":
                 out.append((q - self.model.mechanism(q[None], self.emb, self.allowed)[0]).double().cpu().numpy())
                 continue
             inp = torch.cat([ctx, q])[None]  # (1, N + c, d)
@@ -186,7 +187,8 @@ def _graph_for(task: dict, data: dict, adjacency: np.ndarray | None) -> np.ndarr
 
 
 @torch.no_grad()
-def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> CondFiPAnswer:
+def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None,
+            abduction: str | None = None) -> CondFiPAnswer:
     """Cond-FiP's :class:`CondFiPAnswer` for ONE task (task axis dropped, nodes padded).
 
     Args:
@@ -195,6 +197,7 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
             ``adjacency``); :func:`pipeline_lib.taskdata.restrict` drops the padding.
         adjacency: a graph to use instead of the true one, ``(d, d)`` over the real nodes or
             ``(d_max, d_max)``; must be a DAG.
+        abduction: ``"encoder"`` or ``"decoder"`` (module docstring); default the model config's.
 
     All rows are encoded; a fixed random subset of ``config.embed_rows`` (default
     ``n_embed``) of them is pooled into the dataset embedding.
@@ -213,6 +216,9 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
     if not np.isfinite(x).all():
         raise ValueError("x_obs contains NaN/inf on real nodes")
     a = _graph_for(task, data, adjacency)
+    abduction = model.config.abduction if abduction is None else abduction
+    if abduction not in ("encoder", "decoder"):
+        raise ValueError(f"abduction must be 'encoder' or 'decoder', got {abduction!r}")
     mean = x.mean(0)
     std = x.std(0)
     std = np.where(std > 0, std, 1.0)
@@ -231,8 +237,8 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None) -> 
         emb = model.embed(h[:, rows], obs_mask[:, rows], allowed, z[:, rows])
         if model.config.decoder_readout == "ridge":
             emb = model.fit_readout(emb, z, obs_mask, allowed)  # the readout is fitted on every row
-        if model.config.abduction == "decoder":
+        if abduction == "decoder":
             noise_z = (z - model.mechanism(z, emb, allowed))[0].double().cpu().numpy()
     finally:
         model.train(was_training)
-    return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z)
+    return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z, abduction)

@@ -166,6 +166,8 @@ class CondFiPConfig(BaseModel):
         "query stream), or w_j^T LN(q_j) + b_j with (w_j, b_j) the ridge fit of x_j on the features "
         "LN(q_j) of the dataset's rows, in closed form per dataset and node")
     ridge_lambda: float = Field(0.1, gt=0.0, description="ridge readout: initial penalty per row (learned)")
+    ridge_parent_values: bool = Field(False, description="ridge readout: the parents' values x_pa(j) are "
+                                      "features next to the decoder's, so every linear mechanism is in the span")
     abduction: Literal["encoder", "decoder"] = Field(
         "encoder", description="noise abduction at prediction: the encoder's head (the authors') or "
         "n_hat = x - f_hat(x) through the decoder (the additive-noise inverse)")
@@ -178,6 +180,8 @@ class CondFiPConfig(BaseModel):
             raise ValueError(f"n_embed_min={self.n_embed_min} exceeds n_embed={self.n_embed}")
         if self.edge_parents and not self.edge_features:
             raise ValueError("edge_parents needs edge_features")
+        if self.ridge_parent_values and self.decoder_readout != "ridge":
+            raise ValueError("ridge_parent_values needs decoder_readout='ridge'")
         if self.noise_weight == 0 and self.decoder_weight == 0:
             raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
         return self
@@ -437,7 +441,8 @@ class CondFiP(nn.Module):
 
     def _features(self, x: torch.Tensor, emb: DatasetEmbedding, allowed: torch.Tensor,
                   nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's output stream before the readout, ``(B, M, d or k, D)``."""
+        """The decoder's output stream before the readout, ``(B, M, d or k, D)``; with
+        ``ridge_parent_values`` the parents' values are appended (``D + d`` features)."""
         e = x[..., None] * emb.value[:, None] + emb.query[:, None]  # (B, M, d, D)
         query, cond_q, allow, edge = emb.query, emb.cond, allowed, emb.edge
         if nodes is not None:
@@ -451,7 +456,11 @@ class CondFiP(nn.Module):
         edge = None if edge is None else edge[:, None]
         for block in self.dec_layers:
             q = block(q, e, cond_q, cond_k, allow, edge=edge)
-        return self.dec_norm(q)
+        phi = self.dec_norm(q)
+        if self.config.ridge_parent_values:
+            # the parents' own values (others 0) next to the learned features: (B, M, k, D + d)
+            phi = torch.cat([phi, x[:, :, None, :] * allow.to(x.dtype)], dim=-1)
+        return phi
 
     def generate(
         self,

@@ -3,10 +3,13 @@
 ``default`` is the authors' d = 20 setting (d_model 256, 8 heads, 4 encoder and 4
 decoder layers, 2 dataset-embedding layers, feed-forward 512, noise head 1024; 200
 context + 200 target rows of n = 400), GPU-sized, with the authors' per-node embedding.
-``cpu-small`` fits a ~10 minute single-thread meta-training run and adds per-edge dataset
-features (``edge_features``, :class:`.model.CondFiPConfig`): with a per-node embedding alone
-the decoder cannot tell two or more parents apart (measured in the README's Cond-FiP results,
-``benchmarks/cond_fip_diagnose.py``, ``benchmarks/cond_fip_quick.py``).
+``cpu-small`` fits a ~10 minute single-thread meta-training run and replaces the learned
+readout by the closed-form ridge readout fitted per dataset (``decoder_readout="ridge"``), with
+the decoder's additive-noise abduction (``abduction="decoder"``; :class:`.model.CondFiPConfig`):
+with the authors' readout the decoder could not tell two or more parents apart (per-node
+embedding, session 10), and the per-edge features of session 10 (``edge_features``) add
+nothing on top of the ridge readout (measured in the README's Cond-FiP results,
+``benchmarks/cond_fip_quick.py``, ``benchmarks/cond_fip_diagnose.py``).
 ``tiny`` is for tests.
 """
 
@@ -18,7 +21,8 @@ PRESETS: dict[str, dict] = {
     "default": dict(d_model=256, n_heads=8, ff_mult=2, enc_layers=4, emb_layers=2, dec_layers=4,
                     head_hidden=1024, n_embed=200, n_target=200),
     "cpu-small": dict(d_model=64, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
-                      head_hidden=128, n_embed=64, n_embed_min=32, n_target=64, edge_features=True),
+                      head_hidden=128, n_embed=64, n_embed_min=32, n_target=64, decoder_readout="ridge",
+                      abduction="decoder"),
     "tiny": dict(d_model=32, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
                  head_hidden=64, n_embed=64, n_target=64),
 }
