@@ -498,7 +498,8 @@ def test_ridge_readout_is_the_closed_form_fit_of_each_node_on_its_features():
 
 def test_decoder_abduction_inverts_the_fixed_point_and_ridge_residuals_are_centred():
     """With ``abduction="decoder"`` the noise is ``x - f_hat(x)``: regenerating the dataset's
-    rows from it gives them back (any readout). With the ridge readout (fitted on all rows,
+    rows from it gives them back (any readout), so the density's reconstruction variance is
+    measured with the encoder's noise instead. With the ridge readout (fitted on all rows,
     with an intercept) those residuals have mean exactly 0 per node, which the fixed readout's
     do not."""
     rng = np.random.default_rng(0)
@@ -515,4 +516,6 @@ def test_decoder_abduction_inverts_the_fixed_point_and_ridge_residuals_are_centr
         noise = ans.predict_noise(task["x_obs"])
         np.testing.assert_allclose(ans.sample_observational(n, noise=noise), task["x_obs"], atol=1e-4)
         means[readout] = np.abs(noise.mean(0))
+        # the calibrated density's reconstruction variance uses the encoder's noise: not 0
+        assert ans.reconstruction_variance()[2] > 1e-3
     assert means["ridge"].max() < 1e-4 and means["layernorm"].max() > 1e-2

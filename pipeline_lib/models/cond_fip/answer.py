@@ -27,7 +27,9 @@ The interventional density (:class:`pipeline_lib.posterior.SampledInterventional
 
     q(x_i | do(X_j = a)) = N(x_i; mean(y), var(y) + e_i),   e_i = mean_m (x_gen_i^m - x_i^m)^2,
 
-``x_gen`` the dataset rows regenerated from their own abducted noise. ``density = "kde"``,
+``x_gen`` the dataset rows regenerated from the noise the *encoder* abducts from them (with
+``abduction="decoder"`` the decoder's own noise would regenerate them exactly: ``e_i = 0``; the
+encoder's noise measures how far the two parts of the model disagree on this dataset). ``density = "kde"``,
 ``calibrated = False`` gives the earlier **Gaussian kernel density estimate**::
 
     q(x_i | do(X_j = a)) = (1/S) sum_s N(x_i; y_s, h^2),   y_s = X_i of sample s ~ do(X_j = a),
@@ -73,7 +75,8 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
     quantiles_from_draws: bool = True
 
     def __init__(self, model: CondFiP, emb: DatasetEmbedding, allowed: torch.Tensor, x_ctx: np.ndarray,
-                 mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray, abduction: str = "encoder"):
+                 mean: np.ndarray, std: np.ndarray, noise_ctx_z: np.ndarray, abduction: str = "encoder",
+                 noise_enc_z: np.ndarray | None = None):
         self.model = model
         self.abduction = abduction
         self.emb = emb  # batch of one task
@@ -81,6 +84,8 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
         self.x_ctx = x_ctx  # (N, d) data units, as given
         self.mean, self.std = mean, std  # (d,)
         self.noise_ctx_z = noise_ctx_z  # (N, d) abducted noise of the dataset rows, standardised
+        # the encoder's noise of the same rows (the reconstruction variance; = noise_ctx_z by default)
+        self.noise_enc_z = noise_ctx_z if noise_enc_z is None else noise_enc_z
         self.n_nodes = int(x_ctx.shape[1])
         self._device = next(model.parameters()).device
 
@@ -140,10 +145,10 @@ class CondFiPAnswer(SampledInterventional, SCMGenerator):
 
     def reconstruction_variance(self) -> np.ndarray:
         """``(d,)`` per-node mean squared error (data units) of the dataset rows regenerated from
-        their own abducted noise, ``mean_m (x_gen^m - x^m)^2``: the model's error on *this*
+        the encoder's noise of them, ``mean_m (x_gen^m - x^m)^2``: the model's error on *this*
         dataset, measured without the truth (cached)."""
         if "_recon_var" not in self.__dict__:
-            x_rec = self._generate(self.noise_ctx_z, {})
+            x_rec = self._generate(self.noise_enc_z, {})
             self._recon_var = ((x_rec - self.x_ctx) ** 2).mean(0)
         return self._recon_var
 
@@ -231,7 +236,7 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None,
     model.eval()
     try:
         h = model.encode(z, obs_mask, allowed)
-        noise_z = model.noise_from_tokens(z, h)[0].double().cpu().numpy()
+        noise_z = noise_enc = model.noise_from_tokens(z, h)[0].double().cpu().numpy()
         n_pool = min(x.shape[0], model.config.embed_rows or model.config.n_embed)
         rows = torch.as_tensor(np.sort(np.random.default_rng(0).permutation(x.shape[0])[:n_pool]), device=dev)
         emb = model.embed(h[:, rows], obs_mask[:, rows], allowed, z[:, rows])
@@ -241,4 +246,4 @@ def predict(model: CondFiP, task: dict, adjacency: np.ndarray | None = None,
             noise_z = (z - model.mechanism(z, emb, allowed))[0].double().cpu().numpy()
     finally:
         model.train(was_training)
-    return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z, abduction)
+    return CondFiPAnswer(model, emb, allowed, x, mean, std, noise_z, abduction, noise_enc)
