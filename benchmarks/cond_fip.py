@@ -238,7 +238,8 @@ def run_family(args) -> None:
         if prev and prev["prior"]["hash"] == prior.content_hash() and prev["n_tasks"] == part[split]["n_tasks"]:
             # the per-dataset baselines on identical data (same tasks, deterministic fits): kept, not refitted
             for m, cells in prev["metrics"].items():
-                if m not in part[split]["metrics"]:
+                # per-dataset fits only: an earlier file's cond-fip rows are another model's
+                if m not in part[split]["metrics"] and not m.startswith("cond-fip"):
                     part[split]["metrics"][m] = cells
                     part[split].setdefault("reused", {})[m] = str(args.reuse_baselines)
         path.write_text(json.dumps(part, indent=1))  # each finished split is kept
@@ -307,8 +308,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ema", action="store_true", help="no EMA of the weights")
     ap.add_argument("--methods", default="cond-fip,anm-linear,anm-mlp", help="methods scored on the full data")
     ap.add_argument("--reuse-baselines", default=None,
-                    help="an earlier cond_fip.json: its rows of methods not in --methods are kept (same prior hash "
-                         "and task count)")
+                    help="an earlier cond_fip.json: its rows of per-dataset methods not in --methods are kept "
+                         "(same prior hash and task count)")
     ap.add_argument("--load-model", default=None, help="evaluate this saved state dict instead of training "
                     "(--steps/--procedure/--train-seconds then only describe how it was trained)")
     ap.add_argument("--train-seconds", type=float, default=None, help="with --load-model: its recorded training time")
