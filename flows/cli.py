@@ -87,6 +87,13 @@ def predict(method: str = typer.Argument("mace-tnp", help="a registered amortize
                                                                 "data's units), with --outcome"),
             outcome: Optional[str] = typer.Option(None, help="outcome variable Y of --do: its predicted density "
                                                              "is plotted against its observational marginal"),
+            samples: int = typer.Option(1000, min=0, help="with --do, for SCM generators (cond-fip, anm-*, "
+                                                          "oracle): rows of do-samples written to a CSV (0: none)"),
+            counterfactual: Optional[int] = typer.Option(None, help="with --do, for SCM generators: the "
+                                                                    "counterfactual of observational row ROW (its "
+                                                                    "noise abducted, then --do), printed and "
+                                                                    "written to a CSV"),
+            seed: int = typer.Option(0, help="seed of the --samples draws"),
             out: Optional[Path] = typer.Option(None, help="folder of the heat map and plot (default "
                                                           "<root>/reports/predict-<data>-<method>)"),
             root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
@@ -96,7 +103,8 @@ def predict(method: str = typer.Argument("mace-tnp", help="a registered amortize
     on the task. One table per capability: graph, targets, interventional predictions,
     generated samples. On imported data: node names everywhere, an edge heat map (PNG +
     HTML) for graph answers, and with --do X=a --outcome Y the predicted density of Y
-    (in the data's units) plotted against Y's observational marginal.
+    (in the data's units) plotted against Y's observational marginal. With --do and an SCM
+    generator: --samples rows under do(X=a) and the --counterfactual of a stored row, as CSVs.
     """
     _quiet_env()
     from pipeline_lib.baselines.registry import BaselineConfigError, baseline_names, check_config
@@ -171,8 +179,65 @@ def predict(method: str = typer.Argument("mace-tnp", help="a registered amortize
         paths = edge_heatmap(answer.edge_probs(), names, folder, "edges", f"{label} on {ds.name}: P(edge | D)",
                              note=f"NOT CONVERGED: {note}" if note else None)
         con.print(f"edge heat map: {paths['png']} and {paths['html']}")
-    if do is not None or outcome is not None:
+    if outcome is not None or (do is not None and "generator" not in capabilities(answer)):
         _plot_do(con, answer, t, ds, names, do, outcome, folder, label)
+    if do is not None and "generator" in capabilities(answer):
+        _write_do_samples(con, answer, t, ds, names, do, samples, counterfactual, seed, folder, label)
+    elif counterfactual is not None:
+        _fail(f"--counterfactual needs --do and an SCM generator; {label} answers "
+              f"{', '.join(sorted(capabilities(answer))) or 'nothing'}")
+
+
+def _parse_do(do: str, names: list[str]) -> tuple[int, float]:
+    """``--do X=a`` -> (index of X in ``names``, a), or a clear error."""
+    var, sep, value = do.partition("=")
+    try:
+        a_user = float(value)
+    except ValueError:
+        a_user = float("nan")
+    if not sep or not np.isfinite(a_user):
+        _fail(f"--do expects X=a with a finite number a, got {do!r}")
+    if var.strip() not in names:
+        _fail(f"variable {var.strip()!r} is not in the data ({', '.join(names)})")
+    return names.index(var.strip()), a_user
+
+
+def _write_do_samples(con, answer, t: dict, ds, names, do: str, n: int, row: int | None, seed: int,
+                      folder: Path, label: str) -> None:
+    """``--do X=a`` with an SCM generator: ``n`` samples under do(X=a) and the counterfactual of
+    stored observational row ``row``, in the data's units, as CSVs (header: the node names)."""
+    from rich.table import Table
+
+    x_obs = np.asarray(t["x_obs"], dtype=np.float64)[:, np.asarray(t["node_mask"], bool)]
+    names = names or [f"X{v}" for v in range(x_obs.shape[1])]
+    j, a_user = _parse_do(do, names)
+    mean = np.zeros(len(names)) if ds is None else np.asarray(ds.obs_mean, dtype=np.float64)
+    std = np.ones(len(names)) if ds is None else np.asarray(ds.obs_std, dtype=np.float64)
+    do_z = {j: (a_user - mean[j]) / std[j]}
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"do-{names[j]}={a_user:g}"
+    if n:
+        x = mean + std * answer.sample_do(do_z, n, np.random.default_rng(seed))
+        path = folder / f"{tag}-samples.csv"
+        np.savetxt(path, x, delimiter=",", header=",".join(names), comments="", fmt="%.6g")
+        con.print(f"{n} samples under do({names[j]}={a_user:g}) ({label}): {path}")
+    if row is None:
+        return
+    if not 0 <= row < len(x_obs):
+        _fail(f"--counterfactual {row}: the observational rows are 0..{len(x_obs) - 1}")
+    cf = mean + std * answer.counterfactual(x_obs[row:row + 1], do_z)[0]
+    fact = mean + std * x_obs[row]
+    path = folder / f"{tag}-counterfactual-row{row}.csv"
+    np.savetxt(path, np.stack([fact, cf]), delimiter=",", header=",".join(names), comments="", fmt="%.6g")
+    tab = Table(title=f"Row {row} and its counterfactual under do({names[j]}={a_user:g})")
+    for col in ("node", "factual", "counterfactual", "change"):
+        tab.add_column(col, justify="left" if col == "node" else "right")
+    for v, name in enumerate(names):
+        change = cf[v] - fact[v]
+        tab.add_row(name, f"{fact[v]:.4g}", f"{cf[v]:.4g}",
+                    f"{change:+.3g}" if abs(change) > 1e-5 * max(1.0, abs(fact[v])) else "0")
+    con.print(tab)
+    con.print(f"counterfactual (row 1 factual, row 2 counterfactual): {path}")
 
 
 def _check_node_range(root: str, methods: list[tuple[str, str]], baselines: list[str], d: int) -> None:
@@ -194,18 +259,11 @@ def _plot_do(con, answer, t: dict, ds, names, do: str | None, outcome: str | Non
         _fail("--do and --outcome go together: --do X=a --outcome Y")
     if "interventional" not in capabilities(answer):
         _fail(f"{label} answers {', '.join(sorted(capabilities(answer)))}: no interventional density for --do")
-    var, sep, value = do.partition("=")
     names = names or [f"X{v}" for v in range(np.asarray(t["x_obs"]).shape[1])]
-    try:
-        a_user = float(value)
-    except ValueError:
-        a_user = float("nan")
-    if not sep or not np.isfinite(a_user):
-        _fail(f"--do expects X=a with a finite number a, got {do!r}")
-    for name in (var.strip(), outcome):
-        if name not in names:
-            _fail(f"variable {name!r} is not in the data ({', '.join(names)})")
-    j, i = names.index(var.strip()), names.index(outcome)
+    j, a_user = _parse_do(do, names)
+    if outcome not in names:
+        _fail(f"variable {outcome!r} is not in the data ({', '.join(names)})")
+    i = names.index(outcome)
     if i == j:
         _fail("--outcome is the intervened variable: its law under --do is a point mass")
     mean = np.zeros(len(names)) if ds is None else ds.obs_mean
