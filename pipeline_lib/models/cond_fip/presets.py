@@ -5,7 +5,8 @@ decoder layers, 2 dataset-embedding layers, feed-forward 512, noise head 1024; 2
 context + 200 target rows of n = 400), GPU-sized, with the authors' per-node embedding.
 ``cpu-small`` fits a ~10 minute single-thread meta-training run and replaces the learned
 readout by the closed-form ridge readout fitted per dataset (``decoder_readout="ridge"``), with
-the decoder's additive-noise abduction (``abduction="decoder"``; :class:`.model.CondFiPConfig`):
+the parents' own values among the ridge features (``ridge_parent_values``) and the decoder's
+additive-noise abduction (``abduction="decoder"``; :class:`.model.CondFiPConfig`):
 with the authors' readout the decoder could not tell two or more parents apart (per-node
 embedding, session 10), and the per-edge features of session 10 (``edge_features``) add
 nothing on top of the ridge readout (measured in the README's Cond-FiP results,
@@ -22,7 +23,7 @@ PRESETS: dict[str, dict] = {
                     head_hidden=1024, n_embed=200, n_target=200),
     "cpu-small": dict(d_model=64, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
                       head_hidden=128, n_embed=64, n_embed_min=32, n_target=64, decoder_readout="ridge",
-                      abduction="decoder"),
+                      ridge_parent_values=True, abduction="decoder"),
     "tiny": dict(d_model=32, n_heads=4, ff_mult=2, enc_layers=2, emb_layers=1, dec_layers=2,
                  head_hidden=64, n_embed=64, n_target=64),
 }
