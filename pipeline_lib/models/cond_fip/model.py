@@ -69,10 +69,13 @@ configuration rebuilds the model it was trained as):
   learned vector shared by every dataset; with it, the coefficients of a child's parents have
   to come from the embedding, and they did not (multi-parent nodes, above). ``phi_j`` and the
   per-dataset weights depend on ``x_pa(j)`` only, so the fixed-point property holds exactly.
+  ``ridge_parent_values``: the parents' own values ``x_pa(j)`` (others 0) are appended to
+  ``phi_j``, so every linear mechanism is in the span (``ridge_values_scale``: a learned scale of
+  that block, i.e. its own penalty).
 * ``abduction="decoder"`` (prediction only): the noise of a row is ``x - f_hat(x)``, the
   additive-noise inverse of the learned mechanisms, instead of the encoder's head; then
-  regenerating a dataset row from its own noise gives the row back, and the calibrated
-  density's reconstruction variance (:mod:`.answer`) is 0.
+  regenerating a dataset row from its own noise gives the row back, so the calibrated
+  density's reconstruction variance (:mod:`.answer`) uses the encoder's noise.
 * ``decoder_values="linear"``: attention values from the raw tokens (linear in ``x``);
   ``decoder_readout="linear"``: no LayerNorm before the readout; ``decoder_weights="signed"``:
   the parents' raw scores as weights (:mod:`.layers`).
@@ -168,6 +171,8 @@ class CondFiPConfig(BaseModel):
     ridge_lambda: float = Field(0.1, gt=0.0, description="ridge readout: initial penalty per row (learned)")
     ridge_parent_values: bool = Field(False, description="ridge readout: the parents' values x_pa(j) are "
                                       "features next to the decoder's, so every linear mechanism is in the span")
+    ridge_values_scale: bool = Field(False, description="with ridge_parent_values: a learned scale of the parents' "
+                                     "values block (= its own ridge penalty, apart from the learned features')")
     abduction: Literal["encoder", "decoder"] = Field(
         "encoder", description="noise abduction at prediction: the encoder's head (the authors') or "
         "n_hat = x - f_hat(x) through the decoder (the additive-noise inverse)")
@@ -182,6 +187,8 @@ class CondFiPConfig(BaseModel):
             raise ValueError("edge_parents needs edge_features")
         if self.ridge_parent_values and self.decoder_readout != "ridge":
             raise ValueError("ridge_parent_values needs decoder_readout='ridge'")
+        if self.ridge_values_scale and not self.ridge_parent_values:
+            raise ValueError("ridge_values_scale needs ridge_parent_values")
         if self.noise_weight == 0 and self.decoder_weight == 0:
             raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
         return self
@@ -341,6 +348,8 @@ class CondFiP(nn.Module):
         self.dec_norm = nn.LayerNorm(dm) if cfg.decoder_readout != "linear" else nn.Identity()
         if cfg.decoder_readout == "ridge":
             self.ridge_log_lambda = nn.Parameter(torch.tensor(float(cfg.ridge_lambda)).log())
+            if cfg.ridge_values_scale:
+                self.ridge_log_values_scale = nn.Parameter(torch.zeros(()))
         else:
             self.dec_out = nn.Linear(dm, 1)
 
@@ -396,7 +405,8 @@ class CondFiP(nn.Module):
                     allowed: torch.Tensor) -> DatasetEmbedding:
         """Ridge readout (``decoder_readout="ridge"``): per task ``b`` and node ``j``, the
         closed-form fit of ``x[b, m, j]`` on the decoder features ``phi_j(x[b, m]) = LN(q^L_j)``
-        over the rows with ``obs_mask``, centred, with penalty ``lambda * n_rows``::
+        (and the parents' values with ``ridge_parent_values``) over the rows with ``obs_mask``,
+        centred, with penalty ``lambda * n_rows``::
 
             w_j = (Phi_c^T Phi_c + lambda n I)^-1 Phi_c^T y_c,   b_j = mean(y) - mean(Phi) w_j.
 
@@ -409,8 +419,8 @@ class CondFiP(nn.Module):
         n = w_row.sum(1).clamp_min(1.0)  # (B,)
         phi_mean = torch.einsum("bm,bmjd->bjd", w_row, phi) / n[:, None, None]
         y_mean = torch.einsum("bm,bmj->bj", w_row, x) / n[:, None]
-        # in float64: the features of a node with few parents are nearly collinear, and the
-        # float32 normal equations lost ~2% of the weights (tested against numpy)
+        # the normal equations in float64: the features of a node with few parents are nearly
+        # collinear, so the Gram matrix is ill-conditioned (cheap: B d systems of size D)
         phi_c = ((phi - phi_mean[:, None]) * w_row[:, :, None, None]).double()
         y_c = ((x - y_mean[:, None]) * w_row[:, :, None]).double()
         gram = torch.einsum("bmjd,bmje->bjde", phi_c, phi_c)  # (B, d, D, D)
@@ -459,7 +469,10 @@ class CondFiP(nn.Module):
         phi = self.dec_norm(q)
         if self.config.ridge_parent_values:
             # the parents' own values (others 0) next to the learned features: (B, M, k, D + d)
-            phi = torch.cat([phi, x[:, :, None, :] * allow.to(x.dtype)], dim=-1)
+            values = x[:, :, None, :] * allow.to(x.dtype)
+            if self.config.ridge_values_scale:
+                values = values * self.ridge_log_values_scale.exp()
+            phi = torch.cat([phi, values], dim=-1)
         return phi
 
     def generate(
