@@ -38,9 +38,7 @@ run before, when ``base`` had the authors' per-node embedding only (now ``node-e
   ``x_j`` regressed on the decoder's features of the context rows); ``ridge-node``: without
   the edge features; ``ridge-linval``: with linear attention values; ``ridge-parents``: with
   ``edge_features`` and ``edge_parents``; ``ridge-values``: the parents' values as extra ridge
-  features (``ridge_parent_values``); ``ridge-values-scale``: with a learned scale of that block
-  (``ridge_values_scale``, its own penalty); ``ridge-select``: the learned features' weight chosen
-  per dataset and node by leave-one-out error (``ridge_select``). Since session 11 ``base`` (= ``cpu-small``) is the ridge
+  features (``ridge_parent_values``). Since session 11 ``base`` (= ``cpu-small``) is the ridge
   readout without edge features, so ``ridge-node`` = ``base``, ``ridge`` adds the edge features.
 
 Every variant is also scored with the decoder's abduction (``abduction="decoder"``,
@@ -110,9 +108,6 @@ VARIANTS: dict[str, dict] = {
     "ridge-linval": {"model": {"decoder_readout": "ridge", "decoder_values": "linear"}},
     "ridge-parents": {"model": {"decoder_readout": "ridge", "edge_features": True, "edge_parents": True}},
     "ridge-values": {"model": {"decoder_readout": "ridge", "ridge_parent_values": True}},
-    "ridge-values-scale": {"model": {"decoder_readout": "ridge", "ridge_parent_values": True,
-                                     "ridge_values_scale": True}},
-    "ridge-select": {"model": {"decoder_readout": "ridge", "ridge_parent_values": True, "ridge_select": True}},
 }
 
 

@@ -70,8 +70,9 @@ configuration rebuilds the model it was trained as):
   to come from the embedding, and they did not (multi-parent nodes, above). ``phi_j`` and the
   per-dataset weights depend on ``x_pa(j)`` only, so the fixed-point property holds exactly.
   ``ridge_parent_values``: the parents' own values ``x_pa(j)`` (others 0) are appended to
-  ``phi_j``, so every linear mechanism is in the span (``ridge_values_scale``: a learned scale of
-  that block, i.e. its own penalty).
+  ``phi_j``, so every linear mechanism is in the span. Measured and dropped (session 11): a
+  learned scale of that block (its own penalty) and a per-dataset choice of the learned
+  features' weight by leave-one-out error (README, Cond-FiP session 11).
 * ``abduction="decoder"`` (prediction only): the noise of a row is ``x - f_hat(x)``, the
   additive-noise inverse of the learned mechanisms, instead of the encoder's head; then
   regenerating a dataset row from its own noise gives the row back, so the calibrated
@@ -171,11 +172,6 @@ class CondFiPConfig(BaseModel):
     ridge_lambda: float = Field(0.1, gt=0.0, description="ridge readout: initial penalty per row (learned)")
     ridge_parent_values: bool = Field(False, description="ridge readout: the parents' values x_pa(j) are "
                                       "features next to the decoder's, so every linear mechanism is in the span")
-    ridge_values_scale: bool = Field(False, description="with ridge_parent_values: a learned scale of the parents' "
-                                     "values block (= its own ridge penalty, apart from the learned features')")
-    ridge_select: bool = Field(False, description="with ridge_parent_values: per dataset and node, the weight of "
-                               "the learned features (0: least squares on the parents alone, 1/4, 1) chosen by the "
-                               "exact leave-one-out error of the ridge fit")
     abduction: Literal["encoder", "decoder"] = Field(
         "encoder", description="noise abduction at prediction: the encoder's head (the authors') or "
         "n_hat = x - f_hat(x) through the decoder (the additive-noise inverse)")
@@ -190,8 +186,6 @@ class CondFiPConfig(BaseModel):
             raise ValueError("edge_parents needs edge_features")
         if self.ridge_parent_values and self.decoder_readout != "ridge":
             raise ValueError("ridge_parent_values needs decoder_readout='ridge'")
-        if (self.ridge_values_scale or self.ridge_select) and not self.ridge_parent_values:
-            raise ValueError("ridge_values_scale and ridge_select need ridge_parent_values")
         if self.noise_weight == 0 and self.decoder_weight == 0:
             raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
         return self
@@ -351,8 +345,6 @@ class CondFiP(nn.Module):
         self.dec_norm = nn.LayerNorm(dm) if cfg.decoder_readout != "linear" else nn.Identity()
         if cfg.decoder_readout == "ridge":
             self.ridge_log_lambda = nn.Parameter(torch.tensor(float(cfg.ridge_lambda)).log())
-            if cfg.ridge_values_scale:
-                self.ridge_log_values_scale = nn.Parameter(torch.zeros(()))
         else:
             self.dec_out = nn.Linear(dm, 1)
 
@@ -427,11 +419,7 @@ class CondFiP(nn.Module):
         phi_c = ((phi - phi_mean[:, None]) * w_row[:, :, None, None]).double()
         y_c = ((x - y_mean[:, None]) * w_row[:, :, None]).double()
         lam = self.ridge_log_lambda.double().exp() * n.double()[:, None, None, None]
-        if not self.config.ridge_select:
-            w = self._ridge(phi_c, y_c, lam)
-        else:
-            w = self._ridge_selected(phi_c, y_c, lam, w_row.double(), n.double(), phi.shape[-1] - x.shape[-1])
-        w = w.to(phi.dtype)  # (B, d, F)
+        w = self._ridge(phi_c, y_c, lam).to(phi.dtype)  # (B, d, F)
         b = y_mean - (phi_mean * w).sum(-1)
         return DatasetEmbedding(emb.value, emb.query, emb.cond, emb.edge, w, b)
 
@@ -443,37 +431,6 @@ class CondFiP(nn.Module):
         rhs = torch.einsum("bmjd,bmj->bjd", phi_c, y_c)
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         return torch.linalg.solve(gram + lam * eye, rhs[..., None]).squeeze(-1)
-
-    #: ``ridge_select``: candidate weights of the learned features (0: the parents' values alone)
-    RIDGE_SCALES = (0.0, 0.25, 1.0)
-
-    def _ridge_selected(self, phi_c: torch.Tensor, y_c: torch.Tensor, lam: torch.Tensor, w_row: torch.Tensor,
-                        n: torch.Tensor, n_learned: int) -> torch.Tensor:
-        """``ridge_select``: the ridge fit with the learned block (the first ``n_learned`` features)
-        scaled by each of :data:`RIDGE_SCALES`, keeping per task and node the one with the smallest
-        exact leave-one-out error ``sum_m (r_m / (1 - h_mm))^2`` (``h`` the hat matrix of the centred
-        fit plus ``1/n`` for the intercept). Returns the weights of the *unscaled* features."""
-        best_w, best_loo = None, None
-        for c in self.RIDGE_SCALES:
-            scale = torch.ones(phi_c.shape[-1], dtype=phi_c.dtype, device=phi_c.device)
-            scale[:n_learned] = c
-            ps = phi_c * scale
-            gram = torch.einsum("bmjd,bmje->bjde", ps, ps)
-            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            rhs = torch.cat([torch.einsum("bmjd,bmj->bjd", ps, y_c)[..., None], ps.permute(0, 2, 3, 1)], -1)
-            sol = torch.linalg.solve(gram + lam * eye, rhs)  # (B, d, F, 1 + N)
-            w = sol[..., 0]
-            hat = torch.einsum("bmjf,bjfm->bmj", ps, sol[..., 1:]) + 1.0 / n[:, None, None]
-            resid = (y_c - torch.einsum("bmjf,bjf->bmj", ps, w)) * w_row[:, :, None]
-            loo = (resid / (1.0 - hat).clamp_min(1e-6)).square().sum(1)  # (B, d)
-            w = w * scale
-            if best_w is None:
-                best_w, best_loo = w, loo
-            else:
-                better = loo < best_loo
-                best_w = torch.where(better[..., None], w, best_w)
-                best_loo = torch.where(better, loo, best_loo)
-        return best_w
 
     # ----------------------------------------------------------------- decoder
     def mechanism(self, x: torch.Tensor, emb: DatasetEmbedding, allowed: torch.Tensor,
@@ -513,10 +470,7 @@ class CondFiP(nn.Module):
         phi = self.dec_norm(q)
         if self.config.ridge_parent_values:
             # the parents' own values (others 0) next to the learned features: (B, M, k, D + d)
-            values = x[:, :, None, :] * allow.to(x.dtype)
-            if self.config.ridge_values_scale:
-                values = values * self.ridge_log_values_scale.exp()
-            phi = torch.cat([phi, values], dim=-1)
+            phi = torch.cat([phi, x[:, :, None, :] * allow.to(x.dtype)], dim=-1)
         return phi
 
     def generate(
