@@ -7,7 +7,8 @@ Per family (``lin``, ``rff``) one run (``--family``; the two can run in parallel
    ``configs/priors/condfip-<family>-20.yaml`` (observational arrays only: the training
    copy of the prior drops the regimes and counterfactuals, which leaves ``x_obs`` and
    ``noise_obs`` of every task unchanged and sampling ~10x cheaper);
-2. score Cond-FiP, ANM-linear and ANM-MLP (``pipeline_lib.baselines.anm``, true graph) on
+2. score Cond-FiP, ANM-linear and ANM-MLP (``pipeline_lib.baselines.anm``, true graph; and
+   DoWhy's gcm, ``--methods ...,dowhy-gcm``, where the optional package is installed) on
    the test split of the in-distribution prior and of ``condfip-<family>-20-ood``, and, on
    the in-distribution tasks, in a data-scarce regime (first n = 50 / 100 rows).
 
@@ -45,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline_lib.baselines.anm import ANMConfig, fit_anm  # noqa: E402
+from pipeline_lib.baselines.dowhy_gcm import fit_gcm  # noqa: E402
 from pipeline_lib.metrics.distributions import mmd_rbf  # noqa: E402
 from pipeline_lib.metrics.stats import mean_se  # noqa: E402
 from pipeline_lib.models.cond_fip import CondFiP, cond_fip_loss, make_batch, predict, preset  # noqa: E402
@@ -174,12 +176,15 @@ def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...], 
                 # the same weights with the other abduction: noise, counterfactual and MMD differ
                 f"cond-fip-{other}-abduction": lambda data: cond_fip(data, other),
                 "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
-                "anm-mlp": lambda data: fit_anm(data, mlp)}
+                "anm-mlp": lambda data: fit_anm(data, mlp),
+                # optional package, scored only when named in --methods (see pipeline_lib/baselines/dowhy_gcm.py)
+                "dowhy-gcm": lambda data: fit_gcm(data)}
     full = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(full) - set(builders))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(builders)}")
-    methods = builders  # every method is scored in the data-scarce regime; --methods on the full data
+    # every method is scored in the data-scarce regime (dowhy-gcm only when named); --methods on the full data
+    methods = {m: b for m, b in builders.items() if m != "dowhy-gcm" or m in full}
     rows = {m: [] for m in full} | {"truth": []}
     scarce_rows = {n: {m: [] for m in methods} for n in scarce}
     seconds = {m: 0.0 for m in methods}

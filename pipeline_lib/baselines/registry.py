@@ -23,6 +23,7 @@ receives only those:
 | gim           | x_obs, x_int, perturbation            | GIM per system: seen experiments + features, targets UNKNOWN; last regimes unseen |
 | bacadi-star   | x_obs, x_int                          | BaCaDI* of the GIM paper: seen experiments as regimes, no features |
 | gim-blackbox  | x_obs, x_int, perturbation            | conditional Gaussian features -> samples (no causal model) |
+| dowhy-gcm     | x_obs, adjacency                      | DoWhy gcm (optional package): mechanisms auto-assigned per node given the TRUE graph |
 
 ``empty-graph`` is not a causal discovery method but the reference every method must clear:
 the BGe posterior predictive when the graph is fixed to the empty DAG, so that
@@ -274,6 +275,12 @@ def _anm(data: dict, cfg):
     return fit_anm(data, cfg)
 
 
+def _gcm(data: dict, cfg):
+    from pipeline_lib.baselines.dowhy_gcm import fit_gcm
+
+    return fit_gcm(data, cfg)
+
+
 def _metacadi(data: dict, cfg):
     from pipeline_lib.models.metacadi import fit_metacadi
 
@@ -306,6 +313,7 @@ def _gim_blackbox(data: dict, cfg):
 
 def _register_builtin() -> None:
     from pipeline_lib.baselines.anm import ANMConfig
+    from pipeline_lib.baselines.dowhy_gcm import GCMConfig
     from pipeline_lib.models.gim import GIMConfig
     from pipeline_lib.models.gim.baselines import BlackBoxConfig, bacadi_star_config
     from pipeline_lib.models.metacadi import MetaCaDIConfig
@@ -351,6 +359,9 @@ def _register_builtin() -> None:
         BaselineSpec("gim-blackbox", BlackBoxConfig, _gim_blackbox, ("x_obs", "x_int", "perturbation"),
                      "black-box conditional Gaussian features -> samples (GIM comparison; no graph, no targets)",
                      reference=True),
+        BaselineSpec("dowhy-gcm", GCMConfig, _gcm, ("x_obs", "adjacency"),
+                     "DoWhy gcm (optional install): invertible SCM, mechanisms auto-assigned per node given the "
+                     "TRUE graph (Cond-FiP reference)"),
     ):
         register_baseline(spec)
 
