@@ -68,7 +68,9 @@ class ANMGenerator(SampledInterventional, SCMGenerator):
     """A fitted additive-noise SCM on a known DAG (module docstring).
 
     ``mech(x) -> f(x)``: ``(n, d) -> (n, d)``, entry ``v`` a function of ``x_pa(v)``;
-    ``residuals: (N, d)`` of the fitting rows (the bootstrap pool of fresh noise).
+    ``residuals: (N, d)`` of the fitting rows (the bootstrap pool of fresh noise). A fit whose
+    mechanisms are not additive overrides :meth:`predict_noise` and :meth:`_ancestral`
+    (:class:`pipeline_lib.baselines.dowhy_gcm.GCMGenerator`); the noise and sampling stay these.
     """
 
     def __init__(self, adjacency: np.ndarray, mech, residuals: np.ndarray, kind: str):
@@ -191,18 +193,13 @@ def _fit_mlp(x: np.ndarray, adj: np.ndarray, cfg: ANMConfig):
     return mech
 
 
-def fit_anm(data: dict, config: ANMConfig | Mapping | None = None) -> ANMGenerator:
-    """Fit the ANM of the module docstring to one dataset.
-
-    Args:
-        data: :func:`pipeline_lib.taskdata.restrict` of one task: ``x_obs (N, d)`` and
-            ``adjacency (d, d)`` (the true DAG, or any DAG the caller supplies).
-        config: :class:`ANMConfig` or a dict of its fields.
-    """
-    cfg = config if isinstance(config, ANMConfig) else ANMConfig(**(config or {}))
+def check_scm_data(data: dict, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, adj)`` of a dataset fitted as an SCM on a given DAG: ``x_obs (N >= 2, d)`` finite
+    (float64) and ``adjacency (d, d)`` acyclic (uint8, ``A[i, j] = 1`` iff ``i -> j``); errors
+    name the field (``who``: the method, for a missing field)."""
     for key in ("x_obs", "adjacency"):
         if key not in data:
-            raise ValueError(f"ANM data is missing field {key!r}")
+            raise ValueError(f"{who} data is missing field {key!r}")
     x = np.asarray(data["x_obs"], dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"x_obs must be (N >= 2, d), got {x.shape}")
@@ -215,5 +212,18 @@ def fit_anm(data: dict, config: ANMConfig | Mapping | None = None) -> ANMGenerat
     adj = (adj != 0).astype(np.uint8)
     if np.any(np.diag(adj)) or not is_dag(adj):
         raise ValueError("adjacency is not a DAG")
+    return x, adj
+
+
+def fit_anm(data: dict, config: ANMConfig | Mapping | None = None) -> ANMGenerator:
+    """Fit the ANM of the module docstring to one dataset.
+
+    Args:
+        data: :func:`pipeline_lib.taskdata.restrict` of one task: ``x_obs (N, d)`` and
+            ``adjacency (d, d)`` (the true DAG, or any DAG the caller supplies).
+        config: :class:`ANMConfig` or a dict of its fields.
+    """
+    cfg = config if isinstance(config, ANMConfig) else ANMConfig(**(config or {}))
+    x, adj = check_scm_data(data, "ANM")
     mech = _fit_linear(x, adj, cfg.ridge) if cfg.kind == "linear" else _fit_mlp(x, adj, cfg)
     return ANMGenerator(adj, mech, x - mech(x), cfg.kind)

@@ -28,9 +28,8 @@ from typing import Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline_lib.baselines.anm import topological_order
-from pipeline_lib.metrics.graph import is_dag
-from pipeline_lib.posterior import SampledInterventional, SCMGenerator, check_intervention, check_rows
+from pipeline_lib.baselines.anm import ANMGenerator, check_scm_data
+from pipeline_lib.posterior import check_intervention, check_rows
 
 
 class DoWhyUnavailable(ImportError):
@@ -46,19 +45,19 @@ class GCMConfig(BaseModel):
     seed: int = Field(0, description="seed of DoWhy's model selection and fitting (numpy global state)")
 
 
-class GCMGenerator(SampledInterventional, SCMGenerator):
-    """A fitted ``dowhy.gcm`` invertible SCM on a known DAG (module docstring)."""
+class GCMGenerator(ANMGenerator):
+    """A fitted ``dowhy.gcm`` invertible SCM on a known DAG (module docstring): the noise pool and
+    the sampling of :class:`~pipeline_lib.baselines.anm.ANMGenerator`, DoWhy's mechanisms for
+    abduction and generation. ``x: (N, d)`` the fitting rows (their abducted noise is the pool)."""
 
-    def __init__(self, scm, adjacency: np.ndarray, noise_pool: np.ndarray):
+    def __init__(self, scm, adjacency: np.ndarray, x: np.ndarray):
         from dowhy.graph import get_ordered_predecessors
 
+        super().__init__(adjacency, None, np.zeros((0, len(adjacency))), "dowhy-gcm")
         self.scm = scm
-        self.adjacency = np.asarray(adjacency, dtype=np.uint8)
-        self.n_nodes = int(self.adjacency.shape[0])
-        self.order = topological_order(self.adjacency)
         # DoWhy's regressors read the parents in its own order of predecessors
         self.parents = {v: np.asarray(get_ordered_predecessors(scm.graph, v), dtype=int) for v in range(self.n_nodes)}
-        self.noise_pool = noise_pool
+        self.residuals = self.predict_noise(x)
 
     def predict_noise(self, x: np.ndarray) -> np.ndarray:
         """``(n, d)`` noise abducted node by node by the fitted mechanisms."""
@@ -71,16 +70,6 @@ class GCMGenerator(SampledInterventional, SCMGenerator):
             else:
                 out[:, v] = np.asarray(self.scm.causal_mechanism(v).estimate_noise(x[:, v], x[:, pa])).reshape(-1)
         return out
-
-    def _noise(self, n: int, rng: np.random.Generator | None, noise: np.ndarray | None) -> np.ndarray:
-        if noise is not None:
-            noise = check_rows(noise, self.n_nodes, "noise")
-            if len(noise) != n:
-                raise ValueError(f"noise has {len(noise)} rows but n={n}")
-            return noise
-        rng = np.random.default_rng() if rng is None else rng
-        idx = rng.integers(0, len(self.noise_pool), size=(n, self.n_nodes))
-        return self.noise_pool[idx, np.arange(self.n_nodes)[None, :]]
 
     def _ancestral(self, noise: np.ndarray, intervention: Mapping[int, float]) -> np.ndarray:
         mask, values = check_intervention(intervention, self.n_nodes)
@@ -95,16 +84,6 @@ class GCMGenerator(SampledInterventional, SCMGenerator):
                 x[:, v] = np.asarray(self.scm.causal_mechanism(v).evaluate(x[:, pa], noise[:, v])).reshape(-1)
         return x
 
-    def sample_observational(self, n: int, rng: np.random.Generator | None = None,
-                             noise: np.ndarray | None = None) -> np.ndarray:
-        """``(n, d)`` ancestral samples from given or bootstrapped noise."""
-        return self._ancestral(self._noise(n, rng, noise), {})
-
-    def sample_do(self, intervention: Mapping[int, float], n: int, rng: np.random.Generator | None = None,
-                  noise: np.ndarray | None = None) -> np.ndarray:
-        """``(n, d)`` ancestral samples under the hard intervention ``{node: value}``."""
-        return self._ancestral(self._noise(n, rng, noise), intervention)
-
 
 def fit_gcm(data: dict, config: GCMConfig | Mapping | None = None) -> GCMGenerator:
     """Fit ``dowhy.gcm`` (automatic mechanism assignment) to one dataset given its DAG.
@@ -114,21 +93,8 @@ def fit_gcm(data: dict, config: GCMConfig | Mapping | None = None) -> GCMGenerat
         config: :class:`GCMConfig` or a dict of its fields.
     """
     cfg = config if isinstance(config, GCMConfig) else GCMConfig(**(config or {}))
-    for key in ("x_obs", "adjacency"):
-        if key not in data:
-            raise ValueError(f"dowhy-gcm data is missing field {key!r}")
-    x = np.asarray(data["x_obs"], dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"x_obs must be (N >= 2, d), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("x_obs contains NaN/inf")
+    x, adj = check_scm_data(data, "dowhy-gcm")
     d = x.shape[1]
-    adj = np.asarray(data["adjacency"])
-    if adj.shape != (d, d):
-        raise ValueError(f"adjacency must be ({d}, {d}) to match x_obs, got {adj.shape}")
-    adj = (adj != 0).astype(np.uint8)
-    if np.any(np.diag(adj)) or not is_dag(adj):
-        raise ValueError("adjacency is not a DAG")
     try:
         import networkx as nx
         import pandas as pd
@@ -151,6 +117,4 @@ def fit_gcm(data: dict, config: GCMConfig | Mapping | None = None) -> GCMGenerat
         gcm.fit(scm, frame)
     finally:
         np.random.set_state(state)
-    gen = GCMGenerator(scm, adj, np.zeros((0, d)))
-    gen.noise_pool = gen.predict_noise(x)
-    return gen
+    return GCMGenerator(scm, adj, x)
