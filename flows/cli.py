@@ -202,6 +202,14 @@ def _parse_do(do: str, names: list[str]) -> tuple[int, float]:
     return names.index(var.strip()), a_user
 
 
+def _data_units(ds, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-node mean and std mapping the stored (standardised) values to the data's units: an
+    imported store's, or 0 / 1 for a prior store (its values are the data)."""
+    if ds is None:
+        return np.zeros(d), np.ones(d)
+    return np.asarray(ds.obs_mean, dtype=np.float64), np.asarray(ds.obs_std, dtype=np.float64)
+
+
 def _write_do_samples(con, answer, t: dict, ds, names, do: str, n: int, row: int | None, seed: int,
                       folder: Path, label: str) -> None:
     """``--do X=a`` with an SCM generator: ``n`` samples under do(X=a) and the counterfactual of
@@ -211,8 +219,7 @@ def _write_do_samples(con, answer, t: dict, ds, names, do: str, n: int, row: int
     x_obs = np.asarray(t["x_obs"], dtype=np.float64)[:, np.asarray(t["node_mask"], bool)]
     names = names or [f"X{v}" for v in range(x_obs.shape[1])]
     j, a_user = _parse_do(do, names)
-    mean = np.zeros(len(names)) if ds is None else np.asarray(ds.obs_mean, dtype=np.float64)
-    std = np.ones(len(names)) if ds is None else np.asarray(ds.obs_std, dtype=np.float64)
+    mean, std = _data_units(ds, len(names))
     do_z = {j: (a_user - mean[j]) / std[j]}
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"do-{names[j]}={a_user:g}"
@@ -266,8 +273,7 @@ def _plot_do(con, answer, t: dict, ds, names, do: str | None, outcome: str | Non
     i = names.index(outcome)
     if i == j:
         _fail("--outcome is the intervened variable: its law under --do is a point mass")
-    mean = np.zeros(len(names)) if ds is None else ds.obs_mean
-    std = np.ones(len(names)) if ds is None else ds.obs_std
+    mean, std = _data_units(ds, len(names))
     a = (a_user - mean[j]) / std[j]
     obs_user = mean[i] + std[i] * np.asarray(t["x_obs"], dtype=np.float64)[:, i]
     qs = answer.quantiles_batch(np.array([j]), np.array([a]), np.array([i]), np.array([0.05, 0.5, 0.95]),
