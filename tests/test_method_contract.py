@@ -247,10 +247,8 @@ def test_bad_task_input_is_one_clear_error_at_the_contract_entry():
         model.predict(torch.zeros(10, 3), torch.ones(4, dtype=torch.bool), 0, 1.0, 1)
 
 
-def test_cli_predict_answers_with_a_baseline_and_lists_methods(tmp_path):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
+def _small_lin3_store(tmp_path):
+    """A finished store of ``lin-3node-strong`` (80 observational rows, 2 test tasks)."""
     from flows.spec import load_prior
     from pipeline_lib.priors import sample_split_range
     from storage.prior_store import PriorStore
@@ -261,6 +259,15 @@ def test_cli_predict_answers_with_a_baseline_and_lists_methods(tmp_path):
     for split, chunk, start, stop in store.pending_chunks():
         store.write_chunk(split, chunk, sample_split_range(cfg, split, start, stop))
     store.finalize()
+    return store
+
+
+def test_cli_predict_answers_with_a_baseline_and_lists_methods(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store = _small_lin3_store(tmp_path)
     runner = CliRunner()
     r = runner.invoke(app, ["predict", "exact", "--data", str(store.path), "--task", "1"], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
@@ -302,17 +309,10 @@ def test_cli_predict_writes_do_samples_and_a_counterfactual_row(tmp_path):
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from flows.spec import load_prior
-    from pipeline_lib.priors import sample_split_range
     from pipeline_lib.taskdata import task_slice
     from storage.prior_store import PriorStore
 
-    cfg = load_prior("lin-3node-strong", {"n_obs": 80, "n_int": 30, "splits": {"train": 2, "val": 2, "test": 2},
-                                          "chunk_tasks": 2})
-    store = PriorStore.create_or_open(tmp_path, cfg)
-    for split, chunk, start, stop in store.pending_chunks():
-        store.write_chunk(split, chunk, sample_split_range(cfg, split, start, stop))
-    store.finalize()
+    store = _small_lin3_store(tmp_path)
     out = tmp_path / "pred"
     r = CliRunner().invoke(app, ["predict", "anm-linear", "--data", str(store.path), "--do", "X1=1.5",
                                  "--samples", "50", "--counterfactual", "3", "--out", str(out)],
