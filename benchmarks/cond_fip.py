@@ -177,14 +177,16 @@ def evaluate(model: CondFiP, prior: PriorConfig, args, scarce: tuple[int, ...], 
                 f"cond-fip-{other}-abduction": lambda data: cond_fip(data, other),
                 "anm-linear": lambda data: fit_anm(data, ANMConfig(kind="linear")),
                 "anm-mlp": lambda data: fit_anm(data, mlp),
+                # GP regression per node (type-II ML): the right model class on RFF; named in --methods
+                "anm-gp": lambda data: fit_anm(data, ANMConfig(kind="gp")),
                 # optional package, scored only when named in --methods (see pipeline_lib/baselines/dowhy_gcm.py)
                 "dowhy-gcm": lambda data: fit_gcm(data)}
     full = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(full) - set(builders))
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(builders)}")
-    # every method is scored in the data-scarce regime (dowhy-gcm only when named); --methods on the full data
-    methods = {m: b for m, b in builders.items() if m != "dowhy-gcm" or m in full}
+    # every method is scored in the data-scarce regime (dowhy-gcm, anm-gp only when named); --methods on the full data
+    methods = {m: b for m, b in builders.items() if m not in ("dowhy-gcm", "anm-gp") or m in full}
     rows = {m: [] for m in full} | {"truth": []}
     scarce_rows = {n: {m: [] for m in methods} for n in scarce}
     seconds = {m: 0.0 for m in methods}

@@ -10,7 +10,14 @@ For a known DAG ``G`` every node is regressed on its parents::
   standardised ``z = (x - m) / s``, a linear skip plus one hidden layer per node, all nodes
   fitted at once (independent parameters, the sum of per-node mean squared errors) by
   full-batch Adam with weight decay; a random ``val_frac`` of the rows picks, per node, the
-  step with the smallest held-out error.
+  step with the smallest held-out error;
+* ``kind="gp"``: ``f_v`` is the posterior mean of a Gaussian-process regression of ``z_v`` on
+  ``z_pa(v)`` (standardised), kernel ``c + s_l^2 z^T z' + s_f^2 exp(-|(z - z') / ell|^2 / 2)``
+  (a constant, a linear and an ARD squared-exponential part) plus noise ``s_n^2``, the
+  hyperparameters by maximising the log marginal likelihood (type-II ML; Adam on the logs,
+  all nodes at once, exact Cholesky in float64). The RFF mechanisms of the Cond-FiP priors are
+  draws from (an approximation of) such a GP, so this is the per-dataset regression of the right
+  model class there: the reference that says how far 400 rows take any method.
 
 Generation is ancestral sampling in a topological order of ``G`` (batched over samples):
 ``x_v = a`` for an intervened node, else ``f_v(x_pa(v)) + n_v``, from given noise or from
@@ -33,11 +40,12 @@ from pipeline_lib.posterior import SampledInterventional, SCMGenerator, check_in
 
 
 class ANMConfig(BaseModel):
-    """Settings of :func:`fit_anm` (``hidden``..``val_frac`` apply to ``kind="mlp"`` only)."""
+    """Settings of :func:`fit_anm` (``hidden``..``val_frac`` apply to ``kind="mlp"`` only,
+    ``gp_*`` to ``kind="gp"``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["linear", "mlp"] = "linear"
+    kind: Literal["linear", "mlp", "gp"] = "linear"
     ridge: float = Field(1e-6, ge=0.0, description="ridge per row on standardised parents (linear)")
     hidden: int = Field(32, ge=1)
     activation: Literal["tanh", "relu", "gelu"] = "tanh"
@@ -47,6 +55,8 @@ class ANMConfig(BaseModel):
     val_frac: float = Field(0.2, ge=0.0, lt=1.0)
     eval_every: int = Field(20, ge=1)
     seed: int = 0
+    gp_steps: int = Field(30, ge=1, description="Adam steps on the log marginal likelihood (gp)")
+    gp_lr: float = Field(0.1, gt=0.0, description="Adam step size on the log hyperparameters (gp)")
 
 
 def topological_order(adj: np.ndarray) -> np.ndarray:
@@ -67,17 +77,19 @@ def topological_order(adj: np.ndarray) -> np.ndarray:
 class ANMGenerator(SampledInterventional, SCMGenerator):
     """A fitted additive-noise SCM on a known DAG (module docstring).
 
-    ``mech(x) -> f(x)``: ``(n, d) -> (n, d)``, entry ``v`` a function of ``x_pa(v)``;
+    ``mech(x) -> f(x)``: ``(n, d) -> (n, d)``, entry ``v`` a function of ``x_pa(v)``; ``mech_node(x, v)``
+    its column ``v`` alone (ancestral sampling asks one node at a time; default: ``mech(x)[:, v]``);
     ``residuals: (N, d)`` of the fitting rows (the bootstrap pool of fresh noise). A fit whose
     mechanisms are not additive overrides :meth:`predict_noise` and :meth:`_ancestral`
     (:class:`pipeline_lib.baselines.dowhy_gcm.GCMGenerator`); the noise and sampling stay these.
     """
 
-    def __init__(self, adjacency: np.ndarray, mech, residuals: np.ndarray, kind: str):
+    def __init__(self, adjacency: np.ndarray, mech, residuals: np.ndarray, kind: str, mech_node=None):
         self.adjacency = np.asarray(adjacency, dtype=np.uint8)
         self.n_nodes = int(self.adjacency.shape[0])
         self.order = topological_order(self.adjacency)
         self.mech = mech
+        self.mech_node = mech_node or (lambda q, v: mech(q)[:, v])
         self.residuals = residuals
         self.kind = kind
 
@@ -100,7 +112,7 @@ class ANMGenerator(SampledInterventional, SCMGenerator):
         mask, values = check_intervention(intervention, self.n_nodes)
         x = np.zeros_like(noise)
         for v in self.order:  # loop over nodes; samples are batched
-            x[:, v] = values[v] if mask[v] else self.mech(x)[:, v] + noise[:, v]
+            x[:, v] = values[v] if mask[v] else self.mech_node(x, v) + noise[:, v]
         return x
 
     def sample_observational(self, n: int, rng: np.random.Generator | None = None,
@@ -193,6 +205,73 @@ def _fit_mlp(x: np.ndarray, adj: np.ndarray, cfg: ANMConfig):
     return mech
 
 
+def _fit_gp(x: np.ndarray, adj: np.ndarray, cfg: ANMConfig):
+    """Per-node GP regressions, all nodes at once (module docstring); returns ``f``."""
+    n, d = x.shape
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 0, std, 1.0)
+    z = torch.as_tensor((x - mean) / std, dtype=torch.float64)  # (n, d)
+    has_pa = adj.any(0)
+    nodes = np.flatnonzero(has_pa)  # roots keep f_v = their mean
+    pa = torch.as_tensor(adj[:, nodes], dtype=torch.float64).T  # (V, d_in) parent mask per fitted node
+    y = z[:, nodes].T  # (V, n)
+    v_n = len(nodes)
+    eye = torch.eye(n, dtype=torch.float64)
+    # log hyperparameters per fitted node: ARD lengthscales (V, d_in), s_f, s_l, s_n, constant
+    p = {"ell": torch.zeros(v_n, d, dtype=torch.float64), "sf": torch.full((v_n,), np.log(0.7), dtype=torch.float64),
+         "sl": torch.full((v_n,), np.log(0.3), dtype=torch.float64),
+         "sn": torch.full((v_n,), np.log(0.5), dtype=torch.float64)}
+
+    def kernel(a: torch.Tensor, b: torch.Tensor, q: dict, sel=slice(None)) -> torch.Tensor:
+        """``k(a, b)`` of the fitted nodes ``sel``: ``(V, m, n)`` from ``a (m, d)``, ``b (n, d)``."""
+        msk = pa[sel]
+        inv = msk * torch.exp(-q["ell"][sel])  # (V, d_in): 1 / ell on parents, 0 elsewhere
+        sa, sb = a[None] * inv[:, None], b[None] * inv[:, None]  # (V, m, d), (V, n, d)
+        sq = (sa.square().sum(-1)[:, :, None] + sb.square().sum(-1)[:, None, :]
+              - 2.0 * sa @ sb.transpose(1, 2)).clamp_min(0.0)
+        lin = (a[None] * msk[:, None]) @ (b[None] * msk[:, None]).transpose(1, 2)
+        return (1.0 + torch.exp(2 * q["sl"][sel])[:, None, None] * lin
+                + torch.exp(2 * q["sf"][sel])[:, None, None] * torch.exp(-0.5 * sq))
+
+    def chol(q: dict) -> torch.Tensor:
+        k = kernel(z, z, q) + (torch.exp(2 * q["sn"]) + 1e-6)[:, None, None] * eye
+        return torch.linalg.cholesky(k)
+
+    if v_n:
+        for t in p.values():
+            t.requires_grad_(True)
+        opt = torch.optim.Adam(p.values(), lr=cfg.gp_lr)
+        for _ in range(cfg.gp_steps):
+            opt.zero_grad()
+            lk = chol(p)
+            alpha = torch.cholesky_solve(y[..., None], lk)[..., 0]  # (V, n)
+            nll = 0.5 * (y * alpha).sum(-1) + torch.log(torch.diagonal(lk, dim1=1, dim2=2)).sum(-1)
+            (nll.sum() / n).backward()
+            opt.step()
+        with torch.no_grad():
+            best = {k: t.detach() for k, t in p.items()}
+            alpha = torch.cholesky_solve(y[..., None], chol(best))[..., 0]
+    m_t, s_t = torch.as_tensor(mean), torch.as_tensor(std)
+
+    slot = np.full(d, -1)
+    slot[nodes] = np.arange(v_n)
+
+    @torch.no_grad()
+    def mech(q: np.ndarray, sel=slice(None)) -> np.ndarray:
+        out = np.broadcast_to(mean, q.shape).copy()
+        if v_n:
+            zq = (torch.as_tensor(q, dtype=torch.float64) - m_t) / s_t
+            fz = (kernel(zq, z, best, sel) @ alpha[sel, :, None])[..., 0]  # (V, m)
+            cols = nodes[sel]
+            out[:, cols] = (fz.T * s_t[cols] + m_t[cols]).numpy()
+        return out
+
+    def mech_node(q: np.ndarray, v: int) -> np.ndarray:
+        return mech(q, slice(slot[v], slot[v] + 1))[:, v] if slot[v] >= 0 else np.full(len(q), mean[v])
+
+    return mech, mech_node
+
+
 def check_scm_data(data: dict, who: str) -> tuple[np.ndarray, np.ndarray]:
     """``(x, adj)`` of a dataset fitted as an SCM on a given DAG: ``x_obs (N >= 2, d)`` finite
     (float64) and ``adjacency (d, d)`` acyclic (uint8, ``A[i, j] = 1`` iff ``i -> j``); errors
@@ -225,5 +304,8 @@ def fit_anm(data: dict, config: ANMConfig | Mapping | None = None) -> ANMGenerat
     """
     cfg = config if isinstance(config, ANMConfig) else ANMConfig(**(config or {}))
     x, adj = check_scm_data(data, "ANM")
-    mech = _fit_linear(x, adj, cfg.ridge) if cfg.kind == "linear" else _fit_mlp(x, adj, cfg)
-    return ANMGenerator(adj, mech, x - mech(x), cfg.kind)
+    if cfg.kind == "gp":
+        mech, mech_node = _fit_gp(x, adj, cfg)
+    else:
+        mech, mech_node = (_fit_linear(x, adj, cfg.ridge) if cfg.kind == "linear" else _fit_mlp(x, adj, cfg)), None
+    return ANMGenerator(adj, mech, x - mech(x), cfg.kind, mech_node)

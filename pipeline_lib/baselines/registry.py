@@ -18,6 +18,7 @@ receives only those:
 | oracle        | scm (the task's prior + seed), x_obs  | the true SCM: the floor of NLPID |
 | anm-linear    | x_obs, adjacency                      | per-node linear ANM given the TRUE graph (Cond-FiP reference) |
 | anm-mlp       | x_obs, adjacency                      | per-node MLP ANM given the TRUE graph (Cond-FiP reference) |
+| anm-gp        | x_obs, adjacency                      | per-node GP-regression ANM given the TRUE graph (type-II ML; Cond-FiP reference) |
 | metacadi      | x_obs, x_int                          | MetaCaDI fitted per system: regimes are its experiments, targets UNKNOWN |
 | ut-igsp       | x_obs, x_int                          | UT-IGSP (optional package): one DAG, targets UNKNOWN (inferred) |
 | gim           | x_obs, x_int, perturbation            | GIM per system: seen experiments + features, targets UNKNOWN; last regimes unseen |
@@ -345,6 +346,9 @@ def _register_builtin() -> None:
                      "linear additive-noise SCM fitted per node given the TRUE graph", fixed={"kind": "linear"}),
         BaselineSpec("anm-mlp", ANMConfig, _anm, ("x_obs", "adjacency"),
                      "MLP additive-noise SCM fitted per node given the TRUE graph", fixed={"kind": "mlp"}),
+        BaselineSpec("anm-gp", ANMConfig, _anm, ("x_obs", "adjacency"),
+                     "GP-regression additive-noise SCM fitted per node given the TRUE graph (type-II ML)",
+                     fixed={"kind": "gp"}),
         BaselineSpec("metacadi", MetaCaDIConfig, _metacadi, ("x_obs", "x_int"),
                      "MetaCaDI: shared DAG + unknown targets per experiment, closed-form adaptation "
                      "(per system; regimes = experiments, see models/metacadi)"),
