@@ -40,6 +40,9 @@ run before, when ``base`` had the authors' per-node embedding only (now ``node-e
   ``edge_features`` and ``edge_parents``; ``ridge-values``: the parents' values as extra ridge
   features (``ridge_parent_values``). Since session 11 ``base`` (= ``cpu-small``) is the ridge
   readout without edge features, so ``ridge-node`` = ``base``, ``ridge`` adds the edge features.
+* ``kernel`` (session 12): ``base`` + the amortized squared-exponential kernel in the
+  closed-form head (``ridge_kernel``: ARD lengthscales, scale and penalty per node predicted
+  from the embedding; kernel ridge over the context rows).
 
 Every variant is also scored with the decoder's abduction (``abduction="decoder"``,
 ``n_hat = x - f_hat(x)``; ``metrics_decoder_abduction``), same trained weights.
@@ -108,6 +111,7 @@ VARIANTS: dict[str, dict] = {
     "ridge-linval": {"model": {"decoder_readout": "ridge", "decoder_values": "linear"}},
     "ridge-parents": {"model": {"decoder_readout": "ridge", "edge_features": True, "edge_parents": True}},
     "ridge-values": {"model": {"decoder_readout": "ridge", "ridge_parent_values": True}},
+    "kernel": {"model": {"ridge_kernel": True}},
 }
 
 

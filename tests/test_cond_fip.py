@@ -27,10 +27,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: decoder settings every structural test runs under: the authors' (LayerNorm values and
-#: readout), the linear one, per-edge features, and the closed-form ridge readout
+#: readout), the linear one, per-edge features, the closed-form ridge readout and its
+#: amortized-kernel variant
 DECODERS = [{}, {"decoder_values": "linear", "decoder_readout": "linear"}, {"edge_features": True},
             {"edge_features": True, "edge_parents": True}, {"edge_features": True, "decoder_readout": "ridge"},
-            {"decoder_readout": "ridge", "ridge_parent_values": True}]
+            {"decoder_readout": "ridge", "ridge_parent_values": True},
+            {"decoder_readout": "ridge", "ridge_parent_values": True, "ridge_kernel": True}]
 
 
 def random_model(seed: int = 0, **overrides) -> CondFiP:
@@ -494,6 +496,55 @@ def test_ridge_readout_is_the_closed_form_fit_of_each_node_on_its_features():
                 np.testing.assert_allclose(f[t, :, j], y.mean(), atol=1e-4)  # a root: its mean
     with pytest.raises(ValueError, match="ridge"):
         model.embed(model.encode(x, obs, allowed), obs, allowed)
+
+
+def test_kernel_readout_is_kernel_ridge_with_the_predicted_hyperparameters():
+    """``ridge_kernel``: per task and node, ``f_j`` equals a numpy kernel ridge regression over
+    the context rows with ``k = phi^T phi' + r lambda_j n rbf`` (ARD lengthscales, scale and
+    penalty read from the model's heads), padded rows excluded; a root's ``f`` is its mean;
+    the squared-exponential part depends on the parents' values only."""
+    model = random_model(4, decoder_readout="ridge", ridge_parent_values=True, ridge_kernel=True)
+    adj = chain_and_dag(5, seed=2)
+    b, d = adj.shape[:2]
+    x = torch.randn(b, 36, d, generator=torch.Generator().manual_seed(5))
+    node_mask = torch.ones(b, d, dtype=torch.bool)
+    allowed = parent_mask(adj, node_mask)
+    obs = torch.ones(b, 36, dtype=torch.bool)
+    obs[:, 28:] = False
+    with torch.no_grad():
+        emb = model.embed(model.encode(x, obs, allowed), obs, allowed, x)
+        phi = model._features(x, emb, allowed).double().numpy()
+        f = model.mechanism(x, emb, allowed).double().numpy()
+        node = model.kern_node(emb.pooled).double().numpy()
+    inv_ell = emb.kern_inv_ell.double().numpy()
+    assert np.all(inv_ell[~allowed.numpy()] == 0) and np.all(inv_ell[allowed.numpy()] > 0)
+    xs = x.double().numpy()
+    lam0 = float(model.ridge_log_lambda.detach().double().exp()) * 28
+    for t in range(b):
+        for j in range(d):
+            p, y, xc = phi[t, :28, j], xs[t, :28, j], xs[t, :28]
+            pc, yc = p - p.mean(0), y - y.mean()
+            lam, scale = lam0 * np.exp(node[t, j, 1]), lam0 * np.exp(node[t, j, 1]) * np.exp(node[t, j, 0])
+
+            def rbf(u, v):
+                diff = (u[:, None, :] - v[None, :, :]) * inv_ell[t, j]
+                return np.exp(-0.5 * (diff ** 2).sum(-1))
+
+            alpha = np.linalg.solve(pc @ pc.T + scale * rbf(xc, xc) + lam * np.eye(28), yc)
+            want = (phi[t, :, j] - p.mean(0)) @ (pc.T @ alpha) + y.mean() + scale * rbf(xs[t], xc) @ alpha
+            np.testing.assert_allclose(f[t, :, j], want, rtol=1e-3, atol=5e-4)
+            if not bool(allowed[t, j].any()):
+                np.testing.assert_allclose(f[t, :, j], y.mean(), atol=1e-4)
+    # a non-parent's value does not move f_j (the fixed-point property's premise)
+    j = int(torch.nonzero(allowed[1].any(-1))[0])
+    other = int(torch.nonzero(~allowed[1, j])[-1])
+    x2 = x.clone()
+    x2[1, :, other] += 3.0
+    with torch.no_grad():
+        f2 = model.mechanism(x2, emb, allowed).double().numpy()
+    np.testing.assert_allclose(f2[1, :, j], f[1, :, j], atol=1e-5)
+    with pytest.raises(ValueError, match="ridge_kernel"):
+        preset("tiny", ridge_kernel=True)
 
 
 def test_decoder_abduction_inverts_the_fixed_point_and_ridge_residuals_are_centred():

@@ -73,6 +73,17 @@ configuration rebuilds the model it was trained as):
   ``phi_j``, so every linear mechanism is in the span. Measured and dropped (session 11): a
   learned scale of that block (its own penalty) and a per-dataset choice of the learned
   features' weight by leave-one-out error (README, Cond-FiP session 11).
+  ``ridge_kernel`` (session 12): the closed-form head becomes kernel ridge regression with an
+  **amortized kernel**, ``k_j(u, v) = phi_j(u)^T phi_j(v) + r_j lambda_j n rbf_j(u, v)``,
+  ``rbf_j(u, v) = exp(-sum_i (u_i - v_i)^2 / (2 ell_ji^2))`` over the parents ``i`` of ``j``;
+  the per-dataset hyperparameters (ARD lengthscales ``ell_ji``, signal-to-noise ``r_j``,
+  penalty offset ``lambda_j / lambda``) are predicted by small heads on the pooled embedding
+  tokens (pairs ``(z_j, z_i)`` for ``ell``), and the dual solve
+  ``alpha_j = (K_j + lambda_j n I)^-1 y_j`` runs over the context rows. The per-dataset GP
+  regression (``anm-gp``, type-II ML) is the right model class of the RFF priors and sits far
+  below an MLP fit there; this head asks the network for the hyperparameters that the GP
+  fits by optimisation, in one forward pass (amortized hyperparameter inference). Still a
+  function of ``x_pa(j)`` per dataset, so the fixed-point property holds.
 * ``abduction="decoder"`` (prediction only): the noise of a row is ``x - f_hat(x)``, the
   additive-noise inverse of the learned mechanisms, instead of the encoder's head; then
   regenerating a dataset row from its own noise gives the row back, so the calibrated
@@ -113,6 +124,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -172,6 +184,9 @@ class CondFiPConfig(BaseModel):
     ridge_lambda: float = Field(0.1, gt=0.0, description="ridge readout: initial penalty per row (learned)")
     ridge_parent_values: bool = Field(False, description="ridge readout: the parents' values x_pa(j) are "
                                       "features next to the decoder's, so every linear mechanism is in the span")
+    ridge_kernel: bool = Field(False, description="ridge readout: add an ARD squared-exponential kernel on "
+                               "the parents' values whose lengthscales, scale and penalty per node are "
+                               "predicted from the embedding (kernel ridge in the dual over the context rows)")
     abduction: Literal["encoder", "decoder"] = Field(
         "encoder", description="noise abduction at prediction: the encoder's head (the authors') or "
         "n_hat = x - f_hat(x) through the decoder (the additive-noise inverse)")
@@ -186,6 +201,8 @@ class CondFiPConfig(BaseModel):
             raise ValueError("edge_parents needs edge_features")
         if self.ridge_parent_values and self.decoder_readout != "ridge":
             raise ValueError("ridge_parent_values needs decoder_readout='ridge'")
+        if self.ridge_kernel and self.decoder_readout != "ridge":
+            raise ValueError("ridge_kernel needs decoder_readout='ridge'")
         if self.noise_weight == 0 and self.decoder_weight == 0:
             raise ValueError("noise_weight and decoder_weight are both 0: nothing to train")
         return self
@@ -203,10 +220,18 @@ class DatasetEmbedding:
     edge: torch.Tensor | None = None
     readout_w: torch.Tensor | None = None
     readout_b: torch.Tensor | None = None
+    # ridge_kernel: context rows (B, N, d) (padded rows 0), dual weights (B, d, N) (scaled by
+    # r_j lambda_j n; padded rows 0), inverse lengthscales (B, d, d) (0 off the parents)
+    kern_x: torch.Tensor | None = None
+    kern_alpha: torch.Tensor | None = None
+    kern_inv_ell: torch.Tensor | None = None
+    # the pooled embedding tokens (B, d, D), where the kernel heads read them
+    pooled: torch.Tensor | None = None
 
     def __getitem__(self, idx) -> "DatasetEmbedding":
         return DatasetEmbedding(*(None if t is None else t[idx] for t in (
-            self.value, self.query, self.cond, self.edge, self.readout_w, self.readout_b)))
+            self.value, self.query, self.cond, self.edge, self.readout_w, self.readout_b, self.kern_x,
+            self.kern_alpha, self.kern_inv_ell, self.pooled)))
 
 
 def parent_mask(adjacency: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
@@ -345,6 +370,15 @@ class CondFiP(nn.Module):
         self.dec_norm = nn.LayerNorm(dm) if cfg.decoder_readout != "linear" else nn.Identity()
         if cfg.decoder_readout == "ridge":
             self.ridge_log_lambda = nn.Parameter(torch.tensor(float(cfg.ridge_lambda)).log())
+            if cfg.ridge_kernel:
+                # log lengthscale per (child, parent) pair; log signal-to-noise and log penalty offset per
+                # node; zero-initialised outputs start every dataset at ell = 2 (standardised units), r = 10
+                self.kern_edge = MLP(2 * dm, dm, 1, n_layers=2)
+                self.kern_node = MLP(dm, dm, 2, n_layers=2)
+                for head, bias in ((self.kern_edge, [float(np.log(2.0))]), (self.kern_node, [float(np.log(10.0)), 0.0])):
+                    nn.init.zeros_(head.net[-1].weight)
+                    with torch.no_grad():
+                        head.net[-1].bias.copy_(torch.tensor(bias))
         else:
             self.dec_out = nn.Linear(dm, 1)
 
@@ -389,7 +423,7 @@ class CondFiP(nn.Module):
             z = (z * w).sum(1) / n_rows
         z = self.emb_norm_pooled(z)
         u, p, c = (norm(head(z)) for head, norm in zip(self.emb_heads, self.emb_head_norms))
-        emb = DatasetEmbedding(u, p, c, edge)
+        emb = DatasetEmbedding(u, p, c, edge, pooled=z)
         if self.config.decoder_readout == "ridge":
             if x is None:
                 raise ValueError("decoder_readout='ridge' needs the context rows x in embed()")
@@ -419,9 +453,47 @@ class CondFiP(nn.Module):
         phi_c = ((phi - phi_mean[:, None]) * w_row[:, :, None, None]).double()
         y_c = ((x - y_mean[:, None]) * w_row[:, :, None]).double()
         lam = self.ridge_log_lambda.double().exp() * n.double()[:, None, None, None]
+        if self.config.ridge_kernel:
+            return self._fit_kernel(emb, x, w_row, allowed, phi_c, y_c, lam, phi_mean, y_mean)
         w = self._ridge(phi_c, y_c, lam).to(phi.dtype)  # (B, d, F)
         b = y_mean - (phi_mean * w).sum(-1)
         return DatasetEmbedding(emb.value, emb.query, emb.cond, emb.edge, w, b)
+
+    def _fit_kernel(self, emb: DatasetEmbedding, x: torch.Tensor, w_row: torch.Tensor, allowed: torch.Tensor,
+                    phi_c: torch.Tensor, y_c: torch.Tensor, lam: torch.Tensor, phi_mean: torch.Tensor,
+                    y_mean: torch.Tensor) -> DatasetEmbedding:
+        """``ridge_kernel``: the dual solve per task and node (module docstring) over the context
+        rows, in float64; returns the primal weights of the feature part and the scaled dual
+        weights of the squared-exponential part."""
+        z = emb.pooled  # (B, d, D)
+        d = z.shape[1]
+        pair = torch.cat([z[:, :, None].expand(-1, -1, d, -1), z[:, None].expand(-1, d, -1, -1)], -1)
+        inv_ell = torch.exp(-self.kern_edge(pair).squeeze(-1)) * allowed.to(z.dtype)  # (B, d, d)
+        node = self.kern_node(z)  # (B, d, 2)
+        snr, lam_j = node[..., 0].double().exp(), lam[..., 0, 0] * node[..., 1].double().exp()  # (B, d)
+        xk = x * w_row[..., None]  # (B, N, d) context rows, padded rows 0
+        rbf = self._rbf(xk, xk, inv_ell).double()  # (B, N, j, N)
+        keep = (w_row[:, :, None] * w_row[:, None, :]).double()  # (B, N, N)
+        gram = (torch.einsum("bmjf,bnjf->bjmn", phi_c, phi_c)
+                + (snr * lam_j)[..., None, None] * rbf.permute(0, 2, 1, 3) * keep[:, None])
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        alpha = torch.linalg.solve(gram + lam_j[..., None, None] * eye, y_c.transpose(1, 2)[..., None])[..., 0]
+        w = torch.einsum("bmjf,bjm->bjf", phi_c, alpha).to(x.dtype)  # (B, d, F)
+        b = y_mean - (phi_mean * w).sum(-1)
+        scaled = (alpha * (snr * lam_j)[..., None] * w_row[:, None].double()).to(x.dtype)  # (B, d, N)
+        return DatasetEmbedding(emb.value, emb.query, emb.cond, emb.edge, w, b, xk, scaled, inv_ell, z)
+
+    @staticmethod
+    def _rbf(u: torch.Tensor, v: torch.Tensor, inv_ell: torch.Tensor) -> torch.Tensor:
+        """``exp(-sum_i (u_i - v_i)^2 inv_ell[j, i]^2 / 2)``: ``u (B, M, d)``, ``v (B, N, d)``,
+        ``inv_ell (B, k, d)`` -> ``(B, M, k, N)``."""
+        with torch.autocast(device_type=u.device.type, enabled=False):  # distances in float32 at least
+            dt = torch.promote_types(u.dtype, torch.float32)
+            ua = u.to(dt)[:, :, None, :] * inv_ell.to(dt)[:, None]  # (B, M, k, d)
+            va = v.to(dt)[:, None, :, :] * inv_ell.to(dt)[:, :, None]  # (B, k, N, d)
+            sq = ua.square().sum(-1)[..., None] + va.square().sum(-1)[:, None] - 2.0 * torch.einsum(
+                "bmkd,bknd->bmkn", ua, va)
+            return torch.exp(-0.5 * sq.clamp_min(0.0))
 
     @staticmethod
     def _ridge(phi_c: torch.Tensor, y_c: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -446,9 +518,16 @@ class CondFiP(nn.Module):
         if emb.readout_w is None:
             raise ValueError("decoder_readout='ridge': the embedding has no fitted readout (embed() with x)")
         w, b = emb.readout_w, emb.readout_b
+        alpha, inv_ell = emb.kern_alpha, emb.kern_inv_ell
         if nodes is not None:
             w, b = w.gather(1, nodes[:, :, None].expand(-1, -1, w.shape[-1])), b.gather(1, nodes)
-        return (phi * w[:, None]).sum(-1) + b[:, None]
+            if alpha is not None:
+                alpha = alpha.gather(1, nodes[:, :, None].expand(-1, -1, alpha.shape[-1]))
+                inv_ell = inv_ell.gather(1, nodes[:, :, None].expand(-1, -1, inv_ell.shape[-1]))
+        out = (phi * w[:, None]).sum(-1) + b[:, None]
+        if alpha is not None:  # ridge_kernel: the squared-exponential part, sum_m alpha_jm rbf_j(x, x_m)
+            out = out + torch.einsum("bmkn,bkn->bmk", self._rbf(x, emb.kern_x, inv_ell), alpha)
+        return out
 
     def _features(self, x: torch.Tensor, emb: DatasetEmbedding, allowed: torch.Tensor,
                   nodes: torch.Tensor | None = None) -> torch.Tensor:
