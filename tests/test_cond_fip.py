@@ -336,6 +336,7 @@ def test_configs_stored_before_the_decoder_options_load_unchanged():
     CondFiP(CondFiPConfig.model_validate(old)).load_state_dict(state, strict=True)
     # the CPU preset uses the ridge readout, the authors' size keeps their learned readout
     assert preset("cpu-small").decoder_readout == "ridge" and preset("default").decoder_readout == "layernorm"
+    assert preset("cpu-small").ridge_kernel and not preset("default").ridge_kernel
 
 
 def test_presets_and_batch_layout():

@@ -43,7 +43,7 @@ Architecture (B tasks, N samples, d nodes, D = d_model)
 Options that depart from the authors' architecture (all off by default, so a stored
 configuration rebuilds the model it was trained as):
 
-* ``edge_features`` (on in the ``cpu-small`` preset): per-edge dataset features from the
+* ``edge_features`` (in ``cpu-small`` in session 10, not since): per-edge dataset features from the
   embedding tokens ``z: (B, N, d, D)`` before the pool,
   ``G[b, j, i] = MLP(LN(mean_m (A z[b, m, j]) * (B z[b, m, i])))``; each decoder block maps
   ``G[b, j, i]`` to a score bias and a signed gain ``1 + g`` of the attention weight of the edge
