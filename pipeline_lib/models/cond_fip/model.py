@@ -477,7 +477,12 @@ class CondFiP(nn.Module):
         gram = (torch.einsum("bmjf,bnjf->bjmn", phi_c, phi_c)
                 + (snr * lam_j)[..., None, None] * rbf.permute(0, 2, 1, 3) * keep[:, None])
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        alpha = torch.linalg.solve(gram + lam_j[..., None, None] * eye, y_c.transpose(1, 2)[..., None])[..., 0]
+        # symmetric positive definite (a Gram matrix plus lambda_j n I): Cholesky, not LU
+        chol, info = torch.linalg.cholesky_ex(gram + lam_j[..., None, None] * eye)
+        if bool((info > 0).any()):
+            raise FloatingPointError("ridge_kernel: the kernel system is not positive definite (non-finite "
+                                     "features or hyperparameters)")
+        alpha = torch.cholesky_solve(y_c.transpose(1, 2)[..., None], chol)[..., 0]
         w = torch.einsum("bmjf,bjm->bjf", phi_c, alpha).to(x.dtype)  # (B, d, F)
         b = y_mean - (phi_mean * w).sum(-1)
         scaled = (alpha * (snr * lam_j)[..., None] * w_row[:, None].double()).to(x.dtype)  # (B, d, N)
