@@ -246,3 +246,26 @@ def _check_terminal_summary(summary):
     mace = next(r[0] for m, r in rows.items() if m.startswith("mace-tnp"))
     assert mace.split()[3] == "-"  # "mace-tnp", "vN", NLPID, E-SHD: mace-tnp answers no graph
     assert "report:" in text and summary["run_id"] in text and "p<0.05" in text
+
+
+def test_cond_fip_with_the_kernel_head_scores_through_the_flow(tmp_path):
+    """Cond-FiP ``cpu-small`` (closed-form kernel head, decoder abduction) at a tiny width runs
+    generate -> train -> score -> report; every test task is scored ok with finite generator
+    metrics (session 12: the head's dual solve failed only inside the flow's scoring)."""
+    from flows.benchmark import benchmark
+
+    spec = BenchmarkSpec(
+        name="tiny-cond-fip", priors=["lin-2node"],
+        prior_overrides={"n_obs": 60, "n_int": 40, "splits": {"train": 8, "val": 4, "test": 3}, "chunk_tasks": 4},
+        methods=[MethodRun(name="cond-fip", preset="cpu-small", steps=4, batch_size=4, lr=1e-3,
+                           model={"d_model": 16, "n_heads": 2, "head_hidden": 16, "n_embed": 24, "n_embed_min": 12,
+                                  "n_target": 24})],
+        baselines=[BaselineRun(name="empty-graph")], n_test_tasks=2, n_workers=1)
+    root = tmp_path / "root"
+    summary = benchmark(spec=spec, root=str(root))
+    recs = [json.loads(p.read_text()) for p in (root / "results").rglob("task_test_*.json")]
+    ours = [r for r in recs if r["method"].startswith("cond-fip")]
+    assert len(ours) == 2 and all(r["status"] == "ok" for r in ours), [r.get("error") for r in ours]
+    for r in ours:
+        assert all(math.isfinite(r["metrics"][k]) for k in ("sample_rmse", "nlpid")), sorted(r["metrics"])
+    assert summary["run_id"]
