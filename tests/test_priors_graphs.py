@@ -31,6 +31,9 @@ def config(graph: dict, n_tasks: int = 300) -> PriorConfig:
         {"kind": "scale_free", "n_nodes": 8, "attach": 2, "direction": "in"},
         {"kind": "scale_free", "n_nodes": 8, "attach": 2, "direction": "out"},
         {"kind": "fully_connected", "n_nodes": 6},
+        {"kind": "watts_strogatz", "n_nodes": 8, "attach": 2},
+        {"kind": "sbm", "n_nodes": 8, "expected_parents": 1.5, "sbm_blocks": 2},
+        {"kind": "mixture", "n_nodes": 8, "mix": ["watts_strogatz", "sbm"], "attach": 2},
     ],
 )
 def test_every_graph_is_a_dag(graph):
@@ -75,6 +78,66 @@ def test_scale_free_hubs_and_degree_bounds():
         assert other_degree.max() <= m  # every node has at most m parents ('out') / children ('in')
         mean_degree = hub_degree.mean()
         assert hub_degree.max(axis=1).mean() > 4.5 * mean_degree  # ER with the same density: ~3.3
+
+
+def test_watts_strogatz_keeps_the_lattice_edge_count_and_rewires_at_its_rate():
+    n, m = 12, 2
+    def draw(rewire):
+        cfg = config({"kind": "watts_strogatz", "n_nodes": n, "attach": m, "rewire": rewire}, 150)
+        return sample_split_range(cfg, "train", 0, 150)["adjacency"].astype(int)
+
+    def lattice_share(adj):
+        # an edge of the (labelled) ring lattice joins nodes whose ring distance is <= m, but the
+        # labels are permuted: count instead the share of nodes whose undirected degree is 2 m
+        und = adj + adj.transpose(0, 2, 1)
+        return (und.sum(axis=2) == 2 * m).mean()
+
+    ring = draw(0.0)
+    assert (ring.sum(axis=(1, 2)) == n * m).all()  # rewiring moves edges, never adds or drops them
+    und = ring + ring.transpose(0, 2, 1)
+    assert (und.sum(axis=2) == 2 * m).all()  # every ring node has m neighbours per side
+    # the ring is one cycle of the lattice: all 12 nodes connected, each with 4 neighbours
+    assert all(nx.is_connected(nx.from_numpy_array(u)) for u in und[:10])
+    rewired = draw(0.3)
+    assert (rewired.sum(axis=(1, 2)) == n * m).all()
+    assert lattice_share(rewired) < 0.5 < lattice_share(ring) == 1.0
+    # with p = 1 every edge moves: the degree sequence is far from regular
+    assert lattice_share(draw(1.0)) < lattice_share(rewired)
+
+
+def test_block_model_edges_concentrate_inside_groups():
+    # 2 groups on 10 nodes with damping 0: edges only inside groups, so the undirected graph
+    # has at least 2 components; expected edges = 1.5 * 10 = 15 (p_in = 15 / 20 inside pairs)
+    cfg = config({"kind": "sbm", "n_nodes": 10, "expected_parents": 1.5, "sbm_blocks": 2, "sbm_damping": 0.0}, 300)
+    adj = sample_split_range(cfg, "train", 0, 300)["adjacency"].astype(int)
+    edges = adj.sum(axis=(1, 2))
+    assert abs(edges.mean() - 15.0) < 0.5
+    for a in adj[:30]:
+        assert nx.number_connected_components(nx.from_numpy_array(a + a.T)) >= 2
+    # damping 1: no groups, an Erdos-Renyi graph with the same expected edge count
+    er = config({"kind": "sbm", "n_nodes": 10, "expected_parents": 1.5, "sbm_damping": 1.0}, 300)
+    assert abs(sample_split_range(er, "train", 0, 300)["adjacency"].sum(axis=(1, 2)).mean() - 15.0) < 0.6
+
+
+def test_mixture_draws_each_law():
+    # WS with attach 1 gives exactly n edges; a one-group SBM with 3 expected parents about 3 n
+    cfg = config({"kind": "mixture", "n_nodes": 10, "mix": ["watts_strogatz", "sbm"], "attach": 1,
+                  "expected_parents": 3.0, "sbm_blocks": 1}, 200)
+    edges = sample_split_range(cfg, "train", 0, 200)["adjacency"].sum(axis=(1, 2))
+    ws = (edges == 10).mean()
+    assert 0.35 < ws < 0.65 and (edges > 15).mean() > 0.35
+
+
+@pytest.mark.parametrize("graph, field", [
+    ({"kind": "watts_strogatz", "n_nodes": 4, "attach": 2}, "graph.attach"),
+    ({"kind": "sbm", "n_nodes": 8, "sbm_damping": 1.5}, "graph.sbm_damping"),
+    ({"kind": "mixture", "n_nodes": 8}, "graph.mix"),
+    ({"kind": "erdos_renyi", "n_nodes": 8, "mix": ["sbm"]}, "graph.mix"),
+    ({"kind": "watts_strogatz", "n_nodes": 8, "rewire": -0.1}, "graph.rewire"),
+])
+def test_bad_graph_laws_are_named(graph, field):
+    with pytest.raises(ValueError, match=field):
+        config(graph)
 
 
 def test_labels_are_permuted_uniformly():

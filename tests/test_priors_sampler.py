@@ -236,6 +236,31 @@ def test_gp_random_features_reproduce_the_rbf_kernel():
     assert (mechanisms.evaluate(c.mechanism, params, np.broadcast_to(adj, (6000, 2, 2)), x, 0) == 0).all()
 
 
+def test_gp_amplitude_range_is_drawn_per_node():
+    """amp ~ U[1, 2] per node: the prior kernel's scale is E[amp^2] = (2^3 - 1) / 3 = 7/3; an
+    empty range reproduces the fixed amplitude's bytes (amp is drawn after the other parameters)."""
+    c = make(mechanism={"kind": "gp", "n_features": 16, "lengthscale_min": 0.7, "lengthscale_max": 0.7,
+                        "gp_amplitude": 1.0, "gp_amplitude_max": 2.0})
+    rng = np.random.default_rng(1)
+    adj = np.zeros((2, 2), dtype=np.uint8)
+    adj[0, 1] = 1
+    draws = [mechanisms.draw_params(c.mechanism, adj, 2, rng) for _ in range(6000)]
+    params = {k: np.stack([p[k] for p in draws]) for k in draws[0]}
+    assert 1.0 <= params["amp"].min() and params["amp"].max() <= 2.0
+    x = np.zeros((6000, 2, 2))
+    x[:, :, 0] = [0.0, 0.7]
+    f = mechanisms.evaluate(c.mechanism, params, np.broadcast_to(adj, (6000, 2, 2)), x, 1)
+    emp = f.T @ f / f.shape[0]
+    np.testing.assert_allclose(emp, 7 / 3 * np.exp(-np.array([[0, 0.5], [0.5, 0]])), atol=0.15)
+    fixed = make(mechanism={"kind": "gp", "gp_amplitude": 1.5})
+    empty = make(mechanism={"kind": "gp", "gp_amplitude": 1.5, "gp_amplitude_max": 1.5})
+    assert fixed.content_hash() != empty.content_hash()
+    a, b = (sample_split_range(cfg, "train", 0, 3)["x_obs"] for cfg in (fixed, empty))
+    assert a.tobytes() == b.tobytes()
+    with pytest.raises(PriorConfigError, match="gp_amplitude_max"):
+        make(mechanism={"kind": "gp", "gp_amplitude": 2.0, "gp_amplitude_max": 1.0})
+
+
 @pytest.mark.parametrize(("kind", "activation", "lo", "hi"), [
     ("nn", "tanh", 0.05, 1.0), ("nn", "relu", 0.05, 1.0), ("gp", "relu", 0.05, 1.0), ("linear", "relu", 0.0, 1e-20),
 ])

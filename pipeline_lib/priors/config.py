@@ -72,18 +72,39 @@ class GraphConfig(_Strict):
       children, out-degree hubs); ``direction="in"`` orients new -> old (hubs have many
       parents, in-degree hubs).
     - ``fully_connected``: the complete DAG, all i < j edges (only the order is random).
+    - ``watts_strogatz``: a small world: ring lattice, each node joined to its ``attach``
+      nearest neighbours on each side (mean ``attach`` parents), each edge's far end rewired
+      with probability ``rewire``; oriented by a uniformly random order.
+    - ``sbm``: stochastic block model: ``sbm_blocks`` groups; the edge probability across
+      groups is ``sbm_damping`` times the one inside a group, set for ``expected_parents``
+      mean parents (fewer when the inside probability reaches 1); oriented by a uniformly
+      random order.
+    - ``mixture``: each task draws one law of ``mix`` uniformly (their parameters above).
+
+    ``watts_strogatz`` and ``sbm`` are the Cond-FiP paper's out-of-distribution graph laws
+    (``graphs.py`` gives the definitions and the simplification).
 
     Give either ``n_nodes`` (fixed size) or both ``n_nodes_min`` and ``n_nodes_max``
     (``d_max = n_nodes_max``; tasks are padded to ``d_max``).
     """
 
-    kind: Literal["erdos_renyi", "scale_free", "fully_connected"] = "erdos_renyi"
+    kind: Literal["erdos_renyi", "scale_free", "fully_connected", "watts_strogatz", "sbm", "mixture"] = "erdos_renyi"
     n_nodes: int | None = None
     n_nodes_min: int | None = None
     n_nodes_max: int | None = None
     expected_parents: float = 1.0
     attach: int = 2
     direction: Literal["in", "out"] = "in"
+    # Fields of the Cond-FiP out-of-distribution graph laws, each omitted from the JSON (and
+    # the content hash) at its default, so existing priors keep hash and bytes.
+    #: ``watts_strogatz``: probability that a lattice edge's far end is rewired
+    rewire: float = Field(0.3, exclude_if=lambda v: v == 0.3)
+    #: ``sbm``: number of groups and the across / inside edge-probability ratio
+    sbm_blocks: int = Field(5, exclude_if=lambda v: v == 5)
+    sbm_damping: float = Field(0.1, exclude_if=lambda v: v == 0.1)
+    #: ``mixture``: the laws a task draws from, uniformly
+    mix: list[Literal["erdos_renyi", "scale_free", "fully_connected", "watts_strogatz", "sbm"]] | None = Field(
+        None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _check(self) -> "GraphConfig":
@@ -105,7 +126,7 @@ class GraphConfig(_Strict):
             )
         if self.expected_parents < 0:
             raise PriorConfigError(f"graph.expected_parents={self.expected_parents} is negative")
-        if self.kind == "erdos_renyi":
+        if self.kind == "erdos_renyi" or (self.kind == "mixture" and "erdos_renyi" in (self.mix or [])):
             bound = (self.d_min - 1) / 2
             if self.expected_parents > bound:
                 raise PriorConfigError(
@@ -115,6 +136,21 @@ class GraphConfig(_Strict):
                 )
         if self.attach < 1:
             raise PriorConfigError(f"graph.attach={self.attach} must be >= 1")
+        laws = self.mix if self.kind == "mixture" else [self.kind]
+        if self.kind == "mixture" and not self.mix:
+            raise PriorConfigError("graph.mix: kind 'mixture' needs a non-empty list of graph kinds")
+        if self.kind != "mixture" and self.mix is not None:
+            raise PriorConfigError(f"graph.mix: only used with kind 'mixture' (kind is {self.kind!r})")
+        if "watts_strogatz" in laws and self.d_min <= 2 * self.attach:
+            raise PriorConfigError(
+                f"graph.attach={self.attach}: a Watts-Strogatz ring lattice with {self.attach} neighbours per side "
+                f"needs more than {2 * self.attach} nodes (n_nodes {self.d_min})")
+        if not 0.0 <= self.rewire <= 1.0:
+            raise PriorConfigError(f"graph.rewire={self.rewire} must be a probability in [0, 1]")
+        if self.sbm_blocks < 1:
+            raise PriorConfigError(f"graph.sbm_blocks={self.sbm_blocks} must be >= 1")
+        if not 0.0 <= self.sbm_damping <= 1.0:
+            raise PriorConfigError(f"graph.sbm_damping={self.sbm_damping} must be in [0, 1]")
         return self
 
     @property
@@ -190,7 +226,8 @@ class MechanismConfig(_Strict):
       k(x, x') = gp_amplitude^2 exp(-|x - x'|^2 / (2 l_j^2)), approximated by random Fourier
       features: f_j(x) = gp_amplitude sqrt(2/F) sum_f a_f cos(omega_f^T x_pa / l_j + b_f),
       omega_f ~ N(0, I), b_f ~ U[0, 2 pi], a_f ~ N(0, 1), F = ``n_features``;
-      lengthscale l_j ~ Uniform[lengthscale_min, lengthscale_max] per node.
+      lengthscale l_j ~ Uniform[lengthscale_min, lengthscale_max] per node (and the
+      amplitude ~ Uniform[gp_amplitude, gp_amplitude_max] per node where that is set).
     - ``bge``: a linear-Gaussian SCM x_j = mu_j + sum_i W_ij x_i + sigma_j eps_j whose
       parameters (W, mu, sigma) are drawn from the Normal-Wishart prior behind the BGe score
       (``pipeline_lib.baselines.bge.sample_bge_parameters`` with ``alpha_mu``, ``alpha_w``).
@@ -226,6 +263,9 @@ class MechanismConfig(_Strict):
     #: ``gp`` plus a linear kernel: f_j += gp_linear_scale * sum_i w_ij x_i, w_ij ~ N(0, 1)
     #: (kernel gp_linear_scale^2 x^T x': unbounded, effects keep growing outside the data)
     gp_linear_scale: float = Field(0.0, exclude_if=lambda v: v == 0.0)
+    #: ``gp``: amplitude per node ~ Uniform[gp_amplitude, gp_amplitude_max] (None: gp_amplitude
+    #: for every node); the Cond-FiP paper's output scales are ranges (added for issue 15)
+    gp_amplitude_max: float | None = Field(None, exclude_if=lambda v: v is None)
     #: standardise every node inside the SCM, in causal order, by the mean / std of its own
     #: observational values (``mechanisms.standardize_nodes``): children see standardised
     #: parents and interventions act on standardised values ("standardise before the
@@ -242,6 +282,9 @@ class MechanismConfig(_Strict):
         for field in ("nn_bias_scale", "gp_linear_scale"):
             if getattr(self, field) < 0:
                 raise PriorConfigError(f"mechanism.{field}={getattr(self, field)} is negative")
+        if self.gp_amplitude_max is not None and self.gp_amplitude_max < self.gp_amplitude:
+            raise PriorConfigError(
+                f"mechanism.gp_amplitude_max={self.gp_amplitude_max} is below gp_amplitude={self.gp_amplitude}")
         if self.node_standardize and self.kind == "grn":
             raise PriorConfigError("mechanism.node_standardize=True: the grn simulator has no additive mechanism to standardise")
         if self.w_min < 0 or self.w_max < self.w_min:

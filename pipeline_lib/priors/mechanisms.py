@@ -17,7 +17,8 @@ j = node, h = hidden unit, f = Fourier feature):
   ``U ~ N(0, 1/max(1, |pa(j)|))``, ``c ~ N(0, 1)``, ``v ~ N(0, nn_output_scale^2 / H)``.
 - gp (random Fourier features for the RBF kernel, Rahimi & Recht 2007):
   ``f_j(x) = amp sqrt(2/F) sum_f a[j, f] cos( sum_i A_ij x_i omega[i, j, f] / l_j + b[j, f] )``
-  with ``omega ~ N(0, 1)``, ``b ~ U[0, 2 pi]``, ``a ~ N(0, 1)``, ``l_j ~ U[l_min, l_max]``;
+  with ``omega ~ N(0, 1)``, ``b ~ U[0, 2 pi]``, ``a ~ N(0, 1)``, ``l_j ~ U[l_min, l_max]``
+  (and ``amp_j ~ U[gp_amplitude, gp_amplitude_max]`` per node, ``amp (d,)``, where that is set);
   as F -> inf, f_j is a GP draw with ``k(x, x') = amp^2 exp(-|x_pa - x'_pa|^2 / (2 l_j^2))``.
 
 Root nodes (no parents) get ``f_j = 0`` for nn and gp (and trivially for linear): they are
@@ -90,6 +91,8 @@ def draw_params(mech_cfg, adj: np.ndarray, n: int, rng: np.random.Generator) -> 
         out = {"omega": omega, "b": b, "a": coef, "lengthscale": ell}
         if mech_cfg.gp_linear_scale > 0:
             out["lin"] = rng.standard_normal((d, d)) * mech_cfg.gp_linear_scale
+        if mech_cfg.gp_amplitude_max is not None:  # drawn last: the other parameters stay as they were
+            out["amp"] = rng.uniform(mech_cfg.gp_amplitude, mech_cfg.gp_amplitude_max, d)
         return out
     raise ValueError(f"mechanism.kind={kind!r}: unknown mechanism kind")
 
@@ -147,7 +150,8 @@ def _nonlinear(mech_cfg, params, adj, x, j) -> np.ndarray:
         proj += params["b"][idx, None, j, :]
         np.cos(proj, out=proj)
         feats = (proj @ params["a"][idx, j, :, None])[..., 0]
-        out[idx] = feats * (mech_cfg.gp_amplitude * np.sqrt(2.0 / f))
+        amp = params["amp"][idx, j, None] if "amp" in params else mech_cfg.gp_amplitude
+        out[idx] = feats * (amp * np.sqrt(2.0 / f))
         if "lin" in params:
             out[idx] += (inp * params["lin"][idx, None, :, j]).sum(axis=-1)
         return out
