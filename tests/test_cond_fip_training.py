@@ -140,3 +140,30 @@ def test_calibrated_density_adds_the_reconstruction_variance():
     wide = ans.interventional_log_density(0, 0.5, 1, x).log_density
     np.testing.assert_allclose(wide, norm.logpdf(x, y.mean(), np.sqrt(y.var(ddof=1) + rec[1])), rtol=1e-10)
     assert not np.allclose(plain, wide)
+
+
+def test_query_protocol_scores_the_held_out_rows_with_their_own_noise(monkeypatch):
+    """benchmarks/cond_fip.py, the paper's protocol: per-row RMSE (hand-computed), and the true SCM
+    fitted on the context scores exactly 0 on the queries only when each query row meets its own
+    noise and counterfactual (a row shift, the bug it guards against, does not)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.cond_fip import first_rows, node_rmse, row_rmse, score_queries
+    from pipeline_lib.priors import PriorConfig, sample_split_range
+    from pipeline_lib.priors.oracle import TrueSCM
+    from pipeline_lib.taskdata import restrict, task_slice
+
+    err = np.array([[3.0, 4.0], [0.0, 0.0]])
+    assert row_rmse(err, np.zeros_like(err)) == pytest.approx(np.sqrt(12.5) / 2)  # rows: 3.536, 0
+    assert node_rmse(err, np.zeros_like(err)) == pytest.approx((np.sqrt(4.5) + np.sqrt(8.0)) / 2)
+    cfg = PriorConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs/priors/condfip-lin-10-ood.yaml")
+    cfg = cfg.model_copy(update={"n_obs": 60, "n_int": 5})
+    data = restrict(task_slice(sample_split_range(cfg, "test", 0, 1), 0))
+    ctx, query = first_rows(data, 30), first_rows(data, 30, start=30)
+    assert np.array_equal(query["x_obs"], data["x_obs"][30:]) and np.array_equal(query["x_cf"], data["x_cf"][:, 30:])
+    truth = TrueSCM(cfg, "test", 0)
+    scores = score_queries(truth, query)
+    assert set(scores) == {"noise_q", "sample_q", "interventional_q", "counterfactual_q"}
+    assert max(scores.values()) < 1e-4, scores
+    shifted = {**query, "noise_obs": np.roll(query["noise_obs"], 1, axis=0)}
+    bad = score_queries(truth, shifted)
+    assert bad["sample_q"] > 0.3 and bad["noise_q"] > 0.3 and bad["counterfactual_q"] < 1e-4
