@@ -293,8 +293,14 @@ def run_family(args) -> None:
     if not args.load_model:
         torch.save(model.state_dict(), path.with_suffix(".pt"))  # for the predicted-graph run
     part = {"family": fam, "d": args.d, **info}
-    old = json.loads(Path(args.reuse_baselines).read_text())["families"].get(fam, {}) if args.reuse_baselines else {}
+    splits = args.splits.split(",")
+    if path.exists() and set(splits) != {"in", "out"}:  # the other split of an earlier run of this model is kept
+        part.update({k: v for k, v in json.loads(path.read_text()).items() if k in {"in", "out"} - set(splits)})
+    old = (json.loads(Path(args.reuse_baselines).read_text())["families"].get(f"{fam}-{args.d}", {})
+           if args.reuse_baselines else {})
     for split, prior, sc, n_test in (("in", prior_in, scarce, args.n_test), ("out", prior_out, scarce, args.n_test_out)):
+        if split not in splits:
+            continue
         part[split] = evaluate(model, prior, args, sc, n_test)
         prev = old.get(split, {})
         if prev and prev["prior"]["hash"] == prior.content_hash() and prev["n_tasks"] == part[split]["n_tasks"]:
@@ -378,6 +384,7 @@ def main(argv=None) -> None:
     ap.add_argument("--d", type=int, choices=(10, 20), default=20, help="nodes: configs/priors/condfip-<family>-<d>[-ood].yaml")
     ap.add_argument("--context", type=int, default=400,
                     help="rows a method is fitted on; the test tasks are drawn with twice as many (the rest are the queries)")
+    ap.add_argument("--splits", default="in,out", help="which test priors to score (one: the file keeps the other)")
     ap.add_argument("--scarce-methods", default=None, help="methods scored in the data-scarce regime (default: --methods)")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--model", default="{}", help="JSON overrides of the model config")

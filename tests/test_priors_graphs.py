@@ -32,7 +32,8 @@ def config(graph: dict, n_tasks: int = 300) -> PriorConfig:
         {"kind": "scale_free", "n_nodes": 8, "attach": 2, "direction": "out"},
         {"kind": "fully_connected", "n_nodes": 6},
         {"kind": "watts_strogatz", "n_nodes": 8, "attach": 2},
-        {"kind": "sbm", "n_nodes": 8, "expected_parents": 1.5, "sbm_blocks": 2},
+        {"kind": "sbm", "n_nodes": 8, "expected_parents": 1.5, "sbm_blocks": [2, 5]},
+        {"kind": "watts_strogatz", "n_nodes": 10, "attach": 1, "lattice_dims": [2, 3]},
         {"kind": "mixture", "n_nodes": 8, "mix": ["watts_strogatz", "sbm"], "attach": 2},
     ],
 )
@@ -105,10 +106,23 @@ def test_watts_strogatz_keeps_the_lattice_edge_count_and_rewires_at_its_rate():
     assert lattice_share(draw(1.0)) < lattice_share(rewired)
 
 
+def test_watts_strogatz_torus_lattices():
+    # a 4 x 4 torus (n = 16): every site has 4 lattice neighbours -> 32 edges; 3 x 3 x 3 (n = 27): 6 -> 81
+    for n, dims, edges in ((16, [2], 32), (27, [3], 81)):
+        cfg = config({"kind": "watts_strogatz", "n_nodes": n, "attach": 1, "lattice_dims": dims, "rewire": 0.0}, 20)
+        adj = sample_split_range(cfg, "train", 0, 20)["adjacency"].astype(int)
+        und = adj + adj.transpose(0, 2, 1)
+        assert (adj.sum(axis=(1, 2)) == edges).all() and (und.sum(axis=2) == 2 * dims[0]).all()
+    # n = 10 on the 4 x 4 torus: 6 of 16 sites dropped, each edge survives with (10 / 16)(9 / 15): 12 expected
+    cfg = config({"kind": "watts_strogatz", "n_nodes": 10, "attach": 1, "lattice_dims": [2]}, 400)
+    edges = sample_split_range(cfg, "train", 0, 400)["adjacency"].sum(axis=(1, 2))
+    assert abs(edges.mean() - 12.0) < 0.5
+
+
 def test_block_model_edges_concentrate_inside_groups():
     # 2 groups on 10 nodes with damping 0: edges only inside groups, so the undirected graph
     # has at least 2 components; expected edges = 1.5 * 10 = 15 (p_in = 15 / 20 inside pairs)
-    cfg = config({"kind": "sbm", "n_nodes": 10, "expected_parents": 1.5, "sbm_blocks": 2, "sbm_damping": 0.0}, 300)
+    cfg = config({"kind": "sbm", "n_nodes": 10, "expected_parents": 1.5, "sbm_blocks": [2], "sbm_damping": 0.0}, 300)
     adj = sample_split_range(cfg, "train", 0, 300)["adjacency"].astype(int)
     edges = adj.sum(axis=(1, 2))
     assert abs(edges.mean() - 15.0) < 0.5
@@ -122,7 +136,7 @@ def test_block_model_edges_concentrate_inside_groups():
 def test_mixture_draws_each_law():
     # WS with attach 1 gives exactly n edges; a one-group SBM with 3 expected parents about 3 n
     cfg = config({"kind": "mixture", "n_nodes": 10, "mix": ["watts_strogatz", "sbm"], "attach": 1,
-                  "expected_parents": 3.0, "sbm_blocks": 1}, 200)
+                  "expected_parents": 3.0, "sbm_blocks": [1]}, 200)
     edges = sample_split_range(cfg, "train", 0, 200)["adjacency"].sum(axis=(1, 2))
     ws = (edges == 10).mean()
     assert 0.35 < ws < 0.65 and (edges > 15).mean() > 0.35
@@ -131,6 +145,8 @@ def test_mixture_draws_each_law():
 @pytest.mark.parametrize("graph, field", [
     ({"kind": "watts_strogatz", "n_nodes": 4, "attach": 2}, "graph.attach"),
     ({"kind": "sbm", "n_nodes": 8, "sbm_damping": 1.5}, "graph.sbm_damping"),
+    ({"kind": "sbm", "n_nodes": 8, "sbm_blocks": []}, "graph.sbm_blocks"),
+    ({"kind": "watts_strogatz", "n_nodes": 8, "lattice_dims": [0]}, "graph.lattice_dims"),
     ({"kind": "mixture", "n_nodes": 8}, "graph.mix"),
     ({"kind": "erdos_renyi", "n_nodes": 8, "mix": ["sbm"]}, "graph.mix"),
     ({"kind": "watts_strogatz", "n_nodes": 8, "rewire": -0.1}, "graph.rewire"),

@@ -72,10 +72,12 @@ class GraphConfig(_Strict):
       children, out-degree hubs); ``direction="in"`` orients new -> old (hubs have many
       parents, in-degree hubs).
     - ``fully_connected``: the complete DAG, all i < j edges (only the order is random).
-    - ``watts_strogatz``: a small world: ring lattice, each node joined to its ``attach``
-      nearest neighbours on each side (mean ``attach`` parents), each edge's far end rewired
-      with probability ``rewire``; oriented by a uniformly random order.
-    - ``sbm``: stochastic block model: ``sbm_blocks`` groups; the edge probability across
+    - ``watts_strogatz``: a small world: a periodic lattice of a dimension drawn from
+      ``lattice_dims`` (1: a ring, each node joined to its ``attach`` nearest neighbours on
+      each side, mean ``attach`` parents), each edge's far end rewired with probability
+      ``rewire``, sites beyond ``n`` dropped at random; oriented by a uniformly random order.
+    - ``sbm``: stochastic block model: a number of groups drawn from ``sbm_blocks`` (random
+      cuts of a random order); the edge probability across
       groups is ``sbm_damping`` times the one inside a group, set for ``expected_parents``
       mean parents (fewer when the inside probability reaches 1); oriented by a uniformly
       random order.
@@ -97,10 +99,11 @@ class GraphConfig(_Strict):
     direction: Literal["in", "out"] = "in"
     # Fields of the Cond-FiP out-of-distribution graph laws, each omitted from the JSON (and
     # the content hash) at its default, so existing priors keep hash and bytes.
-    #: ``watts_strogatz``: probability that a lattice edge's far end is rewired
+    #: ``watts_strogatz``: probability that a lattice edge's far end is rewired, lattice dimensions (one per task)
     rewire: float = Field(0.3, exclude_if=lambda v: v == 0.3)
-    #: ``sbm``: number of groups and the across / inside edge-probability ratio
-    sbm_blocks: int = Field(5, exclude_if=lambda v: v == 5)
+    lattice_dims: list[int] = Field([1], exclude_if=lambda v: v == [1])
+    #: ``sbm``: numbers of groups (one per task) and the across / inside edge-probability ratio
+    sbm_blocks: list[int] = Field([5], exclude_if=lambda v: v == [5])
     sbm_damping: float = Field(0.1, exclude_if=lambda v: v == 0.1)
     #: ``mixture``: the laws a task draws from, uniformly
     mix: list[Literal["erdos_renyi", "scale_free", "fully_connected", "watts_strogatz", "sbm"]] | None = Field(
@@ -141,14 +144,16 @@ class GraphConfig(_Strict):
             raise PriorConfigError("graph.mix: kind 'mixture' needs a non-empty list of graph kinds")
         if self.kind != "mixture" and self.mix is not None:
             raise PriorConfigError(f"graph.mix: only used with kind 'mixture' (kind is {self.kind!r})")
-        if "watts_strogatz" in laws and self.d_min <= 2 * self.attach:
+        if "watts_strogatz" in laws and 1 in self.lattice_dims and self.d_min <= 2 * self.attach:
             raise PriorConfigError(
                 f"graph.attach={self.attach}: a Watts-Strogatz ring lattice with {self.attach} neighbours per side "
                 f"needs more than {2 * self.attach} nodes (n_nodes {self.d_min})")
         if not 0.0 <= self.rewire <= 1.0:
             raise PriorConfigError(f"graph.rewire={self.rewire} must be a probability in [0, 1]")
-        if self.sbm_blocks < 1:
-            raise PriorConfigError(f"graph.sbm_blocks={self.sbm_blocks} must be >= 1")
+        if not self.sbm_blocks or min(self.sbm_blocks) < 1:
+            raise PriorConfigError(f"graph.sbm_blocks={self.sbm_blocks}: need a non-empty list of counts >= 1")
+        if not self.lattice_dims or not all(1 <= k <= 4 for k in self.lattice_dims):
+            raise PriorConfigError(f"graph.lattice_dims={self.lattice_dims}: need a non-empty list of dimensions in 1..4")
         if not 0.0 <= self.sbm_damping <= 1.0:
             raise PriorConfigError(f"graph.sbm_damping={self.sbm_damping} must be in [0, 1]")
         return self

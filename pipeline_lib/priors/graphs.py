@@ -15,26 +15,33 @@ Definitions (``n`` real nodes):
   chosen), sequentially without replacement (Gumbel top-k). Edges are oriented
   earlier -> later (``out``: hubs are early nodes with many children) or, for ``in``, the
   canonical order is reversed so hubs receive many parents.
-- Watts-Strogatz (small world): a ring lattice where every node is joined to its ``attach``
-  nearest neighbours on each side (``attach * n`` edges, mean ``attach`` parents), then
-  each lattice edge keeps its first end and, with probability ``rewire``, moves its second
-  end to a uniform node that is neither that end nor already joined to it (Watts &
-  Strogatz 1998); oriented by a uniformly random order of the nodes.
-- Stochastic block model: nodes fall into ``blocks`` groups of near-equal size (a random
-  assignment); a pair is an edge with probability ``p_in`` inside a group and
-  ``damping * p_in`` across groups, ``p_in`` set so that the expected number of edges is
-  ``expected_parents * n`` (capped at 1, which then gives fewer); oriented by a uniformly
-  random order.
+- Watts-Strogatz (small world; Watts & Strogatz 1998): a periodic lattice (torus) of
+  dimension ``dim`` (drawn per task from ``lattice_dims``) and side ``ceil(n ** (1/dim))``
+  (``n`` itself for the ring, dim 1), every site joined to the sites within lattice
+  distance ``attach``; each lattice edge keeps its first end and, with probability
+  ``rewire``, moves its second end to a uniform site that is neither that end nor already
+  joined to it; then sites are dropped uniformly at random, with their edges, down to ``n``;
+  oriented by a uniformly random order. The ring (dim 1) has ``attach * n`` edges, mean
+  ``attach`` parents; the 2- and 3-dimensional lattices with ``attach`` 1 lose edges with
+  the dropped sites (about 1.2 and 1.0 parents per node at n = 10, 1.6 and 2.2 at n = 20).
+- Stochastic block model: a random order of the nodes cut at ``B - 1`` random places (``B``
+  drawn per task from ``blocks``) gives ``B`` non-empty groups; a pair is an edge with
+  probability ``p_in`` inside a group and ``damping * p_in`` across groups, ``p_in`` set so
+  that the expected number of edges is ``expected_parents * n``, capped at 1 (with many
+  small groups the cap binds and the graph is sparser); oriented by a uniformly random order.
 - Fully connected: all i < j.
 - Mixture: each task draws one of the ``mix`` laws uniformly, then samples it.
 
 The Watts-Strogatz and block-model laws are the out-of-distribution graph laws of the
-Cond-FiP paper (Mahajan et al. 2024, appendix B.1, after AVICI, Lorch et al. 2022); their
-lattice is one-dimensional here (AVICI's is 2- or 3-dimensional: mean degree 4-6, i.e.
-``attach`` 2-3), a named simplification.
+Cond-FiP paper (Mahajan et al. 2024, appendix B.1; after AVICI, Lorch et al. 2022, whose
+settings the authors' generator uses: lattice dimension 2 or 3, distance 1, rewiring 0.3;
+5 or 10 groups, damping 0.1); their edges per node are drawn from {1, 2, 3} per task,
+``expected_parents`` is one number here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -83,33 +90,48 @@ def _orient_random(und: np.ndarray, d_max: int, rng: np.random.Generator) -> np.
     return adj
 
 
-def watts_strogatz(n: int, d_max: int, attach: int, rewire: float, rng: np.random.Generator) -> np.ndarray:
-    """Canonical small-world DAG (module docstring); ``attach`` neighbours per side, ``n > 2 attach``."""
-    und = np.zeros((n, n), dtype=bool)
-    for s in range(1, attach + 1):
-        i = np.arange(n)
-        und[i, (i + s) % n] = und[(i + s) % n, i] = True
-    coins = rng.random((attach, n))
-    targets = rng.random((attach, n))  # a uniform choice among the allowed ends, by rank
-    for s in range(1, attach + 1):  # lattice edges (i, i + s), rewired one at a time
-        for i in range(n):
-            j = (i + s) % n
-            if coins[s - 1, i] >= rewire or not und[i, j]:
-                continue
-            free = np.flatnonzero(~und[i])
-            free = free[free != i]
-            if free.size == 0:
-                continue
-            k = free[int(targets[s - 1, i] * free.size)]
-            und[i, j] = und[j, i] = False
-            und[i, k] = und[k, i] = True
-    return _orient_random(und, d_max, rng)
+def _torus_distance(side: int, dim: int) -> np.ndarray:
+    """Lattice (Manhattan, wrap-around) distance between the ``side ** dim`` sites of a torus."""
+    coords = np.stack(np.unravel_index(np.arange(side**dim), (side,) * dim), axis=1)  # (N, dim)
+    gap = np.abs(coords[:, None, :] - coords[None, :, :])
+    return np.minimum(gap, side - gap).sum(axis=-1)
 
 
-def block_model(n: int, d_max: int, expected_parents: float, blocks: int, damping: float,
+def watts_strogatz(n: int, d_max: int, attach: int, rewire: float, dims: Sequence[int],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Canonical small-world DAG (module docstring): a torus lattice of dimension drawn from ``dims``
+    and side ``ceil(n ** (1 / dim))``, sites joined within lattice distance ``attach``, far ends
+    rewired with probability ``rewire``, then sites dropped at random down to ``n``."""
+    dim = int(dims[int(rng.integers(len(dims)))])
+    side = n if dim == 1 else int(np.ceil(n ** (1.0 / dim) - 1e-9))
+    dist = _torus_distance(side, dim)
+    und = (dist > 0) & (dist <= attach)
+    big = und.shape[0]
+    lo, hi = np.nonzero(np.triu(und, k=1))  # the lattice edges, rewired one at a time
+    coins = rng.random(lo.size)
+    picks = rng.random(lo.size)  # a uniform choice among the allowed new ends, by rank
+    for e in np.flatnonzero(coins < rewire):
+        i, j = lo[e], hi[e]
+        free = np.flatnonzero(~und[i])
+        free = free[free != i]
+        if free.size == 0 or not und[i, j]:
+            continue
+        k = free[int(picks[e] * free.size)]
+        und[i, j] = und[j, i] = False
+        und[i, k] = und[k, i] = True
+    keep = np.sort(rng.choice(big, size=n, replace=False)) if big > n else np.arange(n)
+    return _orient_random(und[np.ix_(keep, keep)], d_max, rng)
+
+
+def block_model(n: int, d_max: int, expected_parents: float, blocks: Sequence[int], damping: float,
                 rng: np.random.Generator) -> np.ndarray:
-    """Canonical stochastic-block-model DAG (module docstring)."""
-    group = rng.permutation(n) % blocks
+    """Canonical stochastic-block-model DAG (module docstring); the number of groups is drawn from
+    ``blocks`` (at most ``n``), the groups are the runs of a random order cut at random places."""
+    n_blocks = min(int(blocks[int(rng.integers(len(blocks)))]), n)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=n_blocks - 1, replace=False)) if n_blocks > 1 else []
+    group = np.empty(n, dtype=np.int64)
+    for g, members in enumerate(np.split(rng.permutation(n), cuts)):
+        group[members] = g
     same = group[:, None] == group[None, :]
     pairs = np.triu(np.ones((n, n), dtype=bool), k=1)
     n_in, n_out = int((same & pairs).sum()), int((~same & pairs).sum())
@@ -133,7 +155,7 @@ def sample_canonical_graph(graph_cfg, n: int, rng: np.random.Generator) -> np.nd
     if kind == "mixture":
         kind = graph_cfg.mix[int(rng.integers(len(graph_cfg.mix)))]
     if kind == "watts_strogatz":
-        return watts_strogatz(n, d_max, graph_cfg.attach, graph_cfg.rewire, rng)
+        return watts_strogatz(n, d_max, graph_cfg.attach, graph_cfg.rewire, graph_cfg.lattice_dims, rng)
     if kind == "sbm":
         return block_model(n, d_max, graph_cfg.expected_parents, graph_cfg.sbm_blocks, graph_cfg.sbm_damping, rng)
     if kind == "erdos_renyi":
