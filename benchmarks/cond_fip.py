@@ -80,13 +80,17 @@ _PAPER_ROWS = {
          "DoWhy": ((.03, .05, .08, .03), (.13, .18, .19, .13), (.04, .06, .05, .00), (.11, .12, .12, .04))},
     20: {"Cond-FiP": ((.06, .05, .09, .09), (.09, .24, .24, .26), (.07, .07, .14, .13), (.12, .30, .31, .30)),
          "FiP": ((.04, .08, .09, .03), (.12, .23, .23, .10), (.05, .08, .12, .06), (.15, .27, .25, .09)),
-         "DoWhy": ((.03, .06, .06, .01), (.15, .27, .27, .12), (.03, .05, .05, .00), (.23, .39, .36, .13))}}
+         "DoWhy": ((.03, .06, .06, .01), (.15, .27, .27, .12), (.03, .05, .05, .00), (.23, .39, .36, .13))},
+    50: {"Cond-FiP": ((.06, .08, .13, .10), (.10, .25, .27, .26), (.07, .07, .12, .10), (.14, .48, .48, .46)),
+         "FiP": ((.04, .09, .11, .03), (.14, .26, .25, .08), (.04, .08, .09, .03), (.23, .48, .46, .14)),
+         "DoWhy": ((.03, .08, .08, .00), (.18, .35, .29, .09), (.03, .06, .06, .00), (.29, .54, .53, .17))}}
 PAPER = {d: {meth: {key: dict(zip([f"{m}_q" for m in GEN], vals))
                     for key, vals in zip(("lin-in", "rff-in", "lin-out", "rff-out"), rows)}
              for meth, rows in by.items()} for d, by in _PAPER_ROWS.items()}
 #: the paper's data-scarce sample RMSE (appendix E), Cond-FiP: {d: {n: (LIN-IN, RFF-IN, LIN-OUT, RFF-OUT)}}
 PAPER_SCARCE = {10: {100: (.09, .20, .09, .14), 50: (.12, .28, .12, .18)},
-                20: {100: (.08, .31, .13, .37), 50: (.13, .40, .19, .43)}}
+                20: {100: (.08, .31, .13, .37), 50: (.13, .40, .19, .43)},
+                50: {100: (.10, .32, .12, .54), 50: (.15, .40, .16, .59)}}
 
 
 def node_rmse(pred: np.ndarray, true: np.ndarray) -> float:
@@ -381,7 +385,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", choices=("lin", "rff"), help="train + evaluate one family")
     ap.add_argument("--merge", action="store_true", help="gather the family parts into --out")
-    ap.add_argument("--d", type=int, choices=(10, 20), default=20, help="nodes: configs/priors/condfip-<family>-<d>[-ood].yaml")
+    ap.add_argument("--d", type=int, choices=(10, 20, 50), default=20, help="nodes: configs/priors/condfip-<family>-<d>[-ood].yaml")
     ap.add_argument("--context", type=int, default=400,
                     help="rows a method is fitted on; the test tasks are drawn with twice as many (the rest are the queries)")
     ap.add_argument("--splits", default="in,out", help="which test priors to score (one: the file keeps the other)")
