@@ -81,6 +81,16 @@ def test_scale_free_hubs_and_degree_bounds():
         assert hub_degree.max(axis=1).mean() > 4.5 * mean_degree  # ER with the same density: ~3.3
 
 
+def test_scale_free_both_directions_draws_in_and_out_hubs_per_task():
+    n, m = 20, 2
+    adj = sample_split_range(config({"kind": "scale_free", "n_nodes": n, "attach": m, "direction": "both"}, 200),
+                             "train", 0, 200)["adjacency"].astype(int)
+    out_hubs = adj.sum(axis=1).max(axis=1) <= m  # every node has at most m parents: hubs have children
+    in_hubs = adj.sum(axis=2).max(axis=1) <= m  # at most m children: hubs have parents
+    assert (out_hubs ^ in_hubs).all()  # one orientation per task (a 20-node BA graph always has a hub)
+    assert 0.38 < out_hubs.mean() < 0.62
+
+
 def test_watts_strogatz_keeps_the_lattice_edge_count_and_rewires_at_its_rate():
     n, m = 12, 2
     def draw(rewire):

@@ -70,7 +70,7 @@ class GraphConfig(_Strict):
       ``min(attach, k)`` earlier nodes chosen without replacement with probability
       proportional to (degree + 1). ``direction="out"`` orients old -> new (hubs have many
       children, out-degree hubs); ``direction="in"`` orients new -> old (hubs have many
-      parents, in-degree hubs).
+      parents, in-degree hubs); ``"both"``: each task draws one of the two uniformly.
     - ``fully_connected``: the complete DAG, all i < j edges (only the order is random).
     - ``watts_strogatz``: a small world: a periodic lattice of a dimension drawn from
       ``lattice_dims`` (1: a ring, each node joined to its ``attach`` nearest neighbours on
@@ -96,7 +96,7 @@ class GraphConfig(_Strict):
     n_nodes_max: int | None = None
     expected_parents: float = 1.0
     attach: int = 2
-    direction: Literal["in", "out"] = "in"
+    direction: Literal["in", "out", "both"] = "in"
     # Fields of the Cond-FiP out-of-distribution graph laws, each omitted from the JSON (and
     # the content hash) at its default, so existing priors keep hash and bytes.
     #: ``watts_strogatz``: probability that a lattice edge's far end is rewired, lattice dimensions (one per task)

@@ -161,7 +161,10 @@ def sample_canonical_graph(graph_cfg, n: int, rng: np.random.Generator) -> np.nd
     if kind == "erdos_renyi":
         return erdos_renyi(n, d_max, graph_cfg.expected_parents, rng)
     if kind == "scale_free":
-        return scale_free(n, d_max, graph_cfg.attach, graph_cfg.direction, rng)
+        direction = graph_cfg.direction
+        if direction == "both":
+            direction = ("in", "out")[int(rng.integers(2))]
+        return scale_free(n, d_max, graph_cfg.attach, direction, rng)
     if kind == "fully_connected":
         return fully_connected(n, d_max)
     raise ValueError(f"graph.kind={kind!r}: unknown graph kind")
