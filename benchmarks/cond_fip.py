@@ -289,7 +289,9 @@ def run_family(args) -> None:
                           "ema": None if args.no_ema else (0.99, 10), "seconds": args.train_seconds,
                           "batch_size": args.batch_size, "lr": args.lr}}
     else:
-        model, info = train_cond_fip(prior_in, args, root)
+        train_prior = PriorConfig.from_yaml(args.train_prior) if args.train_prior else prior_in
+        model, info = train_cond_fip(train_prior, args, root)
+        info["train"]["prior"] = {"name": train_prior.name, "hash": train_prior.content_hash()}
     print(f"{fam}: trained {info['train']['steps_done']} steps in {info['train']['seconds']:.0f} s", flush=True)
     scarce = tuple(int(v) for v in args.scarce.split(",") if v)
     path = root / "bench-cond-fip" / f"{fam}-{args.d}.json"
@@ -388,6 +390,8 @@ def main(argv=None) -> None:
     ap.add_argument("--d", type=int, choices=(10, 20, 50), default=20, help="nodes: configs/priors/condfip-<family>-<d>[-ood].yaml")
     ap.add_argument("--context", type=int, default=400,
                     help="rows a method is fitted on; the test tasks are drawn with twice as many (the rest are the queries)")
+    ap.add_argument("--train-prior", default=None,
+                    help="train on this prior config instead of the IN prior (e.g. condfip-rff-10-paper-in.yaml)")
     ap.add_argument("--splits", default="in,out", help="which test priors to score (one: the file keeps the other)")
     ap.add_argument("--scarce-methods", default=None, help="methods scored in the data-scarce regime (default: --methods)")
     ap.add_argument("--preset", default="cpu-small")
