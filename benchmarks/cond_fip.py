@@ -113,32 +113,31 @@ def hard_regimes(data: dict) -> list[tuple[int, int, float]]:
     return out
 
 
+def generator_errors(answer, data: dict, err, suffix: str = "") -> dict:
+    """Noise, sample, interventional and counterfactual error ``err(pred, true)`` of ``answer`` on the
+    rows of ``data`` (true noise for sample / interventional, abducted for counterfactual)."""
+    x, noise = data["x_obs"], data["noise_obs"]
+    n = len(x)
+    out = {"noise": err(answer.predict_noise(x), noise), "sample": err(answer.sample_observational(n, noise=noise), x)}
+    iv, cf = [], []
+    for k, j, a in hard_regimes(data):
+        iv.append(err(answer.sample_do({j: a}, n, noise=noise), data["x_cf"][k]))
+        cf.append(err(answer.counterfactual(x, {j: a}), data["x_cf"][k]))
+    out["interventional"], out["counterfactual"] = float(np.mean(iv)), float(np.mean(cf))
+    return {m + suffix: v for m, v in out.items()}
+
+
 def score_queries(answer, query: dict) -> dict:
     """The paper's protocol (module docstring): ``answer`` fitted on the context, scored on the
     query rows ``query`` (a dataset restricted to them), per-row RMSE."""
-    x, noise = query["x_obs"], query["noise_obs"]
-    n = len(x)
-    out = {"noise_q": row_rmse(answer.predict_noise(x), noise),
-           "sample_q": row_rmse(answer.sample_observational(n, noise=noise), x)}
-    iv, cf = [], []
-    for k, j, a in hard_regimes(query):
-        iv.append(row_rmse(answer.sample_do({j: a}, n, noise=noise), query["x_cf"][k]))
-        cf.append(row_rmse(answer.counterfactual(x, {j: a}), query["x_cf"][k]))
-    out["interventional_q"], out["counterfactual_q"] = float(np.mean(iv)), float(np.mean(cf))
-    return out
+    return generator_errors(answer, query, row_rmse, "_q")
 
 
 def score_generator(answer, data: dict, half_answer=None, rng: np.random.Generator | None = None) -> dict:
     """The in-sample metrics of the module docstring (``data`` = ``restrict(task)``)."""
-    x, noise = data["x_obs"], data["noise_obs"]
+    out = generator_errors(answer, data, node_rmse)
+    x = data["x_obs"]
     n = len(x)
-    out = {"noise": node_rmse(answer.predict_noise(x), noise),
-           "sample": node_rmse(answer.sample_observational(n, noise=noise), x)}
-    iv, cf = [], []
-    for k, j, a in hard_regimes(data):
-        iv.append(node_rmse(answer.sample_do({j: a}, n, noise=noise), data["x_cf"][k]))
-        cf.append(node_rmse(answer.counterfactual(x, {j: a}), data["x_cf"][k]))
-    out["interventional"], out["counterfactual"] = float(np.mean(iv)), float(np.mean(cf))
     if half_answer is not None:
         h = n // 2
         out["mmd"] = mmd_rbf(half_answer.sample_observational(n - h, rng), x[h:])
@@ -344,10 +343,10 @@ def table(result: dict) -> str:
                 ins.append(f"| {key} | {d} | {method} | " + " | ".join(fmt(cells.get(m)) for m in GEN + ("mmd",)) + " |")
             for meth, by in PAPER.get(d, {}).items():
                 lines.append(f"| {key} | {d} | paper {meth} | " + " | ".join(f"{by[key][m]:.2f}" for m in q) + " |")
+            col = ("lin-in", "rff-in", "lin-out", "rff-out").index(key)
             for n, by in part[split]["scarce"].items():
                 for method, cells in by.items():
                     lines.append(f"| {key} n={n} | {d} | {method} | " + " | ".join(fmt(cells.get(m)) for m in q) + " |")
-                col = ("lin-in", "rff-in", "lin-out", "rff-out").index(key)
                 if int(n) in PAPER_SCARCE.get(d, {}):
                     lines.append(f"| {key} n={n} | {d} | paper Cond-FiP | - | {PAPER_SCARCE[d][int(n)][col]:.2f} | - | - |")
     return "\n".join(lines + [""] + ins)
